@@ -1,0 +1,1 @@
+"""One module per ``swupd-repo`` command; each exposes ``register(subparsers)``."""

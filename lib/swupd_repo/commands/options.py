@@ -1,0 +1,44 @@
+"""Options several commands share, and turning parsed flags into :class:`Settings`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..settings import COMPRESSIONS, Settings, load_settings
+
+
+def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: bool = True) -> None:
+    """Flags that map 1:1 to settings keys (and so to SWUPD_REPO_* variables)."""
+    parser.add_argument("--config", type=Path,
+                        help="settings YAML (defaults: conf/swupd-repo.yaml)")
+    parser.add_argument("--storage", dest="storage_dir", type=Path, required=storage_required,
+                        help="storage directory holding image/ and www/")
+    parser.add_argument("--backend", choices=("native", "docker"), help="backend (native)")
+    parser.add_argument("--compression", choices=COMPRESSIONS, help="fullfile compression")
+    parser.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
+                        help="earlier versions that get delta packs (2)")
+    parser.add_argument("--jobs", type=int, help="worker processes (0 = cores)")
+    parser.add_argument("--signing-key", dest="signing_key", type=Path)
+    parser.add_argument("--signing-cert", dest="signing_cert", type=Path)
+    parser.add_argument("--signing-chain", dest="signing_chain", type=Path)
+    parser.add_argument("--signing-passphrase-file", dest="signing_passphrase_file", type=Path)
+    parser.add_argument("--docker-image", dest="docker_image")
+    parser.add_argument("--docker-host", dest="docker_host")
+    parser.add_argument("--check", action="store_const", const=True, default=None,
+                        help="check the repository and simulate updates before moving latest")
+    parser.add_argument("--force", action="store_const", const=True, default=None,
+                        help="rebuild an existing www/<version>")
+
+
+_KEYS = ("storage_dir", "backend", "compression", "deltapack_versions", "jobs", "signing_key",
+         "signing_cert", "signing_chain", "signing_passphrase_file", "docker_image",
+         "docker_host", "check", "force", "os_version", "disk_layout", "disk_image", "partition",
+         "version_step")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults, then ``--config``, then the flags given."""
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in _KEYS if hasattr(args, k)}
+    return load_settings(getattr(args, "config", None), overrides)

@@ -1,0 +1,183 @@
+"""The storage directory: the seed's layout, one writer at a time, atomic markers.
+
+Layout (kept identical to what the ostro-swupd-server container uses, so either backend can
+continue the other's history)::
+
+    STORAGE/image/latest.version      last published version ("V\\n")
+    STORAGE/image/<V>/os-core/        extracted rootfs of V
+    STORAGE/image/<V>/full/           generator scratch
+    STORAGE/www/<V>/...               what devices download
+    STORAGE/www/version/format3/latest
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StorageError
+
+#: Prefix of every temporary name we create inside the storage; the next run removes them.
+TEMP_PREFIX = ".swupd-repo-tmp-"
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new content, never half.
+
+    Write a temporary file beside it, fsync it, rename it over the target, fsync the directory.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_version_file(path: Path) -> int:
+    """The first integer in a marker file, read like swupd-server (``%i``); 0 when absent."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    match = re.match(r"\s*(\d+)", text)
+    if not match:
+        if text.strip():
+            raise StorageError(
+                f"{path} does not start with a version number: {text.strip()[:40]!r}",
+                hint="fix or remove the file",
+            )
+        return 0
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Paths of one storage directory; methods are the only writers of the markers."""
+
+    root: Path
+    format: int = 3
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / "image"
+
+    @property
+    def www_dir(self) -> Path:
+        return self.root / "www"
+
+    def image(self, version: int) -> Path:
+        return self.image_dir / str(version)
+
+    def os_core(self, version: int, bundle: str = "os-core") -> Path:
+        return self.image(version) / bundle
+
+    def full(self, version: int) -> Path:
+        return self.image(version) / "full"
+
+    def www(self, version: int) -> Path:
+        return self.www_dir / str(version)
+
+    @property
+    def latest_image_marker(self) -> Path:
+        return self.image_dir / "latest.version"
+
+    @property
+    def latest_www_marker(self) -> Path:
+        return self.www_dir / "version" / f"format{self.format}" / "latest"
+
+    def latest(self) -> int:
+        """The last published version (0 before the first build).
+
+        ``image/latest.version`` is what the container's scripts read; ``www/.../latest`` is
+        what devices read. They are written together; when they disagree (a run killed between
+        the two renames) the larger one is the truth, since www/<V> is complete before either.
+        """
+        return max(read_version_file(self.latest_image_marker),
+                   read_version_file(self.latest_www_marker))
+
+    def published_versions(self) -> list[int]:
+        """Versions with a complete ``www/<V>`` (a MoM in it), ascending."""
+        if not self.www_dir.is_dir():
+            return []
+        found = []
+        for entry in self.www_dir.iterdir():
+            if entry.name.isdigit() and (entry / "Manifest.MoM").is_file():
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def write_markers(self, version: int) -> None:
+        """Point devices and the next build at ``version``: www marker first, then image."""
+        atomic_write_text(self.latest_www_marker, f"{version}\n")
+        atomic_write_text(self.latest_image_marker, f"{version}\n")
+
+    def temp_path(self, parent: Path, name: str) -> Path:
+        """A temporary sibling name that :meth:`clean_leftovers` will recognise."""
+        return parent / f"{TEMP_PREFIX}{name}.{os.getpid()}"
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove temporary trees a failed or killed run left behind; returns what went.
+
+        Only called with the lock held, so no live run owns them.
+        """
+        import shutil
+
+        removed: list[Path] = []
+        for parent in (self.root, self.image_dir, self.www_dir, self.latest_www_marker.parent):
+            if not parent.is_dir():
+                continue
+            for entry in parent.iterdir():
+                if entry.name.startswith(TEMP_PREFIX):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                    removed.append(entry)
+        return removed
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True) -> Iterator[None]:
+        """One writer per storage directory (``flock`` on ``STORAGE/.lock``)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage directory {self.root}: {exc.strerror}",
+                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable directory",
+            ) from exc
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise StorageError(
+                        f"storage {self.root} is in use by another run",
+                        hint="wait for it to finish",
+                    ) from exc
+                raise
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,73 @@
+"""Storage: markers are atomic, latest is read like swupd-server reads it, leftovers are cleaned."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from swupd_repo.errors import StorageError, VersionError
+from swupd_repo.storage import TEMP_PREFIX, Storage, read_version_file
+from swupd_repo.versions import next_version, validate_new_version
+
+
+def test_markers_round_trip(tmp_path) -> None:
+    st = Storage(tmp_path)
+    assert st.latest() == 0
+    st.write_markers(10)
+    assert st.latest_image_marker.read_text() == "10\n"
+    assert st.latest_www_marker.read_text() == "10\n"
+    assert (tmp_path / "www/version/format3/latest").is_file()
+    assert st.latest() == 10
+    assert not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+
+
+def test_version_file_parsing(tmp_path) -> None:
+    f = tmp_path / "v"
+    f.write_text("")
+    assert read_version_file(f) == 0
+    f.write_text("20\nsomething")
+    assert read_version_file(f) == 20
+    f.write_text("garbage")
+    with pytest.raises(StorageError, match="does not start with a version"):
+        read_version_file(f)
+
+
+def test_clean_leftovers(tmp_path) -> None:
+    st = Storage(tmp_path)
+    (st.www_dir / f"{TEMP_PREFIX}20.123").mkdir(parents=True)
+    (st.www_dir / "10").mkdir()
+    removed = st.clean_leftovers()
+    assert [p.name for p in removed] == [f"{TEMP_PREFIX}20.123"]
+    assert (st.www_dir / "10").is_dir()
+
+
+def _try_lock(root: str, queue) -> None:
+    try:
+        with Storage(__import__("pathlib").Path(root)).lock(wait=False):
+            queue.put("locked")
+    except StorageError as exc:
+        queue.put(str(exc))
+
+
+def test_lock_is_exclusive(tmp_path) -> None:
+    st = Storage(tmp_path)
+    queue = multiprocessing.get_context("fork").Queue()
+    with st.lock():
+        ctx = multiprocessing.get_context("fork")
+        p = ctx.Process(target=_try_lock, args=(str(tmp_path), queue))
+        p.start()
+        p.join()
+    assert "in use by another run" in queue.get(timeout=5)
+
+
+def test_versions() -> None:
+    assert next_version(0, 10) == 10
+    assert next_version(20, 10) == 30
+    validate_new_version(30, 20)
+    validate_new_version(20, 20, force=True)
+    with pytest.raises(VersionError, match="not greater than the latest published version 20"):
+        validate_new_version(20, 20)
+    with pytest.raises(VersionError):
+        validate_new_version(10, 20, force=True)
+    with pytest.raises(VersionError):
+        validate_new_version(0, 0)
