@@ -1,0 +1,39 @@
+"""``swupd-repo publish``: the whole job outside BitBake (extract, build, check, markers)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..pipeline import publish
+from ..progress import TqdmReporter
+from .options import add_settings_options, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="extract a .dsk rootfs and publish it as the next version",
+                       description="Extract the rootfs partition of a .dsk image into "
+                       "STORAGE/image/<V>/os-core and publish www/<V> (V = latest + step "
+                       "unless --version).")
+    add_settings_options(p)
+    p.add_argument("--dsk", dest="disk_image", type=Path, required=True, help="the .dsk image")
+    p.add_argument("--layout", dest="disk_layout", type=Path, required=True,
+                   help="disk-layout JSON of the image")
+    p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
+    p.add_argument("--version", dest="os_version", type=int,
+                   help="version to publish (default: latest + step)")
+    p.add_argument("--version-step", dest="version_step", type=int, help="version step (10)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    reporter = TqdmReporter()
+    try:
+        version = publish(settings, reporter)
+    finally:
+        reporter.close()
+    www = Path(settings.storage_dir or ".") / "www"
+    print(f"published version {version}: serve {www} (swupd-repo serve --storage "
+          f"{settings.storage_dir})")
+    return 0

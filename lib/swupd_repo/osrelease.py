@@ -1,0 +1,45 @@
+"""The version a rootfs claims: ``VERSION_ID`` in os-release, read the way the swupd client does.
+
+The client takes ``<root>/usr/lib/os-release``, falling back to ``<root>/etc/os-release``, uses the
+first line starting with ``VERSION_ID=``, strips quotes and parses an integer (format3 §7.3).
+Version V must ship ``VERSION_ID=V`` or devices never see the update as applied.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+OS_RELEASE_FILES = ("usr/lib/os-release", "etc/os-release")
+
+
+def parse_version_id(text: str) -> int | None:
+    """``VERSION_ID`` of os-release text, or None when absent or not a number."""
+    for line in text.splitlines():
+        if line.startswith("VERSION_ID="):
+            value = line[len("VERSION_ID="):].replace('"', "").replace("'", "").strip()
+            match = re.match(r"\d+", value)
+            return int(match.group(0)) if match else None
+    return None
+
+
+def read_version_id(root: Path) -> tuple[int | None, Path | None]:
+    """(VERSION_ID, file it came from) for a rootfs, following the client's lookup order."""
+    for rel in OS_RELEASE_FILES:
+        path = root / rel
+        if path.is_symlink():
+            # /etc/os-release is usually a relative link to ../usr/lib/os-release
+            target = Path(path.readlink())
+            base = root if target.is_absolute() else path.parent
+            path = base / target.relative_to(target.anchor)
+        if path.is_file():
+            return parse_version_id(path.read_text(errors="replace")), root / rel
+    return None, None
+
+
+def set_version_id(text: str, version: int) -> str:
+    """os-release text with ``VERSION_ID`` set to ``version`` (added when missing)."""
+    line = f"VERSION_ID={version}"
+    if re.search(r"^VERSION_ID=.*$", text, flags=re.M):
+        return re.sub(r"^VERSION_ID=.*$", line, text, flags=re.M)
+    return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"

@@ -1,0 +1,156 @@
+"""The job end to end (DESIGN.md steps 1-8), shared by the bbclass and the CLI.
+
+``publish``: disk image -> ``image/<V>/os-core`` -> backend -> check -> markers.
+``build_version``: the same from an ``image/<V>/os-core`` that is already there.
+
+Everything runs under the storage lock, starts by removing what an earlier failed run left,
+and on failure removes what this run added, so earlier versions and both ``latest`` markers
+are exactly as they were.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .backends import get_backend
+from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
+from .osrelease import read_version_id
+from .progress import Reporter
+from .settings import Settings
+from .storage import Storage
+from .versions import next_version, validate_new_version
+
+
+def storage_of(settings: Settings) -> Storage:
+    if settings.storage_dir is None:
+        raise SettingsError("no storage directory given",
+                            hint="set SWUPD_REPO_STORAGE_DIR or pass --storage DIR")
+    return Storage(Path(settings.storage_dir))
+
+
+def version_to_publish(settings: Settings, storage: Storage) -> int:
+    """OS_VERSION when set, else latest + step; validated against latest."""
+    latest = storage.latest()
+    version = settings.os_version or next_version(latest, settings.version_step)
+    validate_new_version(version, latest, force=settings.force)
+    return version
+
+
+def build_version(settings: Settings, reporter: Reporter, version: int | None = None) -> int:
+    """Publish ``www/<V>`` from an existing ``image/<V>/os-core``; returns V."""
+    storage = storage_of(settings)
+    with storage.lock():
+        _clean(storage, reporter)
+        if version is not None:
+            settings = settings.replace(os_version=version)
+        version = version_to_publish(settings, storage)
+        if not storage.os_core(version).is_dir():
+            raise StorageError(
+                f"{storage.os_core(version)} does not exist",
+                hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
+            )
+        _build_and_mark(storage, version, settings, reporter)
+    return version
+
+
+def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None = None,
+            layout_source: str = "DSK_IMAGE_LAYOUT") -> int:
+    """Extract the rootfs of ``settings.disk_image`` and publish it; returns the version.
+
+    The layout comes from ``settings.disk_layout`` or, when given, ``layout_text`` (the
+    ``DSK_IMAGE_LAYOUT`` variable's value; ``layout_source`` names it in errors).
+    """
+    from .extract import extract_rootfs
+    from .gpt import find_partition
+    from .layout import load_layout, parse_layout
+
+    storage = storage_of(settings)
+    if settings.disk_image is None:
+        raise SettingsError("no disk image given",
+                            hint="set SWUPD_REPO_DISK_IMAGE or pass --dsk IMAGE.dsk")
+    with storage.lock():
+        _clean(storage, reporter)
+        version = version_to_publish(settings, storage)
+        if layout_text is not None:
+            layout = parse_layout(layout_text, layout_source)
+        elif settings.disk_layout is not None:
+            layout = load_layout(Path(settings.disk_layout))
+        else:
+            raise SettingsError("no disk layout given",
+                                hint="set SWUPD_REPO_DISK_LAYOUT or pass --layout JSON")
+        part = layout.rootfs(settings.partition)
+        extent = find_partition(Path(settings.disk_image), part, reporter)
+        dest = storage.os_core(version)
+        image_existed = storage.image(version).exists()
+        if dest.exists():
+            reporter.info(f"removing {dest} left by an earlier run that did not publish")
+            shutil.rmtree(dest)
+        try:
+            reporter.step(f"extracting partition {extent.number} ({part.name}) of "
+                          f"{settings.disk_image}")
+            extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest, reporter)
+            check_os_release(dest, version)
+            _build_and_mark(storage, version, settings, reporter)
+        except BaseException:
+            # Loses nothing: this run's tree goes, earlier versions were never touched.
+            shutil.rmtree(dest, ignore_errors=True)
+            if not image_existed:
+                shutil.rmtree(storage.image(version), ignore_errors=True)
+            raise
+    return version
+
+
+def check_os_release(root: Path, version: int) -> None:
+    """Refuse a tree whose os-release does not say ``VERSION_ID=<version>`` (a stale image)."""
+    found, where = read_version_id(root)
+    if found is None:
+        raise ExtractError(
+            f"the image's rootfs has no VERSION_ID in usr/lib/os-release or etc/os-release "
+            f"(looked in {root})",
+            hint=f"build the image with OS_VERSION = \"{version}\" (inherit swupd-repo sets it) "
+                 "so devices can tell which version they run",
+        )
+    if found != version:
+        raise VersionError(
+            f"the image says VERSION_ID={found} in {where}, but version {version} would be "
+            "published (a stale image?)",
+            hint=f"rebuild the image with OS_VERSION = \"{version}\", or set OS_VERSION / "
+                 f"--version to {found} if that is the version you mean",
+        )
+
+
+def _clean(storage: Storage, reporter: Reporter) -> None:
+    for path in storage.clean_leftovers():
+        reporter.info(f"removed {path} left by an interrupted run")
+
+
+def _build_and_mark(storage: Storage, version: int, settings: Settings,
+                    reporter: Reporter) -> None:
+    """Backend, optional check, then the markers; an existing www/<V> only with force."""
+    www = storage.www(version)
+    aside: Path | None = None
+    if www.exists():
+        if not settings.force:
+            raise VersionError(f"{www} already exists",
+                               hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
+        aside = storage.temp_path(storage.www_dir, f"old-{version}")
+        www.rename(aside)
+    try:
+        get_backend(settings.backend).build(storage, version, settings, reporter)
+        if not (www / "Manifest.MoM").is_file():
+            raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")
+        if settings.check:
+            from .check import check_repository
+
+            check_repository(storage, version, reporter=reporter)
+    except BaseException:
+        if www.exists():
+            shutil.rmtree(www)
+        if aside is not None:
+            aside.rename(www)
+        raise
+    storage.write_markers(version)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    reporter.info(f"published version {version} in {www}")
