@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from swupd_repo.errors import SettingsError
 from swupd_repo.settings import DEFAULTS_FILE, Settings, load_settings, load_yaml, make_settings
 

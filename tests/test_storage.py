@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+
 from swupd_repo.errors import StorageError, VersionError
 from swupd_repo.storage import TEMP_PREFIX, Storage, read_version_file
 from swupd_repo.versions import next_version, validate_new_version
