@@ -1,0 +1,264 @@
+"""The glue between BitBake and the library: the only module that imports ``bb``.
+
+``swupd-repo.bbclass`` calls four functions here: :func:`next_os_version` (OS_VERSION's
+default), :func:`setup_recipe` (anonymous python), :func:`write_os_release` (the rootfs
+post-process command) and :func:`publish_image` (do_swupd_repo). They read the datastore,
+build one :class:`~swupd_repo.settings.Settings`, call :mod:`swupd_repo.pipeline`, forward its
+progress to BitBake's log and turn our error type into ``bb.fatal`` with its message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bb
+import bb.build
+import bb.event
+import bb.parse
+import bb.utils
+
+from .errors import LayoutError, SettingsError, SwupdRepoError
+from .osrelease import set_version_id
+from .settings import DEFAULTS_FILE, Settings, load_yaml, make_settings
+from .storage import Storage
+from .versions import next_version
+
+#: Settings field -> BitBake variable (meta-swupd's naming: OS_VERSION, SWUPD_* for the rest).
+FIELD_VARIABLES: dict[str, str] = {
+    "storage_dir": "SWUPD_REPO_STORAGE_DIR",
+    "backend": "SWUPD_REPO_BACKEND",
+    "version_step": "SWUPD_REPO_VERSION_STEP",
+    "os_version": "OS_VERSION",
+    "disk_layout": "SWUPD_REPO_DISK_LAYOUT",
+    "disk_image": "SWUPD_REPO_DISK_IMAGE",
+    "partition": "SWUPD_REPO_PARTITION",
+    "deltapack_versions": "SWUPD_REPO_DELTAPACK_VERSIONS",
+    "compression": "SWUPD_REPO_COMPRESSION",
+    "jobs": "SWUPD_REPO_JOBS",
+    "signing_key": "SWUPD_REPO_SIGNING_KEY",
+    "signing_cert": "SWUPD_REPO_SIGNING_CERT",
+    "signing_chain": "SWUPD_REPO_SIGNING_CHAIN",
+    "signing_passphrase_file": "SWUPD_REPO_SIGNING_PASSPHRASE_FILE",
+    "docker_image": "SWUPD_REPO_DOCKER_IMAGE",
+    "docker_command": "SWUPD_REPO_DOCKER_COMMAND",
+    "docker_privileged": "SWUPD_REPO_DOCKER_PRIVILEGED",
+    "docker_volumes": "SWUPD_REPO_DOCKER_VOLUMES",
+    "docker_host": "SWUPD_REPO_DOCKER_HOST",
+    "content_url": "SWUPD_REPO_CONTENT_URL",
+    "version_url": "SWUPD_REPO_VERSION_URL",
+    "check": "SWUPD_REPO_CHECK",
+    "force": "SWUPD_REPO_FORCE",
+}
+
+Datastore = Any  # bb.data_smart.DataSmart; kept loose so the module documents, not enforces
+
+
+class BitBakeReporter:
+    """Progress into the task log (``bb.note``/``bb.warn``) and BitBake's progress bar.
+
+    Steps and messages go to the log; a step with a known total also fires
+    ``bb.build.TaskProgress`` events (0-100), which knotty shows as the task's progress bar.
+    """
+
+    def __init__(self, d: Datastore) -> None:
+        self._d = d
+        self._total: int | None = None
+        self._done = 0
+        self._percent = -1
+
+    def step(self, name: str, total: int | None = None) -> None:
+        self._total, self._done, self._percent = total, 0, -1
+        bb.note(f"{name}{f' ({total})' if total else ''}")
+        if total:
+            self._progress(0)
+
+    def advance(self, amount: int = 1) -> None:
+        self._done += amount
+        if self._total:
+            self._progress(min(100, self._done * 100 // self._total))
+
+    def info(self, message: str) -> None:
+        bb.note(message)
+
+    def warning(self, message: str) -> None:
+        bb.warn(message)
+
+    def _progress(self, percent: int) -> None:
+        if percent != self._percent:
+            self._percent = percent
+            bb.event.fire(bb.build.TaskProgress(percent), self._d)
+
+
+def fatal_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Our errors end the task with ``bb.fatal(message)``; anything else keeps its traceback."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SwupdRepoError as exc:
+            bb.fatal(str(exc))
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def settings_from_datastore(d: Datastore) -> Settings:
+    """One validated Settings from the SWUPD_REPO_* variables (empty = the YAML default).
+
+    The disk layout is not taken from here: :func:`find_layout` resolves it.
+    """
+    values: dict[str, Any] = load_yaml(DEFAULTS_FILE) if DEFAULTS_FILE.is_file() else {}
+    for field, variable in FIELD_VARIABLES.items():
+        value = d.getVar(variable)
+        if field != "disk_layout" and value not in (None, ""):
+            values[field] = value
+    try:
+        return make_settings(values, source=_SOURCE)
+    except SettingsError as exc:
+        # Name the BitBake variable, not the YAML key the library knows it by.
+        message = exc.message
+        for field, variable in FIELD_VARIABLES.items():
+            message = message.replace(f"{field} in {_SOURCE}", variable)
+        raise SettingsError(message, hint=exc.hint) from None
+
+
+_SOURCE = "the BitBake variables"
+
+
+def layout_candidates(d: Datastore) -> list[Path]:
+    """Where the disk layout JSON is looked for, in order, when SWUPD_REPO_DISK_LAYOUT is empty."""
+    deploy = Path(d.getVar("DEPLOY_DIR_IMAGE") or ".")
+    machine = d.getVar("MACHINE") or ""
+    found = []
+    link_name = d.getVar("IMAGE_LINK_NAME")
+    if link_name:
+        found.append(deploy / f"{link_name}-disk-layout.json")
+    found.append(deploy / f"disk-layout-{machine}.json")
+    for directory in (d.getVar("FILESPATH") or "").split(":"):
+        if directory:
+            found.append(Path(directory) / f"disk-layout-{machine}.json")
+    return found
+
+
+def find_layout(d: Datastore) -> tuple[Path | None, str | None]:
+    """(layout file, None) or (None, DSK_IMAGE_LAYOUT text): the issue's discovery order.
+
+    SWUPD_REPO_DISK_LAYOUT when set (it must exist), else the first existing candidate of
+    :func:`layout_candidates`, else the DSK_IMAGE_LAYOUT variable; otherwise an error that
+    lists every place looked at.
+    """
+    explicit = d.getVar("SWUPD_REPO_DISK_LAYOUT")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise LayoutError(f"SWUPD_REPO_DISK_LAYOUT names {path}, which does not exist",
+                              hint="set it to the disk-layout JSON of the image, or leave it "
+                                   "empty to use the one the image deploys")
+        return path, None
+    candidates = layout_candidates(d)
+    for path in candidates:
+        if path.is_file():
+            return path, None
+    text = d.getVar("DSK_IMAGE_LAYOUT")
+    if text and text.strip():
+        return None, text
+    looked = "\n  ".join(str(p) for p in candidates)
+    raise LayoutError(
+        f"no disk layout found; looked for\n  {looked}\nand in the variable DSK_IMAGE_LAYOUT",
+        hint="set SWUPD_REPO_DISK_LAYOUT to the image's disk-layout JSON",
+    )
+
+
+def storage_from_datastore(d: Datastore) -> Storage:
+    directory = d.getVar("SWUPD_REPO_STORAGE_DIR")
+    if not directory:
+        raise SettingsError("SWUPD_REPO_STORAGE_DIR is empty",
+                            hint="set it to the directory that holds image/ and www/")
+    return Storage(Path(directory))
+
+
+@fatal_on_error
+def next_os_version(d: Datastore) -> int:
+    """OS_VERSION's default: the storage's latest version + SWUPD_REPO_VERSION_STEP."""
+    step_text = d.getVar("SWUPD_REPO_VERSION_STEP") or "10"
+    try:
+        step = int(step_text)
+    except ValueError:
+        raise SettingsError(f"SWUPD_REPO_VERSION_STEP must be an integer, got {step_text!r}",
+                            hint="set it to e.g. 10") from None
+    return next_version(storage_from_datastore(d).latest(), step)
+
+
+@fatal_on_error
+def setup_recipe(d: Datastore) -> None:
+    """The class's anonymous python: fix and check OS_VERSION, re-parse after a publish.
+
+    OS_VERSION is expanded once and stored as a plain number, so every task of the build
+    (and the task signatures) see the same version. Both latest markers become file
+    dependencies of the recipe, so BitBake's parse cache is dropped when a build publishes,
+    and the next build parses again and gets the next version.
+    """
+    storage = storage_from_datastore(d)
+    for marker in (storage.latest_image_marker, storage.latest_www_marker):
+        bb.parse.mark_dependency(d, str(marker))
+    text = (d.getVar("OS_VERSION") or "").strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise SettingsError(f"OS_VERSION must be a positive integer, got {text!r}",
+                            hint="set OS_VERSION to a number above the latest published "
+                                 "version, or leave it unset for latest + "
+                                 "SWUPD_REPO_VERSION_STEP")
+    d.setVar("OS_VERSION", str(int(text)))
+    if not bb.utils.to_boolean(d.getVar("SWUPD_REPO_GENERATE"), True):
+        bb.build.deltask("do_swupd_repo", d)
+
+
+@fatal_on_error
+def write_os_release(d: Datastore) -> None:
+    """Rootfs post-process: ``VERSION_ID=${OS_VERSION}`` in usr/lib/os-release and etc/os-release.
+
+    usr/lib/os-release is what the swupd client reads first. It is created when missing (from
+    etc/os-release when that is a file); a regular etc/os-release is updated too, a symlink to
+    the usr/lib file is left as it is.
+    """
+    rootfs = Path(d.getVar("IMAGE_ROOTFS"))
+    version = int(d.getVar("OS_VERSION"))
+    usr_lib = rootfs / "usr/lib/os-release"
+    etc = rootfs / "etc/os-release"
+    if not usr_lib.exists() and not usr_lib.is_symlink():
+        base = etc.read_text() if etc.is_file() and not etc.is_symlink() else ""
+        usr_lib.parent.mkdir(parents=True, exist_ok=True)
+        _write(usr_lib, set_version_id(base, version))
+    for path in (usr_lib, etc):
+        if path.is_file() and not path.is_symlink():
+            _write(path, set_version_id(path.read_text(), version))
+    bb.note(f"os-release of {rootfs} says VERSION_ID={version}")
+
+
+def _write(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+@fatal_on_error
+def publish_image(d: Datastore) -> int:
+    """do_swupd_repo: the image's rootfs becomes www/${OS_VERSION} of the storage."""
+    from .pipeline import publish
+
+    settings = settings_from_datastore(d)
+    layout_path, layout_text = find_layout(d)
+    if layout_path is not None:
+        settings = settings.replace(disk_layout=layout_path)
+        bb.note(f"disk layout: {layout_path}")
+    else:
+        bb.note("disk layout: the DSK_IMAGE_LAYOUT variable")
+    version = publish(settings, BitBakeReporter(d), layout_text=layout_text,
+                      layout_source="DSK_IMAGE_LAYOUT")
+    storage = settings.storage_dir
+    bb.plain(f"swupd-repo: published version {version} in {storage}/www; serve it with "
+             f"`swupd-repo serve --storage {storage}`")
+    return version

@@ -1,0 +1,138 @@
+# swupd-repo.bbclass: every build of this image ends with a published swupd (format 3) update.
+#
+# Inherit it in an image recipe that deploys a GPT .dsk (Ostro's image-dsk class does):
+#
+#     inherit swupd-repo
+#
+# The version of the build (OS_VERSION) is fixed when the recipe is parsed: the storage's
+# latest version + SWUPD_REPO_VERSION_STEP (10 for the first build). do_rootfs writes it into
+# the rootfs as VERSION_ID in /usr/lib/os-release (swupd_repo_os_release, run as a
+# ROOTFS_POSTPROCESS_COMMAND). After do_image_complete, do_swupd_repo extracts the rootfs
+# partition of the .dsk into ${SWUPD_REPO_STORAGE_DIR}/image/<OS_VERSION>/os-core, writes
+# www/<OS_VERSION> and then moves the latest markers; devices download from
+# ${SWUPD_REPO_STORAGE_DIR}/www (`swupd-repo serve --storage ${SWUPD_REPO_STORAGE_DIR}`).
+#
+# Every SWUPD_REPO_<KEY> variable below (but SWUPD_REPO_GENERATE) is the key <key> of
+# conf/swupd-repo.yaml, the defaults shared with the `swupd-repo` command line, and OS_VERSION
+# is its os_version; the defaults below are equal to that file's (tests/test_layer.py checks).
+# The work is done by the swupd_repo library (../lib, put on the Python path by layer.conf);
+# this class only maps variables and declares the task.
+
+# "0" builds the image without publishing it: do_swupd_repo is removed from the recipe.
+SWUPD_REPO_GENERATE ??= "1"
+
+# Storage directory holding image/<version>/os-core and www/ (the layout of the
+# ostro-swupd-server container, so either backend can continue the other's history).
+SWUPD_REPO_STORAGE_DIR ??= "${TOPDIR}/swupd-repo/${MACHINE}"
+
+# What writes www/<version>: "native" (the embedded generator) or "docker" (the
+# swupd-server container through the Docker Engine API).
+SWUPD_REPO_BACKEND ??= "native"
+
+# Distance between two builds' versions; Clear Linux reserves the last digit, hence 10.
+SWUPD_REPO_VERSION_STEP ??= "10"
+
+# Version of this build, a positive integer above the storage's latest version; the
+# default is that latest version + SWUPD_REPO_VERSION_STEP (first build: 10). The image's
+# os-release must say the same (the class takes care of that), or do_swupd_repo refuses.
+OS_VERSION ??= "${@swupd_repo_next_os_version(d)}"
+
+# disk-layout JSON of the image. Empty: ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}-disk-layout.json,
+# then disk-layout-${MACHINE}.json in DEPLOY_DIR_IMAGE or on FILESPATH, then the text of
+# DSK_IMAGE_LAYOUT itself (the first that exists).
+SWUPD_REPO_DISK_LAYOUT ??= ""
+
+# The .dsk image whose rootfs partition is published.
+SWUPD_REPO_DISK_IMAGE ??= "${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.dsk"
+
+# Rootfs partition number or name; empty = the one the layout names (key ending in _rootfs).
+SWUPD_REPO_PARTITION ??= ""
+
+# How many earlier change points of a bundle get delta packs (the container uses 2).
+SWUPD_REPO_DELTAPACK_VERSIONS ??= "2"
+
+# Fullfile compression: "gzip", "xz", or "smallest" (tries gzip/xz/bzip2 like swupd-server).
+SWUPD_REPO_COMPRESSION ??= "gzip"
+
+# Worker processes for hashing, compression and deltas; "0" = all usable cores.
+SWUPD_REPO_JOBS ??= "0"
+
+# Signing material (PEM). Key and certificate together sign Manifest.MoM; empty = unsigned.
+SWUPD_REPO_SIGNING_KEY ??= ""
+SWUPD_REPO_SIGNING_CERT ??= ""
+# Optional chain of intermediate certificates, and a file holding the key's passphrase.
+SWUPD_REPO_SIGNING_CHAIN ??= ""
+SWUPD_REPO_SIGNING_PASSPHRASE_FILE ??= ""
+
+# Docker backend: the swupd-server image, its command (the version is appended), whether it
+# runs privileged, extra volumes ("HOST:CONTAINER[:ro]", space separated) and the engine
+# address (empty: DOCKER_HOST or the default socket).
+SWUPD_REPO_DOCKER_IMAGE ??= "ostroproject/ostro-swupd-server"
+SWUPD_REPO_DOCKER_COMMAND ??= "/home/clrbuilder/projects/process_rootfs.sh"
+SWUPD_REPO_DOCKER_PRIVILEGED ??= "1"
+SWUPD_REPO_DOCKER_VOLUMES ??= ""
+SWUPD_REPO_DOCKER_HOST ??= ""
+
+# Where devices will look for content and for versions; empty = not recorded.
+SWUPD_REPO_CONTENT_URL ??= ""
+SWUPD_REPO_VERSION_URL ??= ""
+
+# "1" runs the repository check (consistency and an update simulation) before moving latest.
+SWUPD_REPO_CHECK ??= "0"
+
+# "1" allows rebuilding an existing www/<OS_VERSION> (never a version below the latest).
+SWUPD_REPO_FORCE ??= "0"
+
+# Everything do_swupd_repo reads: its signature changes when one of them does.
+SWUPD_REPO_TASK_VARIABLES = "\
+    OS_VERSION SWUPD_REPO_STORAGE_DIR SWUPD_REPO_BACKEND SWUPD_REPO_VERSION_STEP \
+    SWUPD_REPO_DISK_LAYOUT SWUPD_REPO_DISK_IMAGE SWUPD_REPO_PARTITION \
+    SWUPD_REPO_DELTAPACK_VERSIONS SWUPD_REPO_COMPRESSION \
+    SWUPD_REPO_SIGNING_KEY SWUPD_REPO_SIGNING_CERT SWUPD_REPO_SIGNING_CHAIN \
+    SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
+    SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \
+    SWUPD_REPO_CONTENT_URL SWUPD_REPO_VERSION_URL SWUPD_REPO_CHECK SWUPD_REPO_FORCE \
+    DSK_IMAGE_LAYOUT IMAGE_LINK_NAME MACHINE \
+"
+
+def swupd_repo_next_os_version(d):
+    """OS_VERSION's default: the storage's latest version + SWUPD_REPO_VERSION_STEP."""
+    import swupd_repo.bitbake
+    return str(swupd_repo.bitbake.next_os_version(d))
+
+# Fixes OS_VERSION for the whole build (and checks it), makes BitBake re-parse the recipe
+# once a build has published (so the next one gets the next version), and honours
+# SWUPD_REPO_GENERATE. This has to happen at parse time: the version is part of do_rootfs's
+# signature, and deltask only works there; hence anonymous python despite its cost (one
+# small file read per parse of an image recipe).
+# nooelint: oelint.task.noanonpython
+python __anonymous () {
+    import swupd_repo.bitbake
+    swupd_repo.bitbake.setup_recipe(d)
+}
+
+# Writes VERSION_ID=${OS_VERSION} into the rootfs' usr/lib/os-release (the file the swupd
+# client reads first) and keeps etc/os-release the same. A function, not a task: it has no
+# [doc] because `bitbake -c listtasks` never shows it.
+# nooelint: oelint.task.docstrings
+python swupd_repo_os_release () {
+    import swupd_repo.bitbake
+    swupd_repo.bitbake.write_os_release(d)
+}
+swupd_repo_os_release[vardeps] += "OS_VERSION"
+ROOTFS_POSTPROCESS_COMMAND += "swupd_repo_os_release"
+
+python do_swupd_repo () {
+    import swupd_repo.bitbake
+    swupd_repo.bitbake.publish_image(d)
+}
+addtask swupd_repo after do_image_complete before do_build
+do_swupd_repo[doc] = "Publishes the image's rootfs as version OS_VERSION of the swupd repository in SWUPD_REPO_STORAGE_DIR"
+# Restoring owners, device nodes and security.* xattrs of the image needs pseudo: tasks run
+# in a user namespace where even root cannot chown, mknod or set security.* xattrs.
+do_swupd_repo[fakeroot] = "1"
+# One writer per storage directory, also across images and multiconfigs sharing it.
+do_swupd_repo[lockfiles] = "${SWUPD_REPO_STORAGE_DIR}.bitbake.lock"
+do_swupd_repo[vardeps] += "${SWUPD_REPO_TASK_VARIABLES}"
+# The number of workers changes how fast the repository is written, never what is written.
+do_swupd_repo[vardepsexclude] += "SWUPD_REPO_JOBS"

@@ -1,0 +1,351 @@
+"""The layer inside BitBake: meta-swupd-repo driven through the real ``bb`` library.
+
+Every build runs ``tests/bitbake/runner.py`` in its own process (like ``bitbake``): tasks are
+forked one by one, run in a new user namespace without network, and ``[fakeroot]`` tasks under
+Debian's pseudo, so a class that only works as plain root fails here as it would in a real
+build. The miniature build tree (tests/bitbake/meta-test) has an ``ostro-image`` recipe whose
+do_rootfs/do_image make a GPT ``.dsk`` with sgdisk and ``mkfs.ext4 -d``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+# the bed's modules, and stand-ins for the hashserv/prserv packages PyPI's bb lacks
+sys.path[0:0] = [str(REPO / "tests" / "bitbake"), str(REPO / "tests" / "bitbake" / "stubs")]
+import bed  # noqa: E402
+
+from swupd_repo.settings import load_settings  # noqa: E402
+from swupd_repo.storage import Storage  # noqa: E402
+
+MIB = 1 << 20
+ROOTFS_OFFSET = 3 * MIB  # partition_03_rootfs of the bed's DSK_IMAGE_LAYOUT starts at 3 MiB
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def parse(builddir: Path) -> dict:
+    """The runner's parse report (warnings, signatures, settings) from a fresh process."""
+    with open(os.devnull) as stdin:
+        proc = subprocess.run([sys.executable, str(bed.RUNNER), "parse", "--builddir",
+                               str(builddir), "ostro-image"], stdin=stdin, capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def storage_of(builddir: Path) -> Storage:
+    return Storage(builddir / "swupd-repo" / bed.MACHINE)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` with type, mode, size and content hash (the lock file aside)."""
+    found: dict[str, tuple] = {}
+    if not root.exists():
+        return found
+    for path in sorted(root.rglob("*")):
+        if path.name == ".lock" and path.parent == root:
+            continue
+        st = path.lstat()
+        digest = ""
+        if stat.S_ISREG(st.st_mode):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            digest = os.readlink(path)
+        found[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_mode & 0o7777,
+                                              st.st_size, digest)
+    return found
+
+
+def task_log(builddir: Path, task: str) -> str:
+    log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/temp" / f"log.{task}"
+    return log.read_text()
+
+
+def dsk_os_release(dsk: Path) -> str:
+    """usr/lib/os-release inside the deployed image, read with debugfs (no mount)."""
+    proc = subprocess.run(["debugfs", "-R", "cat /usr/lib/os-release",
+                           f"{dsk}?offset={ROOTFS_OFFSET}"], capture_output=True, text=True,
+                          check=True)
+    return proc.stdout
+
+
+def pseudo_stat(builddir: Path, paths: list[Path]) -> list[str]:
+    """``uid:gid mode type`` of paths as the recipe's pseudo database knows them."""
+    env = dict(os.environ, PSEUDO_PREFIX="/usr", PSEUDO_LOCALSTATEDIR=str(
+        builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo"))
+    try:
+        proc = subprocess.run(["pseudo", "stat", "-c", "%u:%g %a %F", *map(str, paths)],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=True)
+    finally:
+        subprocess.run(["pseudo", "-S"], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, check=False)
+    return proc.stdout.splitlines()
+
+
+def version_id(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("VERSION_ID="):
+            return line.split("=", 1)[1]
+    return ""
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    return bed.make_builddir(tmp_path_factory.mktemp("parse"))
+
+
+def test_class_parses_without_warnings_with_layer_on_python_path(fresh):
+    report = parse(fresh)
+    assert report["problems"] == []
+    # addpylib from layer.conf put the library beside the layer on BitBake's path
+    assert str(bed.LAYER.parent / "lib") in report["sys_path"]
+    assert report["config_parsed_handler"] == "1"  # the bed's own event handler ran
+    assert report["order"] == ["do_rootfs", "do_image", "do_image_complete", "do_swupd_repo",
+                               "do_build"]
+    assert set(report["fakeroot"]) >= {"do_rootfs", "do_image", "do_swupd_repo"}
+    assert report["lockfiles"] == str(storage_of(fresh).root) + ".bitbake.lock"
+    assert report["os_version"] == "10"
+    assert "swupd_repo_os_release" in report["rootfs_postprocess"].split()
+    # the version written into the rootfs is part of do_rootfs's signature
+    assert {"swupd_repo_os_release", "OS_VERSION"} <= set(report["taskdeps"]["do_rootfs"])
+
+
+def test_task_signature_is_deterministic_and_follows_the_settings(fresh):
+    first, second = parse(fresh), parse(fresh)
+    assert first["basehashes"] == second["basehashes"]
+    assert first["basehashes"] == first["basehashes_again"]  # two parses in one process
+    deps = set(first["taskdeps"]["do_swupd_repo"])
+    from swupd_repo.bitbake import FIELD_VARIABLES
+
+    assert set(FIELD_VARIABLES.values()) - {"SWUPD_REPO_JOBS"} <= deps
+    assert "SWUPD_REPO_JOBS" not in deps
+
+    base = first["basehashes"]["do_swupd_repo"]
+    bed.set_local_conf(fresh, 'SWUPD_REPO_JOBS = "3"\n')
+    assert parse(fresh)["basehashes"]["do_swupd_repo"] == base
+    bed.set_local_conf(fresh, 'SWUPD_REPO_BACKEND = "docker"\n')
+    assert parse(fresh)["basehashes"]["do_swupd_repo"] != base
+    bed.set_local_conf(fresh, "")
+
+
+def test_class_defaults_are_the_yaml_defaults(fresh):
+    settings = parse(fresh)["settings"]
+    defaults = load_settings()
+    bitbake_only = {"storage_dir", "disk_image", "os_version"}
+    for field, value in settings.items():
+        if field in bitbake_only:
+            continue
+        expected = getattr(defaults, field)
+        expected = list(expected) if isinstance(expected, tuple) else expected
+        assert value == expected, field
+    assert settings["storage_dir"] == str(storage_of(fresh).root)
+    assert settings["disk_image"].endswith(f"/tmp/deploy/images/{bed.MACHINE}/"
+                                           f"ostro-image-{bed.MACHINE}.dsk")
+
+
+def test_layout_discovery_order_and_error(tmp_path):
+    import bb.data
+
+    from swupd_repo.bitbake import find_layout
+    from swupd_repo.errors import LayoutError
+
+    deploy, files = tmp_path / "deploy", tmp_path / "files"
+    deploy.mkdir()
+    files.mkdir()
+    d = bb.data.init()
+    d.setVar("DEPLOY_DIR_IMAGE", str(deploy))
+    d.setVar("IMAGE_LINK_NAME", "ostro-image-m")
+    d.setVar("MACHINE", "m")
+    d.setVar("FILESPATH", f"{tmp_path}/none:{files}")
+    with pytest.raises(LayoutError) as err:
+        find_layout(d)
+    for looked in (deploy / "ostro-image-m-disk-layout.json", deploy / "disk-layout-m.json",
+                   files / "disk-layout-m.json", "DSK_IMAGE_LAYOUT"):
+        assert str(looked) in str(err.value)
+    d.setVar("DSK_IMAGE_LAYOUT", '{"partition_01_rootfs": {}}')
+    assert find_layout(d) == (None, '{"partition_01_rootfs": {}}')
+    for path in (files / "disk-layout-m.json", deploy / "disk-layout-m.json",
+                 deploy / "ostro-image-m-disk-layout.json"):
+        path.write_text("{}")
+        assert find_layout(d) == (path, None)
+    explicit = tmp_path / "mine.json"
+    d.setVar("SWUPD_REPO_DISK_LAYOUT", str(explicit))
+    with pytest.raises(LayoutError, match="SWUPD_REPO_DISK_LAYOUT"):
+        find_layout(d)
+    explicit.write_text("{}")
+    assert find_layout(d) == (explicit, None)
+
+
+def test_oelint_adv_has_no_unexplained_findings():
+    """Findings that do not apply are suppressed in meta-swupd-repo/.oelint.cfg, with reasons."""
+    files = ["classes/swupd-repo.bbclass", "conf/layer.conf"]
+    proc = subprocess.run(["oelint-adv", *files], cwd=bed.LAYER, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stdout + proc.stderr
+    # the configuration is really used: without it, the suppressed findings come back
+    bare = subprocess.run(["oelint-adv", "--quiet", *files], cwd=bed.LAYER,
+                          env=dict(os.environ, OELINT_SKIP_CONFIG="1"),
+                          capture_output=True, text=True, check=False)
+    assert "oelint.bbclass.underscores" in bare.stdout + bare.stderr
+
+
+# ---------------------------------------------------------------- builds
+
+
+def test_generate_0_builds_the_image_and_publishes_nothing(tmp_path):
+    builddir = bed.make_builddir(tmp_path, 'SWUPD_REPO_GENERATE = "0"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    assert "do_swupd_repo" not in result.output
+    deploy = builddir / "tmp/deploy/images" / bed.MACHINE
+    assert version_id_text(dsk_os_release(deploy / f"ostro-image-{bed.MACHINE}.dsk")) == "10"
+    assert not storage_of(builddir).www_dir.exists()
+    assert storage_of(builddir).latest() == 0
+
+
+def version_id_text(text: str) -> str:
+    return next((line.split("=", 1)[1] for line in text.splitlines()
+                 if line.startswith("VERSION_ID=")), "")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> dict:
+    """Two builds of ostro-image in one build directory; what each left behind."""
+    builddir = bed.make_builddir(tmp_path_factory.mktemp("builds"),
+                                 'IMAGE_MOTD = "first build"\n')
+    deploy = builddir / "tmp/deploy/images" / bed.MACHINE
+    dsk = deploy / f"ostro-image-{bed.MACHINE}.dsk"
+    first = bed.bitbake(builddir)
+    facts: dict = {"builddir": builddir, "first": first}
+    if first.ok:
+        facts["first_dsk_os_release"] = dsk_os_release(dsk)
+        shutil.copy(dsk, builddir / "build1.dsk")  # a stale image for a later test
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "second build"\n')
+    facts["second"] = bed.bitbake(builddir)
+    if facts["second"].ok:
+        facts["second_dsk_os_release"] = dsk_os_release(dsk)
+    return facts
+
+
+def test_two_builds_publish_10_then_20(published):
+    builddir = published["builddir"]
+    assert published["first"].ok, published["first"].output
+    assert published["second"].ok, published["second"].output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10, 20]
+    assert storage.latest_image_marker.read_text() == "20\n"
+    assert storage.latest_www_marker.read_text() == "20\n"
+    for version in (10, 20):
+        assert (storage.www(version) / "Manifest.MoM").is_file()
+        assert (storage.www(version) / "Manifest.os-core").is_file()
+        assert version_id(storage.os_core(version) / "usr/lib/os-release") == str(version)
+        assert os.readlink(storage.os_core(version) / "etc/os-release") == \
+            "../usr/lib/os-release"
+    # what the image itself says is the version it was published as
+    assert version_id_text(published["first_dsk_os_release"]) == "10"
+    assert version_id_text(published["second_dsk_os_release"]) == "20"
+    assert (storage.os_core(10) / "etc/motd").read_text() == "first build\n"
+    assert (storage.os_core(20) / "etc/motd").read_text() == "second build\n"
+    # the task said where the repository is and reported progress to BitBake's UI
+    assert f"published version 20 in {storage.root}/www" in published["second"].output
+    assert "PROGRESS: do_swupd_repo: 100%" in published["second"].output
+
+
+def test_extracted_tree_keeps_owners_and_devices_through_pseudo(published):
+    storage = storage_of(built(published))
+    root = storage.os_core(20)
+    lines = pseudo_stat(published["builddir"],
+                        [root / "home/ostro", root / "home/ostro/notes", root / "dev/null"])
+    assert lines[0] == "1000:1000 700 directory"
+    assert lines[1].startswith("1000:1000 644 ")
+    assert lines[2] == "0:0 666 character special file"
+
+
+def built(published: dict) -> Path:
+    """The build directory after both builds; the failure tests start from version 20."""
+    assert published["second"].ok, "the two publishing builds failed; see the test above"
+    return published["builddir"]
+
+
+def failing_build(builddir: Path, local_conf: str) -> tuple[bed.BuildResult, str]:
+    before = snapshot(storage_of(builddir).root)
+    bed.set_local_conf(builddir, local_conf)
+    result = bed.bitbake(builddir)
+    assert not result.ok, result.output
+    assert "do_swupd_repo failed" in result.output
+    assert snapshot(storage_of(builddir).root) == before
+    return result, task_log(builddir, "do_swupd_repo")
+
+
+def test_bad_layout_json_fails_with_the_file_named(published):
+    builddir = built(published)
+    bad = builddir / "bad-layout.json"
+    bad.write_text('{"partition_01_rootfs": {"name": "rootfs",\n')
+    _, log = failing_build(builddir, f'SWUPD_REPO_DISK_LAYOUT = "{bad}"\n')
+    assert f"ERROR: {bad}" in log or str(bad) in log
+    assert "JSON" in log
+
+
+def test_dsk_without_the_partition_fails(published):
+    builddir = built(published)
+    dsk = builddir / "two-partitions.dsk"
+    with open(dsk, "wb") as f:
+        f.truncate(4 * MIB)
+    subprocess.run(["sgdisk", "-o", "-n", "1:2048:4095", "-c", "1:efi", "-n", "2:4096:6143",
+                    "-c", "2:swap", str(dsk)], check=True, capture_output=True)
+    _, log = failing_build(builddir, f'SWUPD_REPO_DISK_IMAGE = "{dsk}"\n')
+    assert str(dsk) in log
+    assert "partition 3" in log or "rootfs" in log
+
+
+def test_os_version_not_above_latest_fails_naming_os_version(published):
+    _, log = failing_build(built(published), 'OS_VERSION = "20"\n')
+    assert "OS_VERSION" in log
+    assert "not greater than the latest published version 20" in log
+
+
+def test_stale_image_fails_naming_os_version(published):
+    builddir = built(published)
+    _, log = failing_build(builddir, f'SWUPD_REPO_DISK_IMAGE = "{builddir / "build1.dsk"}"\n')
+    assert "VERSION_ID=10" in log
+    assert 'OS_VERSION = "30"' in log
+
+
+def test_without_fakeroot_the_extraction_fails(tmp_path):
+    """The bed is strict: the task as root but outside pseudo cannot restore owners/devices."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copytree(bed.LAYER, checkout / "meta-swupd-repo")
+    (checkout / "lib").symlink_to(REPO / "lib")
+    (checkout / "conf").symlink_to(REPO / "conf")
+    bbclass = checkout / "meta-swupd-repo/classes/swupd-repo.bbclass"
+    text = bbclass.read_text()
+    assert 'do_swupd_repo[fakeroot] = "1"\n' in text
+    bbclass.write_text(text.replace('do_swupd_repo[fakeroot] = "1"\n', ""))
+    builddir = bed.make_builddir(tmp_path / "build")
+    layers = builddir / "conf/bblayers.conf"
+    layers.write_text(layers.read_text().replace(str(bed.LAYER), str(checkout / "meta-swupd-repo")))
+    result = bed.bitbake(builddir)
+    assert not result.ok
+    log = task_log(builddir, "do_swupd_repo")
+    assert "Operation not permitted" in log or "Invalid argument" in log
+    storage = storage_of(builddir)
+    assert storage.latest() == 0
+    assert not storage.www_dir.exists() or not any(storage.www_dir.iterdir())
+    assert not storage.image(10).exists()
