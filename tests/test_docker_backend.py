@@ -1,0 +1,472 @@
+"""The docker backend against a real Docker engine (``DOCKER_HOST``; scripts/test starts one).
+
+Error paths run tiny shell "generators" in the locally made debian:bookworm base image; the
+equivalence tests run our own image (conf/docker/Dockerfile) on the reference rootfs trees and
+compare with the native backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from swupd_repo.backends.docker import DockerBackend, connect, remove_in_container
+from swupd_repo.errors import BackendError, SettingsError
+from swupd_repo.progress import RecordingReporter
+from swupd_repo.settings import make_settings
+from swupd_repo.storage import Storage
+
+pytestmark = pytest.mark.docker
+
+BASE_IMAGE = "debian:bookworm"
+SERVER_IMAGE = "swupd-repo/server:test"
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="session")
+def engine():
+    """A client of the engine DOCKER_HOST names; skip (outside CI only) when there is none."""
+    try:
+        client = connect(None)
+    except BackendError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide a Docker engine (scripts/test starts one): {exc}")
+        pytest.skip(f"no Docker engine reachable: {exc.message}; run scripts/test, which "
+                    "starts a private one")
+    yield client
+    client.close()
+
+
+def _script(engine, *args: str) -> None:
+    proc = subprocess.run([str(REPO / "scripts" / args[0]), *args[1:]], capture_output=True,
+                          text=True, env={**os.environ, **_docker_env(engine)})
+    assert proc.returncode == 0, f"scripts/{args[0]} failed:\n{proc.stderr}"
+
+
+def _docker_env(engine) -> dict[str, str]:
+    host = os.environ.get("DOCKER_HOST")
+    return {"DOCKER_HOST": host} if host else {}
+
+
+@pytest.fixture(scope="session")
+def base_image(engine) -> str:
+    """debian:bookworm made offline with debootstrap (once per engine)."""
+    _script(engine, "docker-base-image", BASE_IMAGE)
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def server_image(engine, base_image) -> str:
+    """Our conf/docker/Dockerfile image, built from the current source."""
+    _script(engine, "docker-image", SERVER_IMAGE)
+    return SERVER_IMAGE
+
+
+def settings_for(storage: Storage, **values):
+    return make_settings({"storage_dir": storage.root, "backend": "docker",
+                          "docker_image": BASE_IMAGE, "docker_privileged": False, **values})
+
+
+def shell_command(script: str) -> str:
+    """docker_command running ``script`` with the version as $1 (as process_rootfs.sh gets it)."""
+    return f"sh -c {shlex.quote(textwrap.dedent(script))} process_rootfs.sh"
+
+
+#: A "generator" that writes its output like the container: www/<V>, then both markers.
+WRITES_VERSION = """
+    set -e
+    u=/var/lib/update; v=$1
+    echo "building $v"
+    mkdir -p $u/image/$v/full $u/www/$v/files
+    echo manifest > $u/www/$v/Manifest.MoM
+    echo $v > $u/image/latest.version
+    mkdir -p $u/www/version/format3; echo $v > $u/www/version/format3/latest
+    echo "done $v"
+"""
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    """Version 10 published (markers 10), image/20/os-core ready for the next build."""
+    store = Storage(tmp_path / "storage")
+    (store.www(10)).mkdir(parents=True)
+    (store.www(10) / "Manifest.MoM").write_text("MANIFEST\t3\n")
+    (store.os_core(10) / "etc").mkdir(parents=True)
+    (store.full(10)).mkdir()
+    (store.os_core(20) / "etc").mkdir(parents=True)
+    (store.os_core(20) / "etc" / "os-release").write_text("VERSION_ID=20\n")
+    store.write_markers(10)
+    return store
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its type, mode and content (the .lock file aside)."""
+    state: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel == ".lock":
+            continue
+        st = path.lstat()
+        if path.is_symlink():
+            state[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[rel] = ("dir", st.st_mode)
+        else:
+            state[rel] = ("file", st.st_mode, path.read_bytes())
+    return state
+
+
+def leftover_containers(engine, pid: int | None = None) -> list:
+    label = f"swupd-repo.pid={pid or os.getpid()}"
+    return engine.containers.list(all=True, filters={"label": label})
+
+
+# ---------------------------------------------------------------- errors users will hit
+
+def test_no_engine_names_docker_host(tmp_path, storage):
+    import docker.errors
+    import requests.exceptions
+
+    socket = f"unix://{tmp_path}/no-engine.sock"
+    settings = settings_for(storage, docker_host=socket)
+    before = tree_state(storage.root)
+    with pytest.raises(BackendError) as caught:
+        DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert "cannot reach the Docker engine at " + socket in str(caught.value)
+    assert "SWUPD_REPO_DOCKER_HOST" in str(caught.value)
+    assert isinstance(caught.value.__cause__, docker.errors.DockerException)
+    # With a pinned API version the SDK only fails on the first request, differently.
+    with pytest.raises(BackendError, match="SWUPD_REPO_DOCKER_HOST") as pinned:
+        connect(socket, api_version="1.41")
+    assert isinstance(pinned.value.__cause__, requests.exceptions.ConnectionError)
+    assert tree_state(storage.root) == before
+
+
+def test_bad_docker_volumes_are_settings_errors(tmp_path, storage):
+    for spec, words in (("relative", "HOST:CONTAINER"), (f"{tmp_path}/absent:/x", "not exist"),
+                        (f"{tmp_path}:/x:rx", "HOST:CONTAINER")):
+        settings = settings_for(storage, docker_volumes=[spec])
+        with pytest.raises(SettingsError, match=words) as caught:
+            DockerBackend().build(storage, 20, settings, RecordingReporter())
+        assert "SWUPD_REPO_DOCKER_VOLUMES" in str(caught.value)
+
+
+def test_missing_image_is_reported_without_pulling(engine, storage):
+    settings = settings_for(storage, docker_image="swupd-repo-test/absent:1")
+    before = tree_state(storage.root)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="has no image swupd-repo-test/absent:1") as caught:
+        DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert time.monotonic() - started < 10
+    assert "SWUPD_REPO_DOCKER_IMAGE" in str(caught.value)
+    assert tree_state(storage.root) == before
+
+
+def test_missing_command_names_docker_command(engine, base_image, storage):
+    settings = settings_for(storage, docker_command="/home/clrbuilder/projects/process_rootfs.sh")
+    before = tree_state(storage.root)
+    with pytest.raises(BackendError, match="cannot run /home/clrbuilder") as caught:
+        DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert "SWUPD_REPO_DOCKER_COMMAND" in str(caught.value)
+    assert tree_state(storage.root) == before
+    assert leftover_containers(engine) == []
+
+
+def test_failure_half_way_leaves_storage_as_before(engine, base_image, storage):
+    half_way = """
+        u=/var/lib/update; v=$1
+        mkdir -p $u/image/$v/full/usr $u/www/$v/files $u/www/$v/delta
+        echo data > $u/www/$v/files/0123.tar
+        head -c 1000 /dev/zero > $u/www/$v/pack-os-core-from-10.tar
+        echo $v > $u/image/latest.version
+        mkdir -p $u/www/version/format3; echo $v > $u/www/version/format3/latest
+        for i in $(seq 1 30); do echo "line $i"; done
+        sleep 0.2; echo "pack_maker failed for $v" >&2
+        exit 3
+    """
+    settings = settings_for(storage, docker_command=shell_command(half_way))
+    before = tree_state(storage.root)
+    reporter = RecordingReporter()
+    with pytest.raises(BackendError) as caught:
+        DockerBackend().build(storage, 20, settings, reporter)
+    message = str(caught.value)
+    assert "exited with status 3 while building version 20" in message
+    assert "pack_maker failed for 20" in message and "line 30" in message
+    assert "line 5\n" not in message  # only the last lines are quoted
+    assert tree_state(storage.root) == before
+    assert storage.latest() == 10
+    assert leftover_containers(engine) == []
+    assert "container: pack_maker failed for 20" in reporter.infos
+
+
+def test_first_build_failure_leaves_no_markers(engine, base_image, tmp_path):
+    storage = Storage(tmp_path / "storage")
+    storage.os_core(10).mkdir(parents=True)
+    before = tree_state(storage.root)
+    fails = WRITES_VERSION.replace('echo "done $v"', "exit 1")
+    with pytest.raises(BackendError, match="status 1"):
+        DockerBackend().build(storage, 10, settings_for(
+            storage, docker_command=shell_command(fails)), RecordingReporter())
+    # Only the empty mount point www/ stays of the run.
+    after = tree_state(storage.root)
+    assert set(after) - set(before) == {"www"} and before.items() <= after.items()
+    assert storage.latest() == 0
+
+
+def test_forced_rebuild_failure_keeps_the_old_version(engine, base_image, storage):
+    """The pipeline sets www/<V> aside for a forced rebuild; a container that cleans our
+    temporaries (our own generator does) must not take that copy with it."""
+    from swupd_repo.pipeline import build_version
+
+    storage.www(20).mkdir()
+    (storage.www(20) / "Manifest.MoM").write_text("MANIFEST\t3\nversion:\t20\n")
+    storage.write_markers(20)
+    cleans_then_fails = """
+        rm -rf /var/lib/update/www/.swupd-repo-tmp-* /var/lib/update/image/.swupd-repo-tmp-*
+        mkdir -p /var/lib/update/www/$1; exit 4
+    """
+    before = tree_state(storage.root)
+    settings = settings_for(storage, docker_command=shell_command(cleans_then_fails),
+                            force=True)
+    with pytest.raises(BackendError, match="status 4"):
+        build_version(settings, RecordingReporter(), 20)
+    assert tree_state(storage.root) == before
+
+
+def test_remove_in_container(engine, base_image, storage):
+    """What a root container left and a non-root user cannot remove goes through the engine."""
+    (storage.www(20) / "files").mkdir(parents=True)
+    (storage.www(20) / "files" / "x.tar").write_text("x")
+    storage.full(20).mkdir()
+    reporter = RecordingReporter()
+    remove_in_container(engine, base_image, storage, [storage.www(20), storage.full(20)],
+                        reporter)
+    assert not storage.www(20).exists() and not storage.full(20).exists()
+    assert storage.os_core(20).is_dir() and (storage.www(10) / "Manifest.MoM").is_file()
+    assert reporter.warnings == []
+
+
+def test_success_streams_logs_and_restores_markers(engine, base_image, storage):
+    streaming = WRITES_VERSION.replace('echo "building $v"', 'echo "building $v"; sleep 2')
+
+    class Timed(RecordingReporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: dict[str, float] = {}
+
+        def info(self, message: str) -> None:
+            super().info(message)
+            self.times[message] = time.monotonic()
+
+    reporter = Timed()
+    DockerBackend().build(storage, 20, settings_for(
+        storage, docker_command=shell_command(streaming)), reporter)
+    assert (storage.www(20) / "Manifest.MoM").read_text() == "manifest\n"
+    assert storage.full(20).is_dir()
+    # The container moved both markers; the contract wants them untouched until the pipeline.
+    assert storage.latest_image_marker.read_text() == "10\n"
+    assert storage.latest_www_marker.read_text() == "10\n"
+    assert reporter.infos == ["container: building 20", "container: done 20"]
+    # Streamed as they came, not collected at the end.
+    gap = reporter.times["container: done 20"] - reporter.times["container: building 20"]
+    assert gap > 1.5
+    assert leftover_containers(engine) == []
+
+
+def test_privileged_run(engine, base_image, storage):
+    needs_privilege = WRITES_VERSION.replace(
+        'echo "building $v"', "mount -t tmpfs none /mnt || exit 7; umount /mnt")
+    settings = settings_for(storage, docker_command=shell_command(needs_privilege),
+                            docker_privileged=True)
+    DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert (storage.www(20) / "Manifest.MoM").is_file()
+    # The same command without the privilege fails: the flag is what made it work.
+    storage30 = Storage(storage.root)
+    (storage30.os_core(30)).mkdir(parents=True)
+    with pytest.raises(BackendError, match="status 7"):
+        DockerBackend().build(storage30, 30, settings.replace(docker_privileged=False),
+                              RecordingReporter())
+    assert not storage.www(30).exists()
+
+
+def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path):
+    extra = tmp_path / "certs"
+    extra.mkdir()
+    (extra / "leaf.cert.pem").write_text("CERT\n")
+    copies = WRITES_VERSION.replace(
+        "echo manifest > $u/www/$v/Manifest.MoM", "cp /root/swupd-certs/leaf.cert.pem "
+        "$u/www/$v/Manifest.MoM; touch /root/swupd-certs/x 2>/dev/null && exit 9")
+    settings = settings_for(storage, docker_command=shell_command(copies),
+                            docker_volumes=[f"{extra}:/root/swupd-certs:ro"])
+    DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert (storage.www(20) / "Manifest.MoM").read_text() == "CERT\n"
+
+
+def test_success_without_manifest_is_an_error(engine, base_image, storage):
+    settings = settings_for(storage, docker_command=shell_command(
+        "mkdir -p /var/lib/update/www/$1/files; echo 20 > /var/lib/update/image/latest.version"))
+    before = tree_state(storage.root)
+    with pytest.raises(BackendError, match=r"wrote no .*/Manifest\.MoM") as caught:
+        DockerBackend().build(storage, 20, settings, RecordingReporter())
+    assert "SWUPD_REPO_DOCKER_COMMAND" in str(caught.value)
+    assert tree_state(storage.root) == before
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from swupd_repo.backends.docker import DockerBackend
+from swupd_repo.settings import make_settings
+from swupd_repo.storage import Storage
+
+class Printer:
+    def step(self, name, total=None): pass
+    def advance(self, amount=1): pass
+    def info(self, message): print(message, flush=True)
+    def warning(self, message): print(message, flush=True)
+
+storage = Storage(Path(sys.argv[1]))
+settings = make_settings({"storage_dir": storage.root, "backend": "docker",
+                          "docker_image": sys.argv[2], "docker_command": sys.argv[3],
+                          "docker_privileged": False})
+DockerBackend().build(storage, 20, settings, Printer())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_interrupt_stops_the_container(engine, base_image, storage, signum):
+    slow = """
+        u=/var/lib/update; v=$1
+        mkdir -p $u/image/$v/full $u/www/$v/files
+        echo $v > $u/image/latest.version
+        trap 'exit 143' TERM
+        echo started
+        sleep 60 & wait
+    """
+    before = tree_state(storage.root)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(storage.root), base_image, shell_command(slow)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.strip() == "container: started":
+                break
+        else:
+            pytest.fail(f"the container never started: {child.stderr.read()}")
+        assert len(leftover_containers(engine, child.pid)) == 1
+        started = time.monotonic()
+        child.send_signal(signum)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert time.monotonic() - started < 12
+    assert child.returncode == (143 if signum == signal.SIGTERM else -signal.SIGINT)
+    assert leftover_containers(engine, child.pid) == []
+    assert tree_state(storage.root) == before
+
+
+# ---------------------------------------------------------------- the real generator in a container
+
+def extract(tar: Path, dest: Path) -> None:
+    """A reference rootfs as the extract step leaves it (owners, modes, xattrs)."""
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                    str(tar), "-C", str(dest)], check=True)
+
+
+def fill_version(storage: Storage, version: int, vectors: Path) -> None:
+    """image/<V>/os-core for 10 and 20 from the vectors; 30 = 20 with a change of each kind."""
+    source = vectors / f"rootfs-{min(version, 20)}.tar"
+    root = storage.os_core(version)
+    extract(source, root)
+    if version == 30:
+        (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+        (root / "usr" / "bin" / "prog30").write_bytes(b"#!/bin/sh\necho 30\n" * 40)
+        (root / "usr" / "bin" / "prog30").chmod(0o755)
+        (root / "usr" / "bin" / "prog01").unlink()
+    release = root / "etc" / "os-release"
+    if release.is_file() and not release.is_symlink():
+        text = "".join(line for line in release.read_text().splitlines(keepends=True)
+                       if not line.startswith("VERSION_ID="))
+        release.write_text(f"{text}VERSION_ID={version}\n")
+
+
+def build(storage: Storage, version: int, vectors: Path, backend: str, image: str = "") -> None:
+    from swupd_repo.pipeline import build_version
+
+    fill_version(storage, version, vectors)
+    values = {"storage_dir": storage.root, "backend": backend}
+    if backend == "docker":
+        values["docker_image"] = image  # default command and --privileged: the contract
+    assert build_version(make_settings(values), RecordingReporter(), version) == version
+
+
+def manifests(www: Path) -> dict[str, list[str]]:
+    """Plain manifests of one version, minus what legitimately differs between two runs.
+
+    ``timestamp:`` is the build time; the MoM's hash column hashes manifests that contain it.
+    """
+    found = {}
+    for path in sorted(www.glob("Manifest.*")):
+        if path.suffix in (".tar", ".signed"):
+            continue
+        lines = [line for line in path.read_text().splitlines()
+                 if not line.startswith("timestamp:")]
+        if path.name == "Manifest.MoM":
+            entries = [line.split("\t") for line in lines]
+            lines = ["\t".join([f[0], "-", *f[2:]]) if len(f) == 4 else "\t".join(f)
+                     for f in entries]
+        found[path.name] = lines
+    return found
+
+
+def published_names(www: Path) -> list[str]:
+    """Every file name in www/<V> (fullfiles, deltas, packs, manifests)."""
+    return sorted(str(p.relative_to(www)) for p in www.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def native_history(tmp_path_factory, vectors) -> Storage:
+    """10, 20 and 30 built by the native backend: what the container must reproduce."""
+    storage = Storage(tmp_path_factory.mktemp("native") / "storage")
+    for version in (10, 20, 30):
+        build(storage, version, vectors, "native")
+    return storage
+
+
+def assert_same_version(storage: Storage, reference: Storage, version: int) -> None:
+    assert manifests(storage.www(version)) == manifests(reference.www(version))
+    assert published_names(storage.www(version)) == published_names(reference.www(version))
+
+
+def test_container_matches_native(tmp_path, vectors, native_history, server_image, engine):
+    storage = Storage(tmp_path / "storage")
+    for version in (10, 20):
+        build(storage, version, vectors, "docker", server_image)
+        assert_same_version(storage, native_history, version)
+    assert storage.latest() == 20
+    assert storage.latest_www_marker.read_text() == "20\n"
+    assert leftover_containers(engine) == []
+
+
+def test_mixed_history_native_docker_native(tmp_path, vectors, native_history, server_image):
+    storage = Storage(tmp_path / "storage")
+    build(storage, 10, vectors, "native")
+    build(storage, 20, vectors, "docker", server_image)
+    build(storage, 30, vectors, "native")
+    for version in (10, 20, 30):
+        assert_same_version(storage, native_history, version)
+    assert storage.published_versions() == [10, 20, 30]
+    assert storage.latest_image_marker.read_text() == "30\n"
