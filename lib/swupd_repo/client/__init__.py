@@ -1,0 +1,13 @@
+"""A verifying Python client for swupd format 3: install, update and verify a target root.
+
+It follows the 2016 client's data path (format3 §7) but checks every hash it installs and every
+signature it has a certificate for. ``check`` uses it to prove each update path before a
+version is published.
+"""
+
+from .compare import compare_trees
+from .operations import current_version, install, update, verify
+from .report import ClientStats, Mismatch, VerifyReport
+
+__all__ = ["ClientStats", "Mismatch", "VerifyReport", "compare_trees", "current_version",
+           "install", "update", "verify"]

@@ -1,0 +1,90 @@
+"""Subscriptions and consolidation: bundle manifests to one entry per path (format3 §7.3-7.4).
+
+Pure functions over :class:`Entry` values; the only I/O is listing the subscription files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..swupd.manifest import Entry, Manifest
+
+BUNDLES_DIR = "usr/share/clear/bundles"
+CORE = "os-core"
+
+
+def subscribed_bundles(root: Path) -> list[str]:
+    """Bundles the target has: regular files in ``usr/share/clear/bundles``; os-core if none."""
+    directory = root / BUNDLES_DIR
+    names: list[str] = []
+    if directory.is_dir() and not directory.is_symlink():
+        names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.is_symlink())
+    return names or [CORE]
+
+
+def is_config(entry: Entry) -> bool:
+    """Config files belong to the device (and 2.53 never lists them anyway)."""
+    return entry.modifier == "C" or entry.path.startswith("/etc/")
+
+
+def is_state(entry: Entry) -> bool:
+    return entry.modifier == "s"
+
+
+def is_boot(entry: Entry) -> bool:
+    return entry.modifier == "b"
+
+
+@dataclass
+class Consolidated:
+    """One entry per path, and the paths dropped because two bundles disagreed."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def consolidate(manifests: Iterable[Manifest]) -> Consolidated:
+    """Merge bundle manifests like the client: live beats deleted; two live ones with different
+    hashes are a conflict and both are dropped; among equals the later last_change is kept."""
+    result = Consolidated()
+    conflicted: set[str] = set()
+    for manifest in manifests:
+        for entry in manifest.entries:
+            if entry.path in conflicted:
+                continue
+            old = result.entries.get(entry.path)
+            if old is None:
+                result.entries[entry.path] = entry
+            elif old.deleted != entry.deleted:
+                result.entries[entry.path] = old if not old.deleted else entry
+            elif not entry.deleted and old.hash != entry.hash:
+                del result.entries[entry.path]
+                conflicted.add(entry.path)
+            elif entry.last_change > old.last_change:
+                result.entries[entry.path] = entry
+    result.conflicts = sorted(conflicted)
+    return result
+
+
+def install_list(entries: dict[str, Entry]) -> list[Entry]:
+    """What a fresh install lays down: every live entry except config, parents first."""
+    return sorted((e for e in entries.values() if not e.deleted and not is_config(e)),
+                  key=lambda e: e.path)
+
+
+def update_list(entries: dict[str, Entry], current: int) -> list[Entry]:
+    """What an update from ``current`` touches: entries changed after it, except config and
+    state, and except deleted boot entries (§7.4 step 6); sorted parents first."""
+    chosen = [e for e in entries.values()
+              if e.last_change > current and not is_config(e) and not is_state(e)
+              and not (e.deleted and is_boot(e))]
+    return sorted(chosen, key=lambda e: e.path)
+
+
+def verify_list(entries: dict[str, Entry]) -> list[Entry]:
+    """What ``verify`` compares: live entries that are not config, state or boot (§7.5)."""
+    return sorted((e for e in entries.values()
+                   if not e.deleted and not is_config(e) and not is_state(e) and not is_boot(e)),
+                  key=lambda e: e.path)

@@ -1,0 +1,108 @@
+"""Fetching the MoM and bundle manifests, and proving each one is the one the server meant.
+
+Checks the 2016 client skipped (format3 §7.6) are made here: the ``version:`` line must be the
+version asked for, every bundle manifest must hash (without xattrs, stat 0100644 0 0) to its
+``M`` line in the MoM, and with trusted certificates each manifest's detached signature
+(``Manifest.<X>.signed``, inside the tar or beside it) must verify. So a valid MoM signature
+vouches, through hashes, for every manifest entry and so for every file installed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ClientError, ManifestError
+from ..swupd.hashing import hash_bytes
+from ..swupd.manifest import Entry, Manifest, parse_manifest
+from .archive import ARCHIVE_ERRORS, open_tar, strip_dot
+from .http import Fetcher
+
+
+def mom_hash(manifest_bytes: bytes) -> str:
+    """The ``M`` line hash of a plain manifest file (format3 §2.8): no xattrs, root 0644."""
+    return hash_bytes(0o100644, 0, 0, 0, len(manifest_bytes), {}, manifest_bytes)
+
+
+def read_manifest_tar(data: bytes, name: str, source: str) -> tuple[bytes, bytes | None]:
+    """(``Manifest.<name>``, its ``.signed`` member or None) from ``Manifest.<name>.tar``."""
+    wanted = f"Manifest.{name}"
+    found: dict[str, bytes] = {}
+    try:
+        with open_tar(io.BytesIO(data)) as tar:
+            for member in tar:
+                key = strip_dot(member.name)
+                if member.isreg() and key in (wanted, wanted + ".signed"):
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    found[key] = f.read()
+    except ARCHIVE_ERRORS as exc:
+        raise ClientError(f"{source} is not a readable tar archive: {exc}") from None
+    if wanted not in found:
+        raise ClientError(f"{source} does not contain {wanted}")
+    return found[wanted], found.get(wanted + ".signed")
+
+
+@dataclass
+class ManifestSource:
+    """Where manifests come from, and what to require of them."""
+
+    fetcher: Fetcher
+    trusted_certs: Sequence[Any] | None = None
+    check_time: bool = True
+
+    def fetch(self, name: str, version: int, expected_hash: str | None = None) -> Manifest:
+        """``<version>/Manifest.<name>.tar``, checked; ``expected_hash`` is the MoM's M hash."""
+        path = f"{version}/Manifest.{name}.tar"
+        url = self.fetcher.url(path)
+        plain, signature = read_manifest_tar(self.fetcher.get(path), name, url)
+        if expected_hash is not None:
+            actual = mom_hash(plain)
+            if actual != expected_hash:
+                raise ClientError(
+                    f"{url}: Manifest.{name} hashes to {actual}, but the MoM says "
+                    f"{expected_hash}; the repository is inconsistent or was tampered with")
+        if self.trusted_certs:
+            self._verify_signature(plain, signature, f"{version}/Manifest.{name}")
+        try:
+            manifest = parse_manifest(plain, f"{url} (Manifest.{name})")
+        except ManifestError as exc:
+            raise ClientError(str(exc)) from None
+        if manifest.version != version:
+            raise ClientError(f"{url}: Manifest.{name} says version {manifest.version}, "
+                              f"expected {version}")
+        return manifest
+
+    def _verify_signature(self, data: bytes, signature: bytes | None, path: str) -> None:
+        from ..errors import SigningError
+        from ..swupd.signing import verify
+
+        if signature is None:
+            signature = self.fetcher.get_optional(path + ".signed")
+        if signature is None:
+            raise ClientError(f"{self.fetcher.url(path)} is not signed (no {path}.signed), "
+                              "but a certificate was given")
+        try:
+            verify(data, signature, self.trusted_certs, check_time=self.check_time)
+        except SigningError as exc:
+            raise ClientError(f"{self.fetcher.url(path)}: bad signature: {exc}") from None
+
+    def mom(self, version: int) -> Manifest:
+        mom = self.fetch("MoM", version)
+        for entry in mom.entries:
+            if entry.type != "M" or entry.deleted:
+                raise ClientError(f"{self.fetcher.url(f'{version}/Manifest.MoM.tar')}: "
+                                  f"unexpected entry {entry.flags} {entry.path} in a MoM")
+        return mom
+
+    def bundles(self, mom: Manifest, names: Sequence[str]) -> dict[str, Manifest]:
+        """The manifests of ``names`` (those the MoM lists), each checked against its M line."""
+        lines = bundle_lines(mom)
+        return {name: self.fetch(name, lines[name].last_change, lines[name].hash)
+                for name in names if name in lines}
+
+
+def bundle_lines(mom: Manifest) -> dict[str, Entry]:
+    return {e.path: e for e in mom.entries if e.type == "M"}

@@ -1,0 +1,187 @@
+"""``install``, ``update`` and ``verify`` of a target root against a repository URL.
+
+The data path is the format-3 client's (format3 §7): ``latest``, MoM, subscribed bundle
+manifests, consolidation, packs, deltas, fullfiles, staging, renames, deletions. Everything
+is downloaded and hash-checked before the target is touched, so a bad repository fails the
+run with the target unchanged; and the target is found by its own os-release, never by the
+host's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ClientError
+from ..osrelease import read_version_id
+from ..progress import NullReporter, Reporter
+from ..swupd.manifest import Entry, Manifest
+from .apply import apply_entries
+from .consolidate import (
+    consolidate,
+    install_list,
+    subscribed_bundles,
+    update_list,
+    verify_list,
+)
+from .http import Fetcher
+from .manifests import ManifestSource, bundle_lines
+from .report import ClientStats, VerifyReport
+from .staging import Staging
+from .state import StateDir
+from .targetpath import target_path
+from .verify import verify_entries
+
+LATEST = "version/format3/latest"
+
+
+@dataclass
+class Session:
+    """One run's connection to a repository: fetcher, manifest checks, progress."""
+
+    url: str
+    trusted_certs: Sequence[Any] | None = None
+    check_time: bool = True
+    reporter: Reporter = field(default_factory=NullReporter)
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        self.fetcher = Fetcher(self.url, retries=self.retries)
+        self.manifests = ManifestSource(self.fetcher, self.trusted_certs, self.check_time)
+
+    def latest(self) -> int:
+        """``version/format3/latest``: the version devices are told to run."""
+        text = self.fetcher.get(LATEST).decode("ascii", "replace")
+        match = re.fullmatch(r"\s*([0-9]+)\s*", text)
+        if not match or int(match.group(1)) <= 0:
+            raise ClientError(f"{self.fetcher.url(LATEST)} does not hold a version: "
+                              f"{text[:40]!r}")
+        return int(match.group(1))
+
+    def bundle_manifests(self, mom: Manifest, names: Sequence[str]) -> dict[str, Manifest]:
+        found = self.manifests.bundles(mom, names)
+        if not found:
+            raise ClientError(f"{self.fetcher.url(f'{mom.version}/Manifest.MoM.tar')} lists "
+                              f"none of the subscribed bundles {', '.join(names)}")
+        return found
+
+    def finish(self, stats: ClientStats) -> ClientStats:
+        stats.requests = self.fetcher.requests
+        stats.bytes_received = self.fetcher.bytes_received
+        return stats
+
+
+def current_version(root: Path) -> int:
+    """The version the target runs, from its os-release (usr/lib, then etc), as swupd reads it."""
+    version, where = read_version_id(root)
+    if version is None or version <= 0:
+        raise ClientError(
+            f"cannot tell which version {root} runs: no VERSION_ID in "
+            f"{where or root / 'usr/lib/os-release'}",
+            hint="install a version first (swupd-repo client install --version V)")
+    return version
+
+
+def install(url: str, root: Path, version: int, *, state_dir: Path | None = None,
+            packs: bool = True, bundles: Sequence[str] | None = None,
+            trusted_certs: Sequence[Any] | None = None, check_time: bool = True,
+            reporter: Reporter | None = None) -> ClientStats:
+    """Lay down ``version`` into ``root`` from zero packs (like ``verify --install``)."""
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+    rep = session.reporter
+    session.latest()  # must answer, as in the real client
+    mom = session.manifests.mom(version)
+    names = list(bundles) if bundles else subscribed_bundles(root)
+    manifests = session.bundle_manifests(mom, names)
+    merged = consolidate(manifests.values())
+    stats = ClientStats(from_version=0, to_version=version, conflicts=merged.conflicts)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
+    if packs:
+        lines = bundle_lines(mom)
+        for name in manifests:
+            staging.stage_pack(name, 0, lines[name].last_change, required=True)
+    entries = install_list(merged.entries)
+    _stage_all(staging, entries, rep)
+    rep.step(f"installing {len(entries)} objects of version {version} into {root}",
+             len(entries))
+    stats.installed, stats.deleted = apply_entries(root, entries, staging.ensure, rep.advance)
+    staging.state.write_version(version)
+    rep.info(f"installed version {version} into {root}")
+    return session.finish(stats)
+
+
+def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | None = None,
+           packs: bool = True, trusted_certs: Sequence[Any] | None = None,
+           check_time: bool = True, reporter: Reporter | None = None) -> ClientStats:
+    """Update ``root`` from the version its os-release names to ``to`` (default: latest)."""
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+    rep = session.reporter
+    latest = session.latest()
+    target = to if to is not None else latest
+    current = current_version(root)
+    if current % 10 in (8, 9):
+        raise ClientError(f"{root} runs version {current}, a devel/reserved build (ending in "
+                          "8 or 9) that swupd never updates from")
+    stats = ClientStats(from_version=current, to_version=target)
+    if target <= current:
+        rep.info(f"{root} runs version {current}; nothing newer than {target} to update to")
+        stats.to_version = current
+        return session.finish(stats)
+    names = subscribed_bundles(root)
+    old_mom = session.manifests.mom(current)
+    new_mom = session.manifests.mom(target)
+    old = session.manifests.bundles(old_mom, names)
+    new = session.bundle_manifests(new_mom, names)
+    old_merged, new_merged = consolidate(old.values()), consolidate(new.values())
+    stats.conflicts = new_merged.conflicts
+    staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
+    if packs:
+        old_lines, new_lines = bundle_lines(old_mom), bundle_lines(new_mom)
+        for name in new:
+            was = old_lines[name].last_change if name in old_lines else 0
+            now = new_lines[name].last_change
+            if now != was:
+                staging.stage_pack(name, was, now, required=False)
+    entries = update_list(new_merged.entries, current)
+    _apply_deltas(staging, root, entries, old_merged.entries)
+    _stage_all(staging, [e for e in entries if not e.deleted], rep)
+    rep.step(f"updating {root} from {current} to {target}", len(entries))
+    stats.installed, stats.deleted = apply_entries(root, entries, staging.ensure, rep.advance)
+    staging.state.write_version(target)
+    rep.info(f"updated {root} from {current} to {target}: {stats.summary()}")
+    return session.finish(stats)
+
+
+def verify(url: str, root: Path, *, version: int | None = None,
+           trusted_certs: Sequence[Any] | None = None, check_time: bool = True,
+           reporter: Reporter | None = None) -> VerifyReport:
+    """Hash every file of the target's version (not config, state or boot) against the repo."""
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+    session.latest()
+    version = version if version is not None else current_version(root)
+    mom = session.manifests.mom(version)
+    merged = consolidate(session.bundle_manifests(mom, subscribed_bundles(root)).values())
+    deleted = [e for e in merged.entries.values() if e.deleted]
+    return verify_entries(root, version, verify_list(merged.entries), deleted)
+
+
+def _apply_deltas(staging: Staging, root: Path, entries: list[Entry],
+                  old: dict[str, Entry]) -> None:
+    """Try the packs' deltas for changed regular files whose old version was a regular file."""
+    for entry in entries:
+        before = old.get(entry.path)
+        if (entry.type == "F" and not entry.deleted and before is not None
+                and before.type == "F" and not before.deleted and before.hash != entry.hash):
+            staging.try_delta(entry, before, target_path(root, entry.path))
+
+
+def _stage_all(staging: Staging, entries: list[Entry], rep: Reporter) -> None:
+    """Download and hash-check everything before the target is touched."""
+    rep.step(f"staging {len(entries)} objects", len(entries))
+    for entry in entries:
+        staging.ensure(entry)
+        rep.advance()

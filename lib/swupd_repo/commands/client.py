@@ -1,0 +1,76 @@
+"""``swupd-repo client install|update|verify``: the verifying format-3 client on a target root."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..progress import TqdmReporter
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="install, update or verify a target root over HTTP",
+                       description="A format-3 swupd client that checks every hash it installs "
+                       "(and every signature, given --cert). Never touches the host's "
+                       "/var/lib/swupd: its state lives in ROOT/var/lib/swupd or --state-dir.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    inst = actions.add_parser("install", help="install version V into an empty root")
+    inst.add_argument("--version", dest="target_version", type=int, required=True,
+                      help="version to install")
+    inst.add_argument("--bundle", dest="bundles", action="append",
+                      help="bundle to install (repeatable; default: os-core)")
+    upd = actions.add_parser("update", help="update ROOT to latest (or --to V)")
+    upd.add_argument("--to", dest="target_version", type=int,
+                     help="version to update to (default: version/format3/latest)")
+    ver = actions.add_parser("verify", help="hash-check ROOT; exit 1 on mismatches")
+    ver.add_argument("--version", dest="target_version", type=int,
+                     help="version to verify against (default: ROOT's os-release)")
+    for q in (inst, upd, ver):
+        q.add_argument("--path", dest="root", type=Path, required=True, help="target root")
+        q.add_argument("--url", required=True, help="repository base URL (serves www/)")
+        q.add_argument("--cert", type=Path,
+                       help="PEM certificate(s) to verify manifest signatures against")
+        q.add_argument("--no-check-time", dest="check_time", action="store_false",
+                       help="accept expired certificates (the 2016 test certificates are)")
+    for q in (inst, upd):
+        q.add_argument("--state-dir", type=Path,
+                       help="client state directory (default: ROOT/var/lib/swupd)")
+        q.add_argument("--no-packs", dest="packs", action="store_false",
+                       help="use fullfiles only")
+    p.set_defaults(func=run)
+
+
+def _certs(path: Path | None) -> Any:
+    """Trusted certificates for :func:`swupd_repo.swupd.signing.verify` (it reads the file)."""
+    return [path] if path is not None else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..client import install, update, verify
+
+    certs = _certs(args.cert)
+    if args.action == "verify":
+        report = verify(args.url, args.root, version=args.target_version, trusted_certs=certs,
+                        check_time=args.check_time)
+        for mismatch in report.mismatches:
+            print(f"mismatch: {mismatch}")
+        for path in report.leftovers:
+            print(f"note: {path} is deleted in version {report.version} but still present")
+        print(f"verified {report.checked} objects of version {report.version} in {args.root}: "
+              f"{len(report.mismatches)} mismatches")
+        return 0 if report.ok else 1
+    reporter = TqdmReporter()
+    try:
+        if args.action == "install":
+            stats = install(args.url, args.root, args.target_version, state_dir=args.state_dir,
+                            packs=args.packs, bundles=args.bundles, trusted_certs=certs,
+                            check_time=args.check_time, reporter=reporter)
+        else:
+            stats = update(args.url, args.root, to=args.target_version,
+                           state_dir=args.state_dir, packs=args.packs, trusted_certs=certs,
+                           check_time=args.check_time, reporter=reporter)
+    finally:
+        reporter.close()
+    print(stats.summary())
+    return 0

@@ -1,0 +1,419 @@
+"""The verifying client against the real swupd-server 2.53 output, served over real HTTP.
+
+Install 10 must give exactly rootfs-10 and update must give exactly rootfs-20 (except /etc),
+with packs (deltas applied) and without (fullfiles only); verify must then find nothing.
+Tampered repositories must fail with a message naming the file, leaving the target alone.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from swupd_repo.client import compare_trees, install, update, verify
+from swupd_repo.client.consolidate import consolidate, update_list
+from swupd_repo.client.manifests import mom_hash
+from swupd_repo.client.targetpath import target_path, validate
+from swupd_repo.errors import ClientError
+from swupd_repo.osrelease import read_version_id
+from swupd_repo.progress import RecordingReporter
+from swupd_repo.serve import serve_in_thread
+from swupd_repo.swupd.hashing import hash_path
+from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry, parse_manifest
+
+
+def not_etc(path: str) -> bool:
+    return path.startswith("/etc/")
+
+
+def extract(tar: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                    str(tar), "-C", str(dest)], check=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def rootfs(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    base = tmp_path_factory.mktemp("rootfs")
+    return {v: extract(vectors / f"rootfs-{v}.tar", base / str(v)) for v in (10, 20)}
+
+
+@pytest.fixture(scope="module")
+def url(vectors: Path):
+    with serve_in_thread(vectors / "www") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def nopack_url(vectors: Path, tmp_path_factory: pytest.TempPathFactory):
+    www = tmp_path_factory.mktemp("nopack") / "www"
+    shutil.copytree(vectors / "www", www, ignore=shutil.ignore_patterns("pack-*.tar"))
+    with serve_in_thread(www) as base:
+        yield base
+
+
+@pytest.fixture
+def installed10(url: str, tmp_path: Path) -> tuple[Path, Path]:
+    root, state = tmp_path / "root", tmp_path / "state"
+    install(url, root, 10, state_dir=state)
+    return root, state
+
+
+def test_install_10_gives_rootfs_10(url: str, rootfs: dict[int, Path], tmp_path: Path) -> None:
+    root, state = tmp_path / "root", tmp_path / "state"
+    stats = install(url, root, 10, state_dir=state)
+    assert compare_trees(root, rootfs[10], not_etc) == []
+    assert stats.packs == ["10/pack-os-core-from-0.tar"]
+    assert stats.from_pack > 400 and stats.from_fullfile == 0
+    assert (state / "version").read_text() == "10\n"
+    report = verify(url, root)
+    assert report.version == 10 and report.checked > 400 and report.mismatches == []
+
+
+def test_install_without_packs_uses_fullfiles(url: str, rootfs: dict[int, Path],
+                                              tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    stats = install(url, root, 10, state_dir=tmp_path / "state", packs=False)
+    assert stats.packs == [] and stats.from_fullfile > 400
+    assert compare_trees(root, rootfs[10], not_etc) == []
+
+
+def test_update_with_packs_applies_deltas(url: str, rootfs: dict[int, Path],
+                                          installed10: tuple[Path, Path]) -> None:
+    root, state = installed10
+    reporter = RecordingReporter()
+    stats = update(url, root, state_dir=state, reporter=reporter)
+    assert (stats.from_version, stats.to_version) == (10, 20)
+    assert stats.packs == ["20/pack-os-core-from-10.tar"]
+    assert stats.deltas_applied > 0 and stats.deltas_failed == 0, reporter.warnings
+    assert stats.deleted > 0
+    assert compare_trees(root, rootfs[20], not_etc) == []
+    assert read_version_id(root)[0] == 20
+    assert verify(url, root).mismatches == []
+    # a second update has nothing to do
+    again = update(url, root, state_dir=state)
+    assert (again.installed, again.requests) == (0, 1)
+
+
+def test_update_without_packs_uses_fullfiles(nopack_url: str, rootfs: dict[int, Path],
+                                             installed10: tuple[Path, Path]) -> None:
+    root, state = installed10
+    stats = update(nopack_url, root, state_dir=state)
+    assert stats.packs == [] and stats.deltas_applied == 0
+    assert stats.from_fullfile > 0
+    assert compare_trees(root, rootfs[20], not_etc) == []
+    assert verify(nopack_url, root).mismatches == []
+
+
+def test_update_to_explicit_version(url: str, installed10: tuple[Path, Path]) -> None:
+    root, state = installed10
+    stats = update(url, root, to=10, state_dir=state)
+    assert stats.installed == 0 and read_version_id(root)[0] == 10
+
+
+def test_verify_reports_local_changes_and_cli_exits_1(
+        url: str, installed10: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = installed10
+    (root / "usr/bin/cap-ping").write_bytes(b"changed\n")
+    (root / "usr/share/empty-file").unlink()
+    report = verify(url, root)
+    assert [m.path for m in report.mismatches] == ["/usr/bin/cap-ping", "/usr/share/empty-file"]
+    assert report.mismatches[1].actual is None
+    rc = _run_cli(["client", "verify", "--path", str(root), "--url", url])
+    out = capsys.readouterr().out
+    assert rc == 1 and "/usr/bin/cap-ping" in out and "2 mismatches" in out
+
+
+def test_cli_install_update_verify(url: str, rootfs: dict[int, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    assert _run_cli(["client", "install", "--version", "10", "--path", str(root),
+                     "--url", url]) == 0
+    # default state dir lives inside the target, under a state path
+    assert (root / "var/lib/swupd/version").read_text() == "10\n"
+    assert _run_cli(["client", "update", "--path", str(root), "--url", url]) == 0
+    assert _run_cli(["client", "verify", "--path", str(root), "--url", url]) == 0
+    assert "0 mismatches" in capsys.readouterr().out
+    assert compare_trees(root, rootfs[20], lambda p: not_etc(p) or p.startswith("/var/lib/")) \
+        == []
+
+
+def _run_cli(argv: list[str]) -> int:
+    from swupd_repo.cli import main
+
+    return main(argv)
+
+
+# -- tampering ----------------------------------------------------------------------------
+
+@pytest.fixture
+def www_copy(vectors: Path, tmp_path: Path) -> Path:
+    www = tmp_path / "www"
+    shutil.copytree(vectors / "www", www)
+    return www
+
+
+def manifest_tar(plain: bytes, name: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        info = tarfile.TarInfo(f"Manifest.{name}")
+        info.size, info.mode = len(plain), 0o644
+        tar.addfile(info, io.BytesIO(plain))
+    return buf.getvalue()
+
+
+def rewrite_manifest(www: Path, version: int, name: str, edit) -> bytes:
+    """Edit ``www/<v>/Manifest.<name>`` (plain and tar); returns the new plain bytes."""
+    plain = edit((www / str(version) / f"Manifest.{name}").read_bytes())
+    (www / str(version) / f"Manifest.{name}").write_bytes(plain)
+    (www / str(version) / f"Manifest.{name}.tar").write_bytes(manifest_tar(plain, name))
+    return plain
+
+
+def fix_mom(www: Path, version: int, bundle_plain: bytes) -> None:
+    """Make the MoM at ``version`` vouch for an edited os-core manifest (a consistent forgery)."""
+    def edit(data: bytes) -> bytes:
+        mom = parse_manifest(data)
+        mom.entries = [e.with_(hash=mom_hash(bundle_plain)) if e.path == "os-core" else e
+                       for e in mom.entries]
+        return mom.to_bytes()
+    rewrite_manifest(www, version, "MoM", edit)
+
+
+def tamper_fullfile(path: Path) -> None:
+    """Same single member name, different content."""
+    with tarfile.open(path, "r:*") as tar:
+        member = tar.getmembers()[0]
+        data = tar.extractfile(member).read() + b"evil"
+    member.size = len(data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+        out.addfile(member, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
+def entry_of(www: Path, version: int, path: str) -> Entry:
+    manifest = parse_manifest((www / str(version) / "Manifest.os-core").read_bytes())
+    return manifest.by_path()[path]
+
+
+def test_tampered_fullfile_fails_update_and_leaves_target(www_copy: Path,
+                                                          installed10: tuple[Path, Path]) -> None:
+    root, state = installed10
+    for pack in www_copy.glob("*/pack-*.tar"):
+        pack.unlink()
+    entry = entry_of(www_copy, 20, "/usr/share/will-become-file")
+    tamper_fullfile(www_copy / "20/files" / f"{entry.hash}.tar")
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        update(base, root, state_dir=state)
+    assert f"20/files/{entry.hash}.tar" in str(err.value)
+    assert "hashes to" in str(err.value)
+    assert read_version_id(root)[0] == 10  # nothing was installed
+    assert not (root / "usr/share/newprog").exists()
+
+
+def test_fullfile_with_wrong_member_name_fails(www_copy: Path, tmp_path: Path) -> None:
+    entry = entry_of(www_copy, 10, "/usr/bin/cap-ping")
+    path = www_copy / "10/files" / f"{entry.hash}.tar"
+    with tarfile.open(path, "r:*") as tar:
+        member = tar.getmembers()[0]
+        data = tar.extractfile(member).read()
+    member.name = "./" + entry.hash + "-other"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        out.addfile(member, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state", packs=False)
+    assert f"10/files/{entry.hash}.tar" in str(err.value) and "exactly one member" in str(err.value)
+
+
+def test_manifest_entry_with_wrong_hash_fails(www_copy: Path, tmp_path: Path) -> None:
+    wrong = "ab" * 32
+
+    def edit(data: bytes) -> bytes:
+        m = parse_manifest(data)
+        m.entries = [e.with_(hash=wrong) if e.path == "/usr/share/xattr-dir/f7" else e
+                     for e in m.entries]
+        return m.to_bytes()
+    fix_mom(www_copy, 10, rewrite_manifest(www_copy, 10, "os-core", edit))
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
+    assert f"10/files/{wrong}.tar" in str(err.value)
+    assert not (tmp_path / "root/usr").exists()  # failed before touching the target
+
+
+def test_mom_line_with_wrong_hash_fails(www_copy: Path, tmp_path: Path) -> None:
+    fix_mom(www_copy, 10, b"not the manifest")
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
+    assert "10/Manifest.os-core.tar" in str(err.value) and "MoM says" in str(err.value)
+
+
+def test_missing_zero_pack_fails_install(www_copy: Path, tmp_path: Path) -> None:
+    (www_copy / "10/pack-os-core-from-0.tar").unlink()
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
+    assert "10/pack-os-core-from-0.tar" in str(err.value) and "404" in str(err.value)
+
+
+def test_tampered_pack_member_fails(www_copy: Path, tmp_path: Path) -> None:
+    pack = www_copy / "10/pack-os-core-from-0.tar"
+    with tarfile.open(pack, "r:*") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz", format=tarfile.PAX_FORMAT) as out:
+        for m, data in members:
+            if data is not None and m.size > 10 and not getattr(out, "_done", False):
+                data = b"X" + data[1:]
+                out._done = True  # type: ignore[attr-defined]
+                victim = m.name
+            out.addfile(m, io.BytesIO(data) if data is not None else None)
+    pack.write_bytes(buf.getvalue())
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
+    assert "10/pack-os-core-from-0.tar" in str(err.value) and victim in str(err.value)
+
+
+def test_manifest_version_mismatch_fails(www_copy: Path, tmp_path: Path) -> None:
+    shutil.copy(www_copy / "20/Manifest.MoM.tar", www_copy / "10/Manifest.MoM.tar")
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
+    assert "10/Manifest.MoM.tar" in str(err.value) and "version 20" in str(err.value)
+
+
+# -- pure parts ----------------------------------------------------------------------------
+
+def test_unsafe_paths_are_refused(tmp_path: Path) -> None:
+    for bad in ("/usr/../etc", "relative", "/usr//bin", "/./x", "/"):
+        with pytest.raises(ClientError):
+            validate(bad)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("/tmp")
+    assert target_path(tmp_path, "/real/x") == tmp_path / "real/x"
+    with pytest.raises(ClientError, match="symlink"):
+        target_path(tmp_path, "/link/x")
+
+
+def test_consolidation_rules() -> None:
+    h1, h2 = "1" * 64, "2" * 64
+    a = Manifest(20, entries=[Entry("F", h1, 20, "/same"), Entry("F", h1, 20, "/conflict"),
+                              deleted_entry("/revived", 20), Entry("F", h1, 10, "/old")])
+    b = Manifest(20, entries=[Entry("F", h1, 10, "/same"), Entry("F", h2, 20, "/conflict"),
+                              Entry("F", h2, 20, "/revived"),
+                              Entry("F", h1, 20, "/etc/conf", modifier="C"),
+                              Entry("F", h1, 20, "/var/x", modifier="s"),
+                              deleted_entry("/boot/old", 20, "b")])
+    merged = consolidate([a, b])
+    assert merged.conflicts == ["/conflict"]
+    assert merged.entries["/revived"].hash == h2
+    assert merged.entries["/same"].last_change == 20
+    assert [e.path for e in update_list(merged.entries, 10)] == ["/revived", "/same"]
+
+
+def test_staged_objects_hash_like_the_rootfs(url: str, rootfs: dict[int, Path],
+                                             installed10: tuple[Path, Path]) -> None:
+    """Cross-check: objects the client laid down hash exactly like the reference rootfs."""
+    root, _ = installed10
+    for path in ("/usr/bin/cap-ping", "/usr/bin/suid-helper", "/usr/share/xattr-dir",
+                 "/usr/share/link-to-dir", "/usr/bin/smack-labeled"):
+        assert hash_path(root / path[1:], path) == hash_path(rootfs[10] / path[1:], path)
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+def make_signer(tmp_path: Path, name: str):
+    """A self-signed RSA certificate valid now; returns (SigningMaterial, cert PEM path)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from swupd_repo.swupd.signing import SigningMaterial
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = tmp_path / f"{name}.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return SigningMaterial(key, cert), pem
+
+
+def sign_www(www: Path, material) -> None:
+    """Sign every manifest like swupd-server 2.53: ``.signed`` inside the tar and beside it."""
+    from swupd_repo.swupd.signing import sign_pem
+
+    for plain in www.glob("*/Manifest.*"):
+        if plain.suffix in (".tar", ".signed") or "-delta-" in plain.name:
+            continue
+        data = plain.read_bytes()
+        signature = sign_pem(material, data)
+        plain.with_name(plain.name + ".signed").write_bytes(signature)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+            for member, body in ((plain.name, data), (plain.name + ".signed", signature)):
+                info = tarfile.TarInfo(member)
+                info.size, info.mode = len(body), 0o644
+                tar.addfile(info, io.BytesIO(body))
+        plain.with_name(plain.name + ".tar").write_bytes(buf.getvalue())
+
+
+def test_signatures_checked_when_a_cert_is_given(www_copy: Path, tmp_path: Path) -> None:
+    good, good_pem = make_signer(tmp_path, "release")
+    _, other_pem = make_signer(tmp_path, "attacker")
+    with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
+        install(base, tmp_path / "unsigned", 10, state_dir=tmp_path / "s0",
+                trusted_certs=[good_pem])
+    assert "10/Manifest.MoM" in str(err.value) and "not signed" in str(err.value)
+    sign_www(www_copy, good)
+    with serve_in_thread(www_copy) as base:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "s1", trusted_certs=[good_pem])
+        assert verify(base, tmp_path / "root", trusted_certs=[good_pem]).mismatches == []
+        with pytest.raises(ClientError) as err:
+            install(base, tmp_path / "r2", 10, state_dir=tmp_path / "s2",
+                    trusted_certs=[other_pem])
+        assert "10/Manifest.MoM" in str(err.value) and "bad signature" in str(err.value)
+        # a signature over other data: swap in the signature of the 20 MoM
+        sig20 = www_copy / "20/Manifest.MoM.signed"
+        mom10 = (www_copy / "10/Manifest.MoM").read_bytes()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+            for member, body in (("Manifest.MoM", mom10),
+                                 ("Manifest.MoM.signed", sig20.read_bytes())):
+                info = tarfile.TarInfo(member)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+        (www_copy / "10/Manifest.MoM.tar").write_bytes(buf.getvalue())
+        with pytest.raises(ClientError) as err:
+            install(base, tmp_path / "r3", 10, state_dir=tmp_path / "s3",
+                    trusted_certs=[good_pem])
+        assert "10/Manifest.MoM" in str(err.value) and "bad signature" in str(err.value)
+
+
+def test_delta_on_a_locally_changed_file_falls_back(url: str, rootfs: dict[int, Path],
+                                                    installed10: tuple[Path, Path]) -> None:
+    """The delta result is hash-checked: a changed old file gives a wrong result, so the
+    client takes the fullfile instead, and the tree still ends up exact."""
+    root, state = installed10
+    big = root / "usr/share/big.txt"
+    big.write_bytes(big.read_bytes().replace(b"a", b"b", 1))
+    reporter = RecordingReporter()
+    stats = update(url, root, state_dir=state, reporter=reporter)
+    assert stats.deltas_failed == 1 and stats.deltas_applied == 12
+    assert stats.from_fullfile == 1
+    assert any("/usr/share/big.txt" in w for w in reporter.warnings)
+    assert compare_trees(root, rootfs[20], not_etc) == []
