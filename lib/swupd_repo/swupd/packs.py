@@ -1,0 +1,328 @@
+"""Zero packs and delta packs (format3 §5.1) and the file deltas they carry (§5.3).
+
+A pack ``www/<V>/pack-<b>-from-<N>.tar`` is an xz tar of ``delta/`` and ``staged/`` (both
+0750, 0/0), ``staged/<H>`` members re-emitted from the fullfiles ``www/<L>/files/<H>.tar``
+(full metadata, numeric owner, empty uname/gname, xattrs as ``SCHILY.xattr.*``) and
+``delta/<F>-<T>-<H>`` files. The byte layout (concatenated xz streams with reuse of the
+previous zero pack's unchanged groups) is :mod:`.packstream`'s job; this module decides *what*
+goes in, with the container's rules:
+
+* zero pack: ``staged/<H>`` for every live entry of ``Manifest.<b>``;
+* delta pack from N: new paths get ``staged/<H>``; paths changed after N get
+  ``delta/<F>-<T>-<H>`` when that delta exists, is no directory, is larger than 8 bytes and
+  1.05 x its size is below the fullfile's size, else ``staged/<H>``.
+
+Deltas are made here, under ``www/<T>/delta/``, from ``image/<F>/full/<path>`` (or
+``os-core`` when ``full`` is missing) to ``image/<T>/...``, for regular files whose xattrs are
+unchanged, and only when both image files still hash to their manifest hashes (so a delta can
+never be wrong). Attempts that give no delta are remembered in ``www/<T>/.delta-none`` (one
+name per line; a dotfile the client never asks for) so the next delta pack does not run the
+same expensive bsdiff again. Delta jobs run in a process pool bounded by both ``workers`` and
+:data:`DELTA_MEMORY_BUDGET` (see :func:`.delta.delta_memory`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BuildError
+from ..progress import Reporter
+from ..storage import TEMP_PREFIX
+from .delta import delta_memory, delta_wanted, make_delta
+from .hashing import hash_path, read_xattrs
+from .manifest import Entry, Manifest, parse_manifest
+from .packstream import PackMember, member_weight, plan_groups, write_pack
+
+#: Sum of the estimated peaks of delta jobs running at once (one job always may run).
+DELTA_MEMORY_BUDGET = 768 * 1024 * 1024
+NO_DELTA_FILE = ".delta-none"
+#: The container keeps a delta only if 1.05 x its size is below the fullfile's size.
+DELTA_KEEP_FACTOR = 1.05
+_MIN_DELTA = 8
+
+
+def pack_name(bundle: str, source: int) -> str:
+    return f"pack-{bundle}-from-{source}.tar"
+
+
+def delta_name(old_change: int, new_change: int, digest: str) -> str:
+    return f"{old_change}-{new_change}-{digest}"
+
+
+def fullfile_path(www: Path, entry: Entry) -> Path:
+    return www / str(entry.last_change) / "files" / f"{entry.hash}.tar"
+
+
+def _live(manifest: Manifest) -> list[Entry]:
+    return [e for e in manifest.entries if not e.deleted and e.type in "FDL"]
+
+
+def _dir_members(mtime: int) -> list[PackMember]:
+    return [PackMember("delta", "dir", mtime=mtime), PackMember("staged", "dir", mtime=mtime)]
+
+
+def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
+    """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, hash): old groups
+    then only lose members over time, and new content lands in new groups at the end."""
+    best: dict[str, Entry] = {}
+    for e in entries:
+        cur = best.get(e.hash)
+        if cur is None or e.last_change < cur.last_change:
+            best[e.hash] = e
+    out = []
+    for e in sorted(best.values(), key=lambda e: (e.last_change, e.hash)):
+        src = fullfile_path(www, e)
+        if not src.is_file():
+            raise BuildError(f"{src} is missing, but {e.path} needs it in a pack",
+                             hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
+                             "rebuild version {e.last_change} with --force")
+        out.append(PackMember(f"staged/{e.hash}", "fullfile", str(src), member_weight(src),
+                              e.hash))
+    return out
+
+
+def _timestamp(manifest: Manifest) -> int:
+    return manifest.timestamp or int(time.time())
+
+
+# --------------------------------------------------------------------------- zero pack
+
+def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
+                    previous_pack: Path | None, workers: int, reporter: Reporter) -> None:
+    """``pack-<bundle>-from-0.tar``: every live entry staged, whatever its last_change.
+
+    Groups whose member list equals a group of ``previous_pack`` (the bundle's previous
+    zero pack, with its index) are copied from it instead of being compressed again.
+    """
+    members = _staged(www, _live(manifest))
+    groups = [_dir_members(_timestamp(manifest)), *plan_groups(members)]
+    reused, made = write_pack(out, groups, previous=previous_pack, workers=workers,
+                              reporter=reporter, label=f"zero pack {bundle}", keep_index=True)
+    reporter.info(f"{out.name}: {len(members)} members in {reused + made} xz streams, "
+                  f"{reused} reused from {previous_pack.name if previous_pack else '-'}")
+
+
+# --------------------------------------------------------------------------- delta pack
+
+@dataclass(frozen=True)
+class _DeltaJob:
+    name: str  # F-T-H
+    out: str
+    old: str
+    new: str
+    old_path: str  # manifest paths, for the hash check
+    old_hash: str
+    new_hash: str
+    memory: int
+
+
+def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: Path, *,
+                     image_dir: Path, workers: int, reporter: Reporter) -> None:
+    """``pack-<bundle>-from-<old.version>.tar`` for ``new``; makes the deltas it needs."""
+    source = old.version
+    old_by_path = {e.path: e for e in old.entries if not e.deleted}
+    pairs: list[tuple[Entry, Entry]] = []
+    staged: list[Entry] = []
+    for e in _live(new):
+        prev = old_by_path.get(e.path)
+        if prev is None:
+            staged.append(e)
+        elif e.last_change > source:
+            pairs.append((prev, e))
+    _make_deltas(www, image_dir, pairs, workers, reporter)
+    deltas: list[PackMember] = []
+    for prev, e in pairs:
+        member = _delta_member(www, prev, e)
+        if member is None:
+            staged.append(e)
+        else:
+            deltas.append(member)
+    deltas.sort(key=lambda m: m.name)
+    members = [*_dir_members(_timestamp(new)), *deltas, *_staged(www, staged)]
+    write_pack(out, plan_groups(members), previous=None, workers=workers, reporter=reporter,
+               label=f"delta pack {bundle} from {source}", keep_index=False)
+    reporter.info(f"{out.name}: {len(deltas)} deltas, {len(members) - len(deltas) - 2} staged")
+
+
+def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
+    """The container's keep rule (§5.1) for an existing delta file."""
+    if e.type == "D":
+        return None
+    name = delta_name(prev.last_change, e.last_change, e.hash)
+    path = www / str(e.last_change) / "delta" / name
+    try:
+        size = path.stat().st_size
+        full = fullfile_path(www, e).stat().st_size
+    except FileNotFoundError:
+        return None
+    if size <= _MIN_DELTA or not DELTA_KEEP_FACTOR * size < full:
+        return None
+    return PackMember(f"delta/{name}", "file", str(path), size, e.hash)
+
+
+def _image_file(image_dir: Path, version: int, path: str) -> Path | None:
+    rel = path.lstrip("/")
+    for tree in ("full", "os-core"):
+        candidate = image_dir / str(version) / tree / rel
+        if os.path.lexists(candidate):
+            return candidate
+    return None
+
+
+def _failed(www: Path, version: int) -> set[str]:
+    try:
+        return set((www / str(version) / NO_DELTA_FILE).read_text().split())
+    except FileNotFoundError:
+        return set()
+
+
+def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) -> list[_DeltaJob]:
+    jobs: dict[str, _DeltaJob] = {}
+    failed: dict[int, set[str]] = {}
+    for prev, e in pairs:
+        if prev.type != "F" or e.type != "F":
+            continue
+        name = delta_name(prev.last_change, e.last_change, e.hash)
+        target = www / str(e.last_change) / "delta" / name
+        if name in jobs or target.exists():
+            continue
+        if e.last_change not in failed:
+            failed[e.last_change] = _failed(www, e.last_change)
+        if name in failed[e.last_change]:
+            continue
+        old_file = _image_file(image_dir, prev.last_change, prev.path)
+        new_file = _image_file(image_dir, e.last_change, e.path)
+        if old_file is None or new_file is None:
+            continue
+        try:
+            old_st, new_st = os.lstat(old_file), os.lstat(new_file)
+        except OSError:
+            continue
+        if not (stat.S_ISREG(old_st.st_mode) and stat.S_ISREG(new_st.st_mode)):
+            continue
+        if not delta_wanted(old_st.st_size, new_st.st_size):
+            continue
+        jobs[name] = _DeltaJob(name, str(target), str(old_file), str(new_file), prev.path,
+                               prev.hash, e.hash, delta_memory(old_st.st_size, new_st.st_size))
+    return list(jobs.values())
+
+
+def make_delta_file(job: _DeltaJob) -> bool:
+    """Pool job: write the delta for ``job`` if it pays off; False when there is none."""
+    if read_xattrs(job.old) != read_xattrs(job.new):
+        return False
+    # Both sides must still be what the manifests say, or the delta would be wrong.
+    if hash_path(job.old, job.old_path) != job.old_hash:
+        return False
+    new_st = os.lstat(job.new)
+    if hash_path(job.new, job.old_path, new_st) != job.new_hash:
+        return False
+    old_data = Path(job.old).read_bytes()
+    new_data = Path(job.new).read_bytes()
+    data = make_delta(old_data, new_data, new_st.st_mode, new_st.st_uid, new_st.st_gid)
+    if data is None:
+        return False
+    target = Path(job.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    return True
+
+
+def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], workers: int,
+                 reporter: Reporter) -> None:
+    jobs = sorted(_delta_jobs(www, image_dir, pairs), key=lambda j: -j.memory)
+    reporter.step("making deltas", total=len(jobs))
+    if not jobs:
+        return
+    results: list[tuple[_DeltaJob, bool]] = []
+    if workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            results.append((job, make_delta_file(job)))
+            reporter.advance()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            pending: dict[Future[bool], _DeltaJob] = {}
+            in_use = 0
+            queue = list(jobs)
+            while queue or pending:
+                while queue and len(pending) < workers and (
+                        not pending or in_use + queue[0].memory <= DELTA_MEMORY_BUDGET):
+                    job = queue.pop(0)
+                    pending[pool.submit(make_delta_file, job)] = job
+                    in_use += job.memory
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    in_use -= job.memory
+                    results.append((job, fut.result()))
+                    reporter.advance()
+    _remember_failures(www, [j for j, ok in results if not ok])
+
+
+def _remember_failures(www: Path, failed: list[_DeltaJob]) -> None:
+    by_version: dict[int, list[str]] = {}
+    for job in failed:
+        version = int(job.name.split("-")[1])
+        by_version.setdefault(version, []).append(job.name)
+    for version, names in by_version.items():
+        path = www / str(version) / NO_DELTA_FILE
+        known = _failed(www, version)
+        text = "".join(f"{n}\n" for n in sorted(known.union(names)))
+        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- sources
+
+def delta_pack_sources(www: Path, bundle: str, version: int, count: int) -> list[int]:
+    """``pack_maker.sh``: the bundle's last ``count`` change points before ``version``, oldest
+    first, found by walking MoM ``previous:`` links (stepping back 10 where a MoM is missing).
+
+    Empty when the bundle did not change in ``version`` (its MoM line names another version).
+    """
+    mom = _read_mom(www, version)
+    if mom is None or _bundle_version(mom, bundle) != version:
+        return []
+    found: list[int] = []
+    cursor = mom.previous
+    while len(found) < count and cursor > 0:
+        older = _read_mom(www, cursor)
+        if older is None:
+            cursor -= 10
+            continue
+        bundle_version = _bundle_version(older, bundle)
+        if bundle_version is None:
+            break  # back before the bundle existed
+        found.insert(0, bundle_version)
+        at = _read_mom(www, bundle_version)
+        cursor = at.previous if at is not None else 0
+    return found
+
+
+def _read_mom(www: Path, version: int) -> Manifest | None:
+    path = www / str(version) / "Manifest.MoM"
+    try:
+        return parse_manifest(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        return None
+
+
+def _bundle_version(mom: Manifest, bundle: str) -> int | None:
+    for e in mom.entries:
+        if e.path == bundle:
+            return e.last_change
+    return None

@@ -1,0 +1,224 @@
+"""Zero and delta packs against the vectors' packs, stream reuse, and pack_maker's walk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from swupd_repo.progress import NullReporter, RecordingReporter
+from swupd_repo.swupd import packs, packstream
+from swupd_repo.swupd.delta import apply_delta
+from swupd_repo.swupd.hashing import hash_path
+from swupd_repo.swupd.manifest import Manifest, bundle_line, parse_manifest
+
+
+@pytest.fixture(scope="module")
+def repo(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of the vectors' www (deltas and packs removed) plus extracted images."""
+    root = tmp_path_factory.mktemp("packs")
+    shutil.copytree(vectors / "www", root / "www", symlinks=True)
+    subprocess.run(["chmod", "-R", "u+w", str(root / "www")], check=True)
+    for version in (10, 20):
+        for pack in (root / "www" / str(version)).glob("pack-*"):
+            pack.unlink()
+        tree = root / "image" / str(version) / "os-core"
+        tree.mkdir(parents=True)
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                        str(vectors / f"rootfs-{version}.tar"), "-C", str(tree)], check=True)
+    shutil.rmtree(root / "www/20/delta")
+    return root
+
+
+def _manifest(www: Path, version: int) -> Manifest:
+    return parse_manifest((www / str(version) / "Manifest.os-core").read_bytes())
+
+
+def _members(path: Path) -> dict[str, tuple]:
+    out = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            f = tar.extractfile(info) if info.isreg() else None
+            out[info.name.rstrip("/")] = (info.type, info.mode, info.uid, info.gid,
+                                         info.linkname, packstream._xattrs(info),
+                                         f.read() if f else b"")
+    return out
+
+
+def _zero(repo: Path, version: int, out: Path, previous: Path | None = None) -> None:
+    packs.write_zero_pack(repo / "www", "os-core", _manifest(repo / "www", version), out,
+                          previous_pack=previous, workers=2, reporter=NullReporter())
+
+
+@pytest.mark.parametrize("version", [10, 20])
+def test_zero_pack_equals_reference(repo: Path, vectors: Path, version: int) -> None:
+    out = repo / f"zero-{version}.tar"
+    _zero(repo, version, out)
+    ours, ref = _members(out), _members(vectors / f"www/{version}/pack-os-core-from-0.tar")
+    assert ours.keys() == ref.keys()
+    for name, member in ref.items():
+        if name in ("delta", "staged"):
+            assert ours[name][:4] == (tarfile.DIRTYPE, 0o750, 0, 0)
+        else:
+            assert ours[name] == member, name
+    with tarfile.open(out) as tar:  # numeric owner only, as the client's tar needs
+        assert {(m.uname, m.gname) for m in tar} == {("", "")}
+
+
+def test_gnu_tar_reads_concatenated_streams(repo: Path, tmp_path: Path) -> None:
+    out = repo / "zero-gnu.tar"
+    _zero(repo, 20, out)
+    data = out.read_bytes()
+    assert data.count(b"\xfd7zXZ\x00") > 3  # really several xz streams
+    listing = subprocess.run(["tar", "-tJf", str(out)], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert len(listing) == len(_members(out))
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["tar", "-C", str(dest), "-p", "--xattrs", "--xattrs-include=*", "-xf",
+                    str(out)], check=True, capture_output=True)
+    manifest = _manifest(repo / "www", 20)
+    for entry in manifest.entries:
+        if not entry.deleted:
+            staged = dest / "staged" / entry.hash
+            assert hash_path(staged, entry.path) == entry.hash, entry.path
+    subprocess.run(["xz", "-t", str(out)], check=True)
+
+
+def test_reuse_copies_unchanged_groups(repo: Path) -> None:
+    first, second, again = repo / "r10.tar", repo / "r20.tar", repo / "r20b.tar"
+    _zero(repo, 10, first)
+    rep = RecordingReporter()
+    packs.write_zero_pack(repo / "www", "os-core", _manifest(repo / "www", 20), second,
+                          previous_pack=first, workers=2, reporter=rep)
+    idx1 = json.loads(packstream.index_path(first).read_text())["groups"]
+    idx2 = json.loads(packstream.index_path(second).read_text())["groups"]
+    shared = set(idx1) & set(idx2)
+    assert shared and len(shared) < len(idx2)
+    a, b = first.read_bytes(), second.read_bytes()
+    for key in shared:
+        (o1, n1), (o2, n2) = idx1[key], idx2[key]
+        assert a[o1:o1 + n1] == b[o2:o2 + n2]
+    assert any("reused" in m and " 0 reused" not in m for m in rep.infos)
+    # the same manifest again: everything but the end stream is copied, bytes identical
+    _zero(repo, 20, again, previous=second)
+    assert again.read_bytes() == second.read_bytes()
+    assert _members(second) == _members(again)
+    assert not [p for p in repo.iterdir() if p.name.startswith(".swupd-repo-tmp")]
+
+
+def test_stale_index_is_ignored(repo: Path) -> None:
+    first, second = repo / "s10.tar", repo / "s10b.tar"
+    _zero(repo, 10, first)
+    with first.open("ab") as f:
+        f.write(b"junk")  # size no longer matches the index
+    assert packstream.load_index(first) == {}
+    _zero(repo, 10, second, previous=first)
+    assert len(_members(second)) > 100
+
+
+def test_group_plan_is_local() -> None:
+    """Removing one member changes only the group it was in."""
+    import hashlib
+
+    def member(i: int) -> packstream.PackMember:
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        weight = 200_000 if i % 97 == 0 else 3000 + i % 5000
+        return packstream.PackMember(f"staged/{h}", "fullfile", "", weight, h)
+
+    members = [member(i) for i in range(3000)]
+    before = {packstream.group_key(g) for g in packstream.plan_groups(members)}
+    after = {packstream.group_key(g)
+             for g in packstream.plan_groups(members[:1500] + members[1501:])}
+    assert len(before) > 50
+    assert len(before - after) == 1 and len(after - before) == 1
+
+
+def test_delta_pack_equals_reference(repo: Path, vectors: Path) -> None:
+    www = repo / "www"
+    out = repo / "delta-20.tar"
+    rep = RecordingReporter()
+    packs.write_delta_pack(www, "os-core", _manifest(www, 10), _manifest(www, 20), out,
+                           image_dir=repo / "image", workers=2, reporter=rep)
+    made = sorted(p.name for p in (www / "20/delta").iterdir())
+    assert made == sorted(p.name for p in (vectors / "www/20/delta").iterdir())
+    ours = _members(out)
+    ref = _members(vectors / "www/20/pack-os-core-from-10.tar")
+    assert ours.keys() == ref.keys()
+    for name, member in ref.items():
+        if name.startswith("staged/"):
+            assert ours[name] == member, name
+    # every delta we made applies to the old image file and gives the new file's hash
+    new = {e.hash: e for e in _manifest(www, 20).entries}
+    old = _manifest(www, 10).by_path()
+    for name in made:
+        entry = new[name.split("-", 2)[2]]
+        old_file = repo / "image/10/os-core" / old[entry.path].path.lstrip("/")
+        data, mode, uid, gid = apply_delta((www / "20/delta" / name).read_bytes(),
+                                           old_file.read_bytes())
+        target = repo / "applied"
+        target.write_bytes(data)
+        import os
+        os.chown(target, uid, gid)
+        os.chmod(target, mode & 0o7777)
+        for key, value in {x: os.getxattr(old_file, x) for x in os.listxattr(old_file)}.items():
+            os.setxattr(target, key, value)
+        assert hash_path(target, entry.path) == entry.hash, name
+    # xattr-changed files got no delta and are remembered, so they are not tried again
+    assert len((www / "20" / packs.NO_DELTA_FILE).read_text().split()) == 3
+    # a second pack from the same source reuses the existing deltas (none rewritten)
+    stamp = {p.name: p.stat().st_mtime_ns for p in (www / "20/delta").iterdir()}
+    packs.write_delta_pack(www, "os-core", _manifest(www, 10), _manifest(www, 20),
+                           repo / "delta-20b.tar", image_dir=repo / "image", workers=1,
+                           reporter=NullReporter())
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (www / "20/delta").iterdir()}
+    assert _members(repo / "delta-20b.tar").keys() == ours.keys()
+
+
+def test_delta_keep_rules(repo: Path, tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    (www / "20/delta").mkdir(parents=True)
+    (www / "20/files").mkdir(parents=True)
+    new = _manifest(repo / "www", 20)
+    old = _manifest(repo / "www", 10).by_path()
+    entry = next(e for e in new.entries if e.type == "F" and e.last_change == 20
+                 and e.path in old)
+    prev = old[entry.path]
+    (www / "20/files" / f"{entry.hash}.tar").write_bytes(b"x" * 1000)
+    delta = www / "20/delta" / packs.delta_name(prev.last_change, 20, entry.hash)
+    for size, kept in ((8, False), (9, True), (952, True), (953, False)):
+        delta.write_bytes(b"d" * size)  # 1.05 x 952 = 999.6 < 1000; 1.05 x 953 > 1000
+        assert (packs._delta_member(www, prev, entry) is not None) == kept, size
+    folder = next(e for e in new.entries if e.type == "D")
+    assert packs._delta_member(www, folder, folder.with_(last_change=20)) is None
+
+
+def _mom(www: Path, version: int, previous: int, bundles: dict[str, int]) -> None:
+    (www / str(version)).mkdir(parents=True)
+    m = Manifest(version=version, previous=previous,
+                 entries=[bundle_line(b, "0" * 64, v) for b, v in bundles.items()])
+    (www / str(version) / "Manifest.MoM").write_bytes(m.to_bytes())
+
+
+def test_delta_pack_sources_walks_previous_links(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    _mom(www, 10, 0, {"os-core": 10})
+    _mom(www, 20, 10, {"os-core": 20, "editors": 20})
+    _mom(www, 30, 20, {"os-core": 20, "editors": 30})
+    # no MoM at 40 (e.g. removed): the walk steps back by 10
+    _mom(www, 50, 40, {"os-core": 50, "editors": 30})
+    _mom(www, 60, 50, {"os-core": 60, "editors": 60})
+    assert packs.delta_pack_sources(www, "os-core", 60, 2) == [20, 50]
+    assert packs.delta_pack_sources(www, "os-core", 60, 5) == [10, 20, 50]
+    assert packs.delta_pack_sources(www, "editors", 60, 2) == [20, 30]
+    assert packs.delta_pack_sources(www, "editors", 50, 2) == []  # unchanged in 50
+    assert packs.delta_pack_sources(www, "os-core", 10, 2) == []
+    assert packs.delta_pack_sources(www, "os-core", 60, 0) == []
+
+
+def test_vectors_delta_pack_sources(vectors: Path) -> None:
+    assert packs.delta_pack_sources(vectors / "www", "os-core", 20, 2) == [10]
