@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Disk images shared by the layout/gpt/ext4/extract tests (built once per session).
+from dsk_fixtures import htree_image, rich_images, rich_tree  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VECTORS = SHARED / "vectors" / "basic"

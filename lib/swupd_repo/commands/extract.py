@@ -1,0 +1,60 @@
+"""``swupd-repo extract``: the old ``extract_rootfs.sh`` without losetup, mount or rsync.
+
+Finds the rootfs partition through the disk-layout JSON and the GPT, then writes it to
+``STORAGE/image/<V>/os-core`` (no publishing; ``swupd-repo build`` does that later).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ExtractError
+from ..extract import extract_rootfs
+from ..gpt import find_partition
+from ..layout import load_layout
+from ..progress import TqdmReporter
+from ..storage import Storage
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract the rootfs of a .dsk into image/<V>/os-core",
+                       description="Read the rootfs partition of a .dsk image directly (no "
+                       "mount, loop device or root tools beyond chown) and write it to "
+                       "STORAGE/image/<V>/os-core with owners, modes, xattrs and hard links.")
+    p.add_argument("--dsk", type=Path, required=True, help="the .dsk image")
+    p.add_argument("--layout", type=Path, required=True, help="disk-layout JSON of the image")
+    p.add_argument("--storage", type=Path, required=True, help="storage directory")
+    p.add_argument("--version", type=int, required=True, help="version to extract as (V)")
+    p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
+    p.add_argument("--force", action="store_true", help="replace an existing image/<V>/os-core")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.version <= 0:
+        raise ExtractError(f"version {args.version} is invalid", hint="pass --version N, N > 0")
+    storage = Storage(args.storage)
+    reporter = TqdmReporter()
+    try:
+        with storage.lock():
+            for path in storage.clean_leftovers():
+                reporter.info(f"removed {path} left by an interrupted run")
+            dest = storage.os_core(args.version)
+            if dest.exists():
+                if not args.force:
+                    raise ExtractError(f"{dest} already exists",
+                                       hint="pass --force to replace it")
+                import shutil
+
+                shutil.rmtree(dest)
+            part = load_layout(args.layout).rootfs(args.partition)
+            extent = find_partition(args.dsk, part, reporter)
+            reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
+                          f"{args.dsk}: {extent.size} bytes at {extent.offset}")
+            stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter)
+    finally:
+        reporter.close()
+    print(f"extracted {stats.files} files, {stats.directories} directories, "
+          f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
+    return 0

@@ -1,0 +1,465 @@
+"""Write the ext4 rootfs of a partition into ``image/<V>/os-core``, every byte of metadata kept.
+
+swupd hashes mode, uid, gid and all xattrs, so the order of operations per inode matters:
+data first (a write clears setuid and file capabilities), then owner (``chown`` clears setuid
+and ``security.capability``), then xattrs, then the mode, then the times; a directory gets its
+metadata only after everything inside it exists, so its mtime and permissions stick.
+
+Safety: the tree is built in a temporary sibling of ``dest`` and renamed into place only when
+complete. All creation is relative to directory file descriptors opened with ``O_NOFOLLOW``;
+names containing ``/`` or NUL, the names ``.``/``..``, duplicate names and directory cycles are
+errors, so a crafted image cannot make us write outside the target. File data is copied in
+bounded chunks (``copy_file_range`` from the image, or ``pread``/``pwrite``), holes stay holes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Ext4Error, ExtractError
+from .ext4 import Ext4Reader, Inode
+from .progress import Reporter
+from .storage import TEMP_PREFIX
+
+_ROOT_INODE = 2
+_MAX_DEPTH = 400
+_COPY_CHUNK = 8 << 20
+_ADVANCE_EVERY = 256
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class ExtractStats:
+    """What an extraction wrote (for the report line and for tests)."""
+
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    devices: int = 0
+    fifos: int = 0
+    sockets: int = 0
+    xattrs: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped_lost_found: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
+                   reporter: Reporter) -> ExtractStats:
+    """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``.
+
+    ``dest`` must not exist. On any error nothing is left behind.
+    """
+    dest = Path(dest)
+    if os.path.lexists(dest):
+        raise ExtractError(f"{dest} already exists",
+                           hint="remove it first; extraction never merges into a tree")
+    start = time.monotonic()
+    try:
+        reader = Ext4Reader.open(Path(dsk), offset, size)
+    except FileNotFoundError:
+        raise ExtractError(f"disk image {dsk} does not exist",
+                           hint="set SWUPD_REPO_DISK_IMAGE / --dsk") from None
+    except OSError as exc:
+        raise ExtractError(f"cannot read disk image {dsk}: {exc.strerror}") from exc
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    tmp = dest.parent / f"{TEMP_PREFIX}{dest.name}.{os.getpid()}"
+    try:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(tmp):
+                _remove(tmp)
+            os.mkdir(tmp, 0o700)
+        except OSError as exc:
+            raise ExtractError(f"cannot create {tmp}: {exc.strerror}",
+                               hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
+                                    "directory with free space") from exc
+        stats = _Writer(reader, tmp, reporter).run()
+        os.rename(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        for directory in created:  # innermost first; only the ones we made, if still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    finally:
+        reader.close()
+    stats.seconds = time.monotonic() - start
+    reporter.info(f"extracted {stats.files} files, {stats.directories} directories, "
+                  f"{stats.symlinks} symlinks, {stats.hardlinks} hard links "
+                  f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s")
+    return stats
+
+
+def _remove(path: Path) -> None:
+    """Remove a partial tree even where we made directories read-only."""
+    def retry(func, target, _exc):  # shutil's onerror signature
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(target), 0o700)
+            func(target)
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=retry)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@dataclass
+class _Frame:
+    fd: int
+    node: Inode
+    rel: bytes
+    entries: Iterator[tuple[bytes, int]]
+    write: bool
+
+
+class _Writer:
+    """One extraction: depth-first over directories, one open fd per level."""
+
+    def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter) -> None:
+        self.fs = fs
+        self.root = root
+        self.root_b = os.fsencode(root)
+        self.reporter = reporter
+        self.stats = ExtractStats()
+        self.reached = bytearray((fs.sb.inodes_count + 8) // 8 + 1)
+        self.links: dict[int, bytes] = {}
+        self.copy_range = True
+        self.buffer = bytearray(_COPY_CHUNK)
+        self.pending_advance = 0
+        self.used: list[int] = []
+        self.img_fd = fs.fd
+        self._root = -1
+        fs.on_ea_inode = self._mark
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _mark(self, number: int) -> bool:
+        """Mark ``number`` reached; False when it already was."""
+        byte, bit = divmod(number - 1, 8)
+        if self.reached[byte] & (1 << bit):
+            return False
+        self.reached[byte] |= 1 << bit
+        self.pending_advance += 1
+        if self.pending_advance >= _ADVANCE_EVERY:
+            self.reporter.advance(self.pending_advance)
+            self.pending_advance = 0
+        return True
+
+    def _error(self, rel: bytes, exc: OSError, action: str) -> ExtractError:
+        path = os.fsdecode(os.path.join(self.root_b, rel)) if rel else str(self.root)
+        hint = None
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            hint = ("owners, device nodes and security.*/trusted.* attributes need root: run "
+                    "as root or under pseudo (a [fakeroot] BitBake task)")
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = "free space in the storage directory"
+        elif exc.errno == errno.EOPNOTSUPP:
+            hint = "the storage filesystem must support extended attributes (ext4, xfs, btrfs)"
+        return ExtractError(f"cannot {action} {path}: {exc.strerror}", hint=hint)
+
+    # --- the walk ------------------------------------------------------------------------------
+
+    def run(self) -> ExtractStats:
+        fs = self.fs
+        self.used = [fs.inode_bitmap(g) for g in range(fs.sb.group_count)]
+        reserved = self._reserved_masks()
+        total = sum((u & ~r).bit_count() for u, r in zip(self.used, reserved, strict=True))
+        self.reporter.step(f"extracting {fs.where}", total=total)
+        root = fs.inode(_ROOT_INODE)
+        if not stat.S_ISDIR(root.mode):
+            raise Ext4Error(f"the root inode of {fs.where} is not a directory",
+                            hint="the filesystem is damaged: rebuild the image")
+        self._mark(_ROOT_INODE)
+        root_fd = os.open(self.root, _O_DIR)
+        self._root = root_fd
+        stack = [_Frame(root_fd, root, b"", fs.entries(root), True)]
+        try:
+            while stack:
+                frame = stack[-1]
+                entry = next(frame.entries, None)
+                if entry is None:
+                    stack.pop()
+                    if frame.write:
+                        try:
+                            self._finish(frame.fd, frame.node, frame.rel, directory=True)
+                        finally:
+                            os.close(frame.fd)
+                    continue
+                child = self._entry(frame, *entry, depth=len(stack))
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for frame in stack:
+                if frame.write:
+                    os.close(frame.fd)
+        self.reporter.advance(self.pending_advance)
+        self._check_complete()
+        return self.stats
+
+    def _entry(self, frame: _Frame, name: bytes, number: int, depth: int) -> _Frame | None:
+        if name in (b".", b".."):
+            return None
+        rel = frame.rel + b"/" + name if frame.rel else name
+        if b"/" in name or b"\0" in name:
+            raise Ext4Error(f"{self.fs.where}: directory {_show(frame.rel)} holds an entry "
+                            f"named {name!r}, which is not a valid file name",
+                            hint="the image is damaged or crafted; rebuild it")
+        node = self.fs.inode(number)
+        if node.links == 0:
+            raise Ext4Error(f"{self.fs.where}: {_show(rel)} refers to deleted inode {number}",
+                            hint="the filesystem is damaged: run e2fsck -fy or rebuild it")
+        first = self._mark(number)
+        if stat.S_ISDIR(node.mode):
+            if not first:
+                raise Ext4Error(f"{self.fs.where}: directory inode {number} is reached twice "
+                                f"(again at {_show(rel)}): a directory cycle or hard-linked "
+                                "directory", hint="the image is damaged or crafted; rebuild it")
+            if depth >= _MAX_DEPTH:
+                raise Ext4Error(f"{self.fs.where}: directories nest deeper than {_MAX_DEPTH} "
+                                f"levels at {_show(rel)}", hint="the image is damaged")
+        write = frame.write and not (frame.rel == b"" and name == b"lost+found")
+        if not write:
+            if frame.write:  # lost+found itself
+                self._skipped_lost_found(node)
+                return None
+            return (_Frame(-1, node, rel, self.fs.entries(node), False)
+                    if stat.S_ISDIR(node.mode) else None)
+        if not first:
+            return self._hardlink(frame, name, rel, node)
+        if node.links > 1 and not stat.S_ISDIR(node.mode):
+            self.links[number] = rel
+        try:
+            return self._create(frame.fd, name, rel, node)
+        except FileExistsError:
+            raise Ext4Error(f"{self.fs.where}: directory {_show(frame.rel)} has two entries "
+                            f"named {name!r}",
+                            hint="the image is damaged or crafted; rebuild it") from None
+
+    def _skipped_lost_found(self, node: Inode) -> None:
+        """lost+found is not part of the OS; walk it only to account for its inodes."""
+        if not stat.S_ISDIR(node.mode):
+            return
+        sub = _Frame(-1, node, b"lost+found", self.fs.entries(node), False)
+        stack = [sub]
+        while stack:
+            entry = next(stack[-1].entries, None)
+            if entry is None:
+                stack.pop()
+                continue
+            child = self._entry(stack[-1], *entry, depth=len(stack) + 1)
+            if entry[0] not in (b".", b".."):
+                self.stats.skipped_lost_found += 1
+            if child is not None:
+                stack.append(child)
+        if self.stats.skipped_lost_found:
+            message = (f"lost+found in {self.fs.where} holds {self.stats.skipped_lost_found} "
+                       "entries; they are not extracted")
+            self.stats.warnings.append(message)
+            self.reporter.warning(message)
+
+    def _hardlink(self, frame: _Frame, name: bytes, rel: bytes, node: Inode) -> None:
+        target = self.links.get(node.number)
+        if target is None:
+            raise Ext4Error(f"{self.fs.where}: inode {node.number} is linked at {_show(rel)} "
+                            "and elsewhere, but its link count is 1",
+                            hint="the filesystem is damaged: run e2fsck -fy or rebuild it")
+        try:
+            os.link(target, name, src_dir_fd=self._root, dst_dir_fd=frame.fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            raise Ext4Error(f"{self.fs.where}: directory {_show(frame.rel)} has two entries "
+                            f"named {name!r}",
+                            hint="the image is damaged or crafted; rebuild it") from None
+        except OSError as exc:
+            raise self._error(rel, exc, "link") from exc
+        self.stats.hardlinks += 1
+
+    # --- creating ----------------------------------------------------------------------------
+
+    def _create(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> _Frame | None:
+        kind = stat.S_IFMT(node.mode)
+        if kind == stat.S_IFDIR:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                fd = os.open(name, _O_DIR, dir_fd=dfd)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                raise self._error(rel, exc, "create directory") from exc
+            self.stats.directories += 1
+            return _Frame(fd, node, rel, self.fs.entries(node), True)
+        if kind == stat.S_IFREG:
+            self._regular(dfd, name, rel, node)
+            return None
+        try:
+            if kind == stat.S_IFLNK:
+                os.symlink(self.fs.symlink_target(node), name, dir_fd=dfd)
+                self.stats.symlinks += 1
+            else:
+                device = os.makedev(*node.rdev()) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+                os.mknod(name, kind | 0o600, device, dir_fd=dfd)
+                if kind == stat.S_IFIFO:
+                    self.stats.fifos += 1
+                elif kind == stat.S_IFSOCK:
+                    self.stats.sockets += 1
+                else:
+                    self.stats.devices += 1
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise self._error(rel, exc, "create") from exc
+        self._finish_path(dfd, name, rel, node)
+        return None
+
+    def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
+        try:
+            fd = os.open(name, _O_NEW, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise self._error(rel, exc, "create") from exc
+        try:
+            try:
+                if node.size:
+                    if self.fs.is_inline(node):
+                        os.write(fd, self.fs.inline_data(node))
+                    else:
+                        self._copy(fd, node)
+                    os.ftruncate(fd, node.size)
+            except OSError as exc:
+                raise self._error(rel, exc, "write") from exc
+            self._finish(fd, node, rel, directory=False)
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+        self.stats.bytes += node.size
+
+    def _copy(self, out: int, node: Inode) -> None:
+        """Copy the mapped runs; holes are never written, so they stay holes."""
+        bs = self.fs.block_size
+        size = node.size
+        for logical, physical, count in self.fs.runs(node):
+            dst = logical * bs
+            length = min(count * bs, size - dst)
+            src = self.fs.file_offset(physical)
+            while length > 0:
+                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK))
+                src += n
+                dst += n
+                length -= n
+
+    def _copy_chunk(self, out: int, src: int, dst: int, length: int) -> int:
+        if self.copy_range:
+            try:
+                n = os.copy_file_range(self.img_fd, out, length, src, dst)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                                     errno.EBADF):
+                    raise
+                self.copy_range = False
+            else:
+                if n == 0:
+                    raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
+                                    hint="the image is truncated: copy it again")
+                return n
+        view = memoryview(self.buffer)[:length]
+        n = os.preadv(self.img_fd, [view], src)
+        if n == 0:
+            raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
+                            hint="the image is truncated: copy it again")
+        return os.pwrite(out, view[:n], dst)
+
+    # --- metadata ----------------------------------------------------------------------------
+
+    def _finish(self, fd: int, node: Inode, rel: bytes, directory: bool) -> None:
+        """Owner, xattrs, mode, times of an open file or directory (in that order)."""
+        xattrs = self.fs.xattrs(node)
+        try:
+            os.fchown(fd, node.uid, node.gid)
+            for key, value in xattrs:
+                os.setxattr(fd, key, value)
+            os.fchmod(fd, node.permissions)
+            os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+        except OSError as exc:
+            raise self._error(rel, exc, "set the metadata of") from exc
+        self.stats.xattrs += len(xattrs)
+
+    def _finish_path(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
+        """The same for symlinks and special files, which we must not open."""
+        xattrs = self.fs.xattrs(node)
+        path = os.path.join(self.root_b, rel)
+        link = stat.S_ISLNK(node.mode)
+        try:
+            os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
+            for key, value in xattrs:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            if not link:
+                os.chmod(name, node.permissions, dir_fd=dfd)
+            os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dfd,
+                     follow_symlinks=False)
+        except OSError as exc:
+            raise self._error(rel, exc, "set the metadata of") from exc
+        self.stats.xattrs += len(xattrs)
+
+    # --- completeness --------------------------------------------------------------------------
+
+    def _reserved_masks(self) -> list[int]:
+        """Per group, the used-but-unreachable-by-design inodes (journal, quota, ...)."""
+        sb = self.fs.sb
+        ipg = sb.inodes_per_group
+        masks = [0] * sb.group_count
+        for number in (*range(1, sb.first_ino), *sb.special_inodes):
+            if number != _ROOT_INODE:
+                group, index = divmod(number - 1, ipg)
+                masks[group] |= 1 << index
+        return masks
+
+    def _check_complete(self) -> None:
+        """Every used inode must have been reached, and every reached inode must be used."""
+        fs = self.fs
+        ipg = fs.sb.inodes_per_group
+        missing: list[int] = []
+        dangling: list[int] = []
+        reached_all = int.from_bytes(self.reached, "little")
+        for group, (used, reserved) in enumerate(zip(self.used, self._reserved_masks(),
+                                                     strict=True)):
+            reached = (reached_all >> (group * ipg)) & ((1 << ipg) - 1)
+            first = group * ipg + 1
+            missing.extend(_bits(used & ~reached & ~reserved, first, 5 - len(missing)))
+            dangling.extend(_bits(reached & ~used, first, 5 - len(dangling)))
+        if dangling:
+            raise Ext4Error(f"{fs.where}: directory entries point at free inodes "
+                            f"({', '.join(map(str, dangling))})",
+                            hint="the filesystem is damaged: run e2fsck -fy or rebuild it")
+        if missing:
+            raise Ext4Error(f"{fs.where}: used inodes not reachable from the root directory "
+                            f"({', '.join(map(str, missing))}...) would be lost",
+                            hint="the filesystem is damaged or has orphans: run e2fsck -fy on "
+                                 "the partition, or rebuild the image")
+
+
+def _bits(value: int, first: int, limit: int) -> Iterator[int]:
+    index = 0
+    while value and limit > 0:
+        if value & 1:
+            yield first + index
+            limit -= 1
+        value >>= 1
+        index += 1
+
+
+def _show(rel: bytes) -> str:
+    return "/" + os.fsdecode(rel) if rel else "/"

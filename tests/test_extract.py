@@ -1,0 +1,300 @@
+"""Extraction of real .dsk images (sgdisk + mkfs -d) into a tree equal to the source tree.
+
+Equality covers what swupd hashes and more: type, mode (setuid/setgid/sticky), uid, gid,
+content, link target, device number, every xattr (ACLs in setxattr form), hard-link grouping
+and mtime to the second. Damaged images give one clear error each and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset
+from swupd_repo.cli import main as cli_main
+from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
+from swupd_repo.ext4 import Ext4Reader
+from swupd_repo.extract import extract_rootfs
+from swupd_repo.gpt import find_partition
+from swupd_repo.layout import load_layout
+from swupd_repo.progress import RecordingReporter
+
+FLAVOURS = ("ext4", "ext3", "inline", "blockmap-1k")
+OFFSET = rootfs_offset(make_layout(32))
+
+
+def extract(dsk: Path, layout: Path, dest: Path, reporter: RecordingReporter | None = None):
+    reporter = reporter or RecordingReporter()
+    extent = find_partition(dsk, load_layout(layout).rootfs(), reporter)
+    return extract_rootfs(dsk, extent.offset, extent.size, dest, reporter)
+
+
+def without_root_mtime(tree: dict[str, tuple]) -> dict[str, tuple]:
+    """mkfs -d gives the root directory its own creation time, not the source's."""
+    out = dict(tree)
+    out["."] = (*out["."][:-1], None)
+    return out
+
+
+def test_source_tree_has_what_the_issue_asks_for(rich_tree: Path) -> None:
+    """Guards the other tests: a source tree missing a feature would make them vacuous."""
+    tree = describe_tree(rich_tree)
+    modes = {v[1] for v in tree.values()}
+    assert {0o600, 0o4755, 0o2711, 0o1777} <= modes
+    assert any(v[2] > 65535 and v[3] > 65535 for v in tree.values())
+    assert tree["usr/lib/long-link"][6] == LONG_TARGET and len(LONG_TARGET) == 200
+    assert tree["usr/lib/dangling"][6].startswith("../")
+    assert tree["etc/localtime"][6].startswith("/")
+    kinds = {stat.S_IFMT(v[0]) for v in tree.values()}
+    assert {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
+            stat.S_IFIFO} <= kinds
+    names = {name for v in tree.values() for name, _ in v[8]}
+    assert {"user.comment", "security.ima", "security.SMACK64", "security.capability",
+            "trusted.big", "system.posix_acl_access", "system.posix_acl_default"} <= names
+    assert len(dict(tree["etc/shadow"][8])["trusted.big"]) == 3000
+    assert os.major(tree["dev/big"][7]) == 4000 and os.minor(tree["dev/big"][7]) == 1_000_000
+    assert tree["var/empty"] and tree["empty/nested/deeper"]
+    assert "ünïcødé/名前.txt" in tree and "dir with spaces/file with spaces.txt" in tree
+    assert len(hardlink_groups(rich_tree)) == 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_extracted_tree_equals_source(flavour: str, rich_tree: Path, rich_images: dict,
+                                      tmp_path: Path) -> None:
+    dsk, layout = rich_images[flavour]
+    dest = tmp_path / "storage" / "image" / "10" / "os-core"
+    reporter = RecordingReporter()
+    stats = extract(dsk, layout, dest, reporter)
+
+    want = without_root_mtime(describe_tree(rich_tree))
+    got = without_root_mtime(describe_tree(dest))
+    if flavour == "inline":
+        # mkfs.ext4 1.47.0 -d with inline_data drops a trailing hole of a sparse file (the
+        # image itself says 12075008 bytes, see debugfs stat): compare with what the image
+        # holds, which is the source's data cut at that size.
+        size = got["var/sparse.img"][4]
+        data = (rich_tree / "var/sparse.img").read_bytes()[:size]
+        assert hashlib.sha256(data).hexdigest() == got["var/sparse.img"][5]
+        want["var/sparse.img"] = got["var/sparse.img"]
+    assert set(got) == set(want)
+    for path in sorted(want):
+        assert got[path] == want[path], path
+    assert hardlink_groups(dest) == hardlink_groups(rich_tree)
+    sparse = os.stat(dest / "var/sparse.img")
+    assert sparse.st_blocks * 512 < sparse.st_size // 4, "holes were written out"
+    assert not (dest / "lost+found").exists()
+    assert os.listdir(dest.parent) == ["os-core"]
+    assert (stats.hardlinks, stats.devices, stats.fifos) == (2, 4, 1)
+    assert reporter.steps[-1][1] == reporter.advanced > 70  # every used inode, once
+
+
+def test_htree_directory_of_6000_entries(htree_image: tuple[Path, Path, Path],
+                                         tmp_path: Path) -> None:
+    src, dsk, layout = htree_image
+    dest = tmp_path / "os-core"
+    extract(dsk, layout, dest)
+    assert len(os.listdir(dest / "usr/share/many")) == 6000
+    assert without_root_mtime(describe_tree(dest)) == without_root_mtime(describe_tree(src))
+
+
+def test_existing_destination_is_refused(rich_images: dict, tmp_path: Path) -> None:
+    dsk, layout = rich_images["ext4"]
+    dest = tmp_path / "os-core"
+    dest.mkdir()
+    (dest / "keep").write_text("mine")
+    with pytest.raises(ExtractError, match="already exists"):
+        extract(dsk, layout, dest)
+    assert (dest / "keep").read_text() == "mine"
+
+
+def test_cli_extract(rich_images: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dsk, layout = rich_images["ext4"]
+    storage = tmp_path / "storage"
+    args = ["extract", "--dsk", str(dsk), "--layout", str(layout), "--storage", str(storage),
+            "--version", "20"]
+    assert cli_main(args) == 0
+    assert (storage / "image/20/os-core/usr/bin/su").stat().st_mode & stat.S_ISUID
+    assert "extracted" in capsys.readouterr().out
+    assert cli_main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main([*args, "--force", "--partition", "rootfs"]) == 0
+
+
+# --- damaged inputs: one clear error each, nothing left behind -------------------------------
+
+
+@pytest.fixture
+def damaged(rich_images: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the ext4 image (sparse copy: cheap) and its layout."""
+    dsk, layout = rich_images["ext4"]
+    copy = tmp_path / "damaged.dsk"
+    subprocess.run(["cp", "--sparse=always", str(dsk), str(copy)], check=True)
+    return copy, layout
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def fix_gpt(path: Path, header_lba: int) -> None:
+    """Recompute the entry-array and header CRCs of the GPT header at ``header_lba``."""
+    with open(path, "r+b") as f:
+        f.seek(header_lba * 512)
+        header = bytearray(f.read(512))
+        size, entries_lba, count, entry_size = (struct.unpack_from("<I", header, 12)[0],
+                                                *struct.unpack_from("<QII", header, 72))
+        f.seek(entries_lba * 512)
+        entries = f.read(count * entry_size)
+        struct.pack_into("<I", header, 88, zlib.crc32(entries))
+        struct.pack_into("<I", header, 16, 0)
+        struct.pack_into("<I", header, 16, zlib.crc32(bytes(header[:size])))
+        f.seek(header_lba * 512)
+        f.write(header)
+
+
+def expect_clean_failure(dsk: Path, layout: Path, tmp_path: Path, error: type,
+                         match: str) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    with pytest.raises(error, match=match) as info:
+        extract(dsk, layout, storage / "image" / "10" / "os-core")
+    assert info.value.hint, "every error says what to do"
+    assert list(storage.rglob("*")) == [], "nothing may be left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.dsk", "storage"]
+
+
+def test_bad_mbr(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    patch(damaged[0], 510, b"\0\0")
+    expect_clean_failure(*damaged, tmp_path, DiskImageError, "no valid MBR")
+
+
+def test_bad_gpt_crcs_on_both_headers(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    last_lba = damaged[0].stat().st_size // 512 - 1
+    patch(damaged[0], 512 + 16, b"\xde\xad")
+    patch(damaged[0], last_lba * 512 + 16, b"\xbe\xef")
+    expect_clean_failure(*damaged, tmp_path, DiskImageError, "CRC32 mismatch.*CRC32 mismatch")
+
+
+def test_partition_past_end_of_file(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    dsk = damaged[0]
+    last_lba = dsk.stat().st_size // 512 - 1
+    entry5_last = 2 * 512 + 4 * 128 + 40  # primary entry array at LBA 2
+    patch(dsk, entry5_last, struct.pack("<Q", last_lba + 100_000))
+    fix_gpt(dsk, 1)
+    with open(dsk, "rb") as f:  # the backup array lives just before the backup header
+        f.seek(last_lba * 512 + 72)
+        backup_entries = struct.unpack("<Q", f.read(8))[0]
+    patch(dsk, backup_entries * 512 + 4 * 128 + 40, struct.pack("<Q", last_lba + 100_000))
+    fix_gpt(dsk, last_lba)
+    expect_clean_failure(*damaged, tmp_path, DiskImageError, "partition 5 .* ends at byte")
+
+
+def test_truncated_image(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    dsk, layout = damaged
+    extent = find_partition(dsk, load_layout(layout).rootfs(), RecordingReporter())
+    os.truncate(dsk, OFFSET + 8 * (1 << 20))
+    expect_clean_failure(dsk, layout, tmp_path, DiskImageError, "truncated")
+    # and the reader alone, given the range the intact image had
+    with pytest.raises(Ext4Error, match=r"truncated|ends inside|outside"):
+        extract_rootfs(dsk, extent.offset, extent.size, tmp_path / "storage" / "x",
+                       RecordingReporter())
+    assert list((tmp_path / "storage").iterdir()) == []
+
+
+def test_zeroed_superblock(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    patch(damaged[0], OFFSET + 1024, bytes(1024))
+    expect_clean_failure(*damaged, tmp_path, Ext4Error, "holds no ext2/3/4 filesystem")
+
+
+def _inode_offset(dsk: Path, path: str) -> int:
+    """Byte offset in ``dsk`` of the inode of ``path`` (looked up with our reader)."""
+    with Ext4Reader.open(dsk, OFFSET, 32 << 20) as fs:
+        number = 2
+        for name in path.split("/"):
+            number = dict(fs.entries(fs.inode(number)))[name.encode()]
+        group, index = divmod(number - 1, fs.sb.inodes_per_group)
+        return (OFFSET + fs.groups[group].inode_table * fs.block_size
+                + index * fs.sb.inode_size)
+
+
+def test_extent_pointing_outside_the_partition(damaged: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    at = _inode_offset(damaged[0], "usr/lib/random.bin")
+    with open(damaged[0], "rb") as f:
+        f.seek(at + 0x28)
+        assert struct.unpack("<H", f.read(2))[0] == 0xF30A  # an extent header
+    patch(damaged[0], at + 0x28 + 12 + 8, struct.pack("<I", 0x7FFFFFF0))
+    expect_clean_failure(*damaged, tmp_path, Ext4Error, "lie outside the filesystem")
+
+
+def test_directory_entry_escaping_the_target(damaged: tuple[Path, Path],
+                                             tmp_path: Path) -> None:
+    dsk = damaged[0]
+    data = dsk.read_bytes()
+    hits = [i for i in range(len(data)) if data.startswith(b"patch-me-name", i)]
+    assert hits, "the entry to patch is in the image"
+    for hit in hits:
+        patch(dsk, hit, b"..x/../../etc")
+    expect_clean_failure(*damaged, tmp_path, Ext4Error, "not a valid file name")
+    assert not (tmp_path / "etc").exists()
+
+
+def test_unreachable_inode_is_an_error(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    """An entry cleared (inode 0) leaves a used inode nobody reaches: never a silent miss."""
+    dsk = damaged[0]
+    data = dsk.read_bytes()
+    hit = data.index(b"patch-me-name", OFFSET)
+    patch(dsk, hit - 8, b"\0\0\0\0")  # the entry's inode field
+    expect_clean_failure(*damaged, tmp_path, Ext4Error, "not reachable")
+
+
+def test_without_privileges_the_error_says_how(rich_images: dict) -> None:
+    """Owners cannot be set by an ordinary user: a clear error, not a silently wrong tree.
+
+    Runs the extraction in a forked child that dropped to uid/gid 65534 (a real EPERM).
+    """
+    dsk, layout = rich_images["ext4"]
+    extent = find_partition(dsk, load_layout(layout).rootfs(), RecordingReporter())
+    base = Path(tempfile.mkdtemp(prefix="swupd-repo-nobody-"))
+    try:
+        os.chmod(base, 0o777)
+        subprocess.run(["cp", "--sparse=always", str(dsk), str(base / "image.dsk")], check=True)
+        os.chmod(base / "image.dsk", 0o644)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            status = 3
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                extract_rootfs(base / "image.dsk", extent.offset, extent.size,
+                               base / "s" / "image" / "10" / "os-core", RecordingReporter())
+                status = 0
+            except ExtractError as exc:
+                os.write(write_end, str(exc).encode())
+                status = 2
+            except BaseException as exc:
+                os.write(write_end, repr(exc).encode())
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        message = os.read(read_end, 65536).decode()
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 2, message
+        assert "Operation not permitted" in message and "pseudo" in message
+        assert not (base / "s" / "image" / "10").exists()
+    finally:
+        shutil.rmtree(base)
