@@ -36,10 +36,18 @@ def test_version_file_parsing(tmp_path) -> None:
 def test_clean_leftovers(tmp_path) -> None:
     st = Storage(tmp_path)
     (st.www_dir / f"{TEMP_PREFIX}20.123").mkdir(parents=True)
-    (st.www_dir / "10").mkdir()
+    (st.www_dir / "10/delta").mkdir(parents=True)
+    (st.www_dir / f"10/delta/{TEMP_PREFIX}5-10-abc.9").write_text("partial delta")
+    (st.www_dir / f"10/{TEMP_PREFIX}pack-os-core-from-0.tar.9").write_text("partial pack")
+    (st.image_dir / "20").mkdir(parents=True)
+    (st.image_dir / f"20/{TEMP_PREFIX}os-core.9").mkdir()
+    (st.www_dir / "10/Manifest.MoM").write_text("kept")
     removed = st.clean_leftovers()
-    assert [p.name for p in removed] == [f"{TEMP_PREFIX}20.123"]
-    assert (st.www_dir / "10").is_dir()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == sorted([
+        f"www/{TEMP_PREFIX}20.123", f"www/10/delta/{TEMP_PREFIX}5-10-abc.9",
+        f"www/10/{TEMP_PREFIX}pack-os-core-from-0.tar.9", f"image/20/{TEMP_PREFIX}os-core.9"])
+    assert (st.www_dir / "10/Manifest.MoM").read_text() == "kept"
+    assert (st.image_dir / "20").is_dir()
 
 
 def _try_lock(root: str, queue) -> None:

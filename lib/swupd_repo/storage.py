@@ -145,7 +145,7 @@ class Storage:
         import shutil
 
         removed: list[Path] = []
-        for parent in (self.root, self.image_dir, self.www_dir, self.latest_www_marker.parent):
+        for parent in self._leftover_parents():
             if not parent.is_dir():
                 continue
             for entry in parent.iterdir():
@@ -156,6 +156,19 @@ class Storage:
                         entry.unlink()
                     removed.append(entry)
         return removed
+
+    def _leftover_parents(self) -> Iterator[Path]:
+        """Every directory a run writes temporary names into: the top levels, each
+        ``image/<V>/`` (extraction), each ``www/<V>/`` (packs) and ``www/<V>/delta/``
+        (deltas are added to already published versions, as swupd-server does)."""
+        yield from (self.root, self.image_dir, self.www_dir, self.latest_www_marker.parent)
+        for top in (self.image_dir, self.www_dir):
+            if top.is_dir():
+                for entry in top.iterdir():
+                    if entry.name.isdigit() and entry.is_dir():
+                        yield entry
+                        if top == self.www_dir:
+                            yield entry / "delta"
 
     @contextlib.contextmanager
     def lock(self, wait: bool = True) -> Iterator[None]:
