@@ -1,0 +1,147 @@
+"""The whole job outside BitBake: ``swupd-repo publish`` from real .dsk images.
+
+Disk image -> GPT -> ext4 extraction -> native generator -> markers must give exactly what
+the real swupd-server gave for the same trees (the vectors), and every refusal or interruption
+must leave the storage as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsk import make_dsk
+from swupd_repo.storage import TEMP_PREFIX, Storage
+
+
+def _strip_timestamp(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if not line.startswith(b"timestamp:")]
+
+
+def _drop_hash(line: bytes) -> bytes:
+    fields = line.split(b"\t")
+    return b"\t".join(fields[:1] + fields[2:]) if line.startswith(b"M...") else line
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, vectors) -> dict[int, tuple[Path, Path]]:
+    """The vectors' rootfs-10/20 trees as Ostro-style .dsk images with their layouts."""
+    work = tmp_path_factory.mktemp("dsk")
+    out = {}
+    for version in (10, 20):
+        tree = work / f"tree-{version}"
+        tree.mkdir()
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                        str(vectors / f"rootfs-{version}.tar"), "-C", str(tree)], check=True)
+        out[version] = make_dsk(tree, work, f"ostro-image-{version}", rootfs_mb=32)
+    return out
+
+
+def swupd_repo(*args: str | os.PathLike) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "swupd_repo.cli", *map(str, args)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False, timeout=600)
+
+
+def publish(storage: Path, image: tuple[Path, Path], *extra: str) -> subprocess.CompletedProcess:
+    dsk, layout = image
+    return swupd_repo("publish", "--dsk", dsk, "--layout", layout, "--storage", storage, *extra)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its type, size, mode and content digest."""
+    import hashlib
+
+    result = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and \
+            not path.is_symlink() else ""
+        result[path.relative_to(root).as_posix()] = (st.st_mode, st.st_size, digest)
+    return result
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, images) -> Path:
+    """A storage with versions 10 and 20 published from the two images."""
+    storage = tmp_path_factory.mktemp("storage")
+    for version in (10, 20):
+        done = publish(storage, images[version])
+        assert done.returncode == 0, done.stderr
+        assert f"published version {version}" in done.stdout
+    return storage
+
+
+def test_disk_images_give_the_real_servers_manifests(published, vectors) -> None:
+    st = Storage(published)
+    assert st.latest_image_marker.read_text() == "20\n"
+    assert st.latest_www_marker.read_text() == "20\n"
+    assert st.published_versions() == [10, 20]
+    for version in (10, 20):
+        for name in ("Manifest.MoM", "Manifest.os-core", "Manifest.full"):
+            ours = (st.www(version) / name).read_bytes()
+            theirs = (vectors / "manifests" / str(version) / name).read_bytes()
+            ours_lines, their_lines = _strip_timestamp(ours), _strip_timestamp(theirs)
+            if name == "Manifest.MoM":  # its M hash covers the os-core manifest's timestamp
+                ours_lines = [_drop_hash(line) for line in ours_lines]
+                their_lines = [_drop_hash(line) for line in their_lines]
+            assert ours_lines == their_lines, (version, name)
+    assert not list(published.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_stale_image_and_old_version_are_refused_without_changes(published, images) -> None:
+    before = snapshot(published)
+    stale = publish(published, images[10])  # would become 30, but the image says 10
+    assert stale.returncode == 2
+    assert "VERSION_ID=10" in stale.stderr and "OS_VERSION" in stale.stderr
+    old = publish(published, images[20], "--version", "20")
+    assert old.returncode == 2
+    assert "not greater than the latest published version 20" in old.stderr
+    assert snapshot(published) == before
+
+
+def test_bad_layout_names_the_file(published, images, tmp_path) -> None:
+    bad = tmp_path / "disk-layout.json"
+    bad.write_text('{"partition_05_rootfs": {"name": "rootfs",,}}')
+    before = snapshot(published)
+    done = publish(published, (images[20][0], bad))
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "line 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(published) == before
+
+
+def test_killed_run_leaves_latest_and_is_cleaned_by_the_next(tmp_path, images) -> None:
+    storage = tmp_path / "storage"
+    assert publish(storage, images[10]).returncode == 0
+    before = snapshot(storage)
+    dsk, layout = images[20]
+    proc = subprocess.Popen([sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk,
+                             "--layout", layout, "--storage", storage],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # Kill it as soon as it has started writing version 20 (extraction or generation).
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(storage.rglob(f"{TEMP_PREFIX}*")) or (storage / "image/20").exists():
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    st = Storage(storage)
+    assert st.latest() == 10
+    assert not st.www(20).exists()
+    assert {k: v for k, v in snapshot(storage).items() if k.startswith(("www/10", "www/version",
+            "image/10", "image/latest"))} == {k: v for k, v in before.items() if k.startswith(
+            ("www/10", "www/version", "image/10", "image/latest"))}
+    again = publish(storage, images[20])
+    assert again.returncode == 0, again.stderr
+    assert st.latest() == 20
+    assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
