@@ -1,0 +1,32 @@
+"""``swupd-repo build``: publish ``www/<V>`` from an ``image/<V>/os-core`` already in storage."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..pipeline import build_version
+from ..progress import TqdmReporter
+from .options import add_settings_options, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="publish www/<V> from STORAGE/image/<V>/os-core",
+                       description="Generate the swupd format-3 repository of version V "
+                       "(manifests, fullfiles, packs, deltas) from the rootfs already in "
+                       "STORAGE/image/<V>/os-core, then move the latest markers to V.")
+    add_settings_options(p)
+    p.add_argument("--version", dest="os_version", type=int,
+                   help="version to build (default: latest + step)")
+    p.add_argument("--version-step", dest="version_step", type=int, help="version step (10)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    reporter = TqdmReporter()
+    try:
+        version = build_version(settings, reporter, settings.os_version)
+    finally:
+        reporter.close()
+    print(f"published version {version} in {settings.storage_dir}/www/{version}")
+    return 0

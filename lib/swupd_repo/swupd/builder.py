@@ -1,0 +1,221 @@
+"""Bundle manifests, ``Manifest.full`` and the MoM of one version (format3 §2.6-§2.8).
+
+Bundles are those of the container: its groups.ini has only ``[os-core]``, so the full tree
+is ``image/<V>/os-core`` and ``Manifest.full`` has the same entries as ``Manifest.os-core``
+(with ``previous: 0``). The previous state comes from the previous MoM: its ``os-core`` line
+names the version of the old ``Manifest.os-core``; ``Manifest.full`` is matched against the
+previous version's.
+
+Everything here is pure (records and old manifests in, manifests out); :func:`load_previous`
+is the one reader of the published history.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BuildError, ManifestError, StorageError
+from ..storage import Storage
+from .hashing import hash_bytes
+from .heuristics import modifier, prune
+from .manifest import Entry, Manifest, bundle_line, deleted_entry, parse_manifest
+from .scan import Record
+
+CORE = "os-core"
+#: Bundles whose size does not count towards the MoM's contentsize (§2.2).
+_NOT_COUNTED = frozenset(("esp",))
+#: Type changes the server accepts (old type, new type); any other change aborts (§2.7).
+ALLOWED_TYPE_CHANGES = frozenset((("F", "L"), ("F", "D"), ("L", "F"), ("L", "D")))
+_TYPE_NAMES = {"F": "file", "D": "directory", "L": "symlink"}
+
+
+@dataclass
+class Previous:
+    """What the last published version left: its MoM and the manifests it points at."""
+
+    version: int = 0  # 0: first build
+    mom: Manifest | None = None
+    bundles: dict[str, Manifest] = field(default_factory=dict)  # name -> Manifest.<b>@bv
+    full: Manifest | None = None
+
+
+@dataclass
+class Built:
+    """The manifests of version V, ready to write."""
+
+    version: int
+    mom: Manifest
+    full: Manifest
+    bundles: dict[str, Manifest]  # only the bundles that changed in V (written in this run)
+    mom_bytes: bytes = b""
+    full_bytes: bytes = b""
+    bundle_bytes: dict[str, bytes] = field(default_factory=dict)
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StorageError(f"{path} is missing but the published history refers to it",
+                           hint="restore it from a backup, or start a new storage "
+                           "directory") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_manifest(data, str(path))
+
+
+def previous_version(storage: Storage, version: int) -> int:
+    """The version V is built on: ``latest`` when it is older than V, else (a forced rebuild
+    of V or older) the newest published version below V."""
+    latest = storage.latest()
+    if 0 < latest < version:
+        if not (storage.www(latest) / "Manifest.MoM").is_file():
+            raise StorageError(
+                f"the latest markers say version {latest}, but {storage.www(latest)}"
+                "/Manifest.MoM does not exist",
+                hint="restore www/<latest> or fix image/latest.version and "
+                "www/version/format3/latest")
+        return latest
+    older = [v for v in storage.published_versions() if v < version]
+    return max(older, default=0)
+
+
+def load_previous(storage: Storage, version: int, warn=None) -> Previous:  # type: ignore[no-untyped-def]
+    """Previous MoM, its os-core manifest and Manifest.full (empty on the first build)."""
+    prev = previous_version(storage, version)
+    if prev == 0:
+        return Previous()
+    mom = read_manifest(storage.www(prev) / "Manifest.MoM")
+    bundles: dict[str, Manifest] = {}
+    for line in mom.entries:
+        if line.type != "M":
+            raise ManifestError(f"{storage.www(prev)}/Manifest.MoM has a non-M line "
+                                f"{line.flags} {line.path}")
+        if line.path != CORE:
+            if warn:
+                warn(f"bundle {line.path} of version {prev} is not built by this generator "
+                     "(only os-core, like the container); it is dropped from the new MoM")
+            continue
+        bundles[line.path] = read_manifest(storage.www(line.last_change) /
+                                           f"Manifest.{line.path}")
+    full_path = storage.www(prev) / "Manifest.full"
+    full = read_manifest(full_path) if full_path.exists() else None
+    return Previous(prev, mom, bundles, full)
+
+
+def entries_from_records(records: Iterable[Record], version: int) -> list[Entry]:
+    """Fresh entries (last_change = V) with the path heuristics' flags."""
+    return [Entry(r.type, r.hash, version, r.path, modifier=modifier(r.path)) for r in records]
+
+
+def carry_over(old: Iterable[Entry], new: list[Entry], version: int,
+               minversion: int = 0) -> tuple[list[Entry], list[str]]:
+    """``match_manifests`` (§2.7) before pruning: unchanged entries keep their old
+    last_change, vanished ones become deleted entries (already-deleted ones are carried as
+    they are, forever). Returns the entries and the type changes the server refuses."""
+    old_by_path = {e.path: e for e in old}
+    out: list[Entry] = []
+    refused: list[str] = []
+    for e in new:
+        o = old_by_path.pop(e.path, None)
+        if o is None or o.deleted:
+            out.append(e)
+            continue
+        if o.type != e.type and (o.type, e.type) not in ALLOWED_TYPE_CHANGES:
+            refused.append(f"{e.path} ({_TYPE_NAMES.get(o.type, o.type)} in version "
+                           f"{o.last_change} -> {_TYPE_NAMES.get(e.type, e.type)})")
+        same = (o.hash == e.hash and o.type == e.type and o.modifier == e.modifier
+                and o.last_change >= minversion)
+        out.append(e.with_(last_change=o.last_change) if same else e)
+    for o in old_by_path.values():
+        out.append(o if o.deleted else deleted_entry(o.path, version, o.modifier))
+    return out, refused
+
+
+def content_size(entries: Iterable[Entry], version: int, sizes: Mapping[str, int]) -> int:
+    """§2.2: st_size per changed live F, 1024 per changed live L and D."""
+    total = 0
+    for e in entries:
+        if e.deleted or e.last_change != version:
+            continue
+        total += sizes.get(e.path, 0) if e.type == "F" else 1024
+    return total
+
+
+def manifest_hash(data: bytes) -> str:
+    """The MoM ``M`` hash: §3 of the plain file as stat (0100644, 0, 0, 0, size), no xattrs."""
+    return hash_bytes(stat.S_IFREG | 0o644, 0, 0, 0, len(data), {}, data)
+
+
+def _type_change_error(paths: list[str], version: int) -> BuildError:
+    listing = "; ".join(paths)
+    return BuildError(
+        f"version {version} turns a directory into a file or symlink, which swupd format 3 "
+        f"cannot express (the real server aborts too): {listing}",
+        hint="keep a directory at each of these paths (move the new file elsewhere), or "
+        "delete the directory in one version and add the file in a later one")
+
+
+def build_manifests(records: Mapping[str, Record], version: int, previous: Previous,
+                    *, timestamp: int | None = None, minversion: int = 0) -> Built:
+    """All manifests of ``version`` from the scanned tree and the previous state.
+
+    Raises :class:`BuildError` for a refused type change and when os-core did not change.
+    """
+    ts = int(time.time()) if timestamp is None else timestamp
+    sizes = {p: r.size for p, r in records.items()}
+    fresh = entries_from_records(records.values(), version)
+
+    old_core = previous.bundles.get(CORE)
+    merged, refused = carry_over(old_core.entries if old_core else [], fresh, version,
+                                 minversion)
+    if refused:
+        raise _type_change_error(refused, version)
+    core_entries = prune(merged)
+    if not any(e.last_change == version for e in core_entries):
+        # The server aborts here too: an os-core without change cannot be published.
+        raise BuildError(
+            f"os-core of version {version} has no change against version "
+            f"{old_core.version if old_core else 0} outside /etc (swupd never lists or "
+            "updates /etc, nor deleted boot files)",
+            hint="if the image is the published one there is nothing to publish; otherwise "
+            "ship the change outside /etc, e.g. VERSION_ID in /usr/lib/os-release (build "
+            "the image with OS_VERSION set to this version)")
+    core = Manifest(version=version, previous=old_core.version if old_core else 0,
+                    timestamp=ts, contentsize=content_size(core_entries, version, sizes),
+                    entries=core_entries)
+    bundles_now = {CORE: core}  # every bundle's manifest as of V (here os-core is always new)
+
+    old_full = previous.full.entries if previous.full else []
+    full_merged, _ = carry_over(old_full, fresh, version, minversion)
+    latest_of: dict[str, int] = {}
+    for manifest in bundles_now.values():
+        for e in manifest.entries:  # 2.53 includes deleted entries in the maximum
+            latest_of[e.path] = max(latest_of.get(e.path, 0), e.last_change)
+    full_entries = [e.with_(last_change=max(e.last_change, latest_of.get(e.path, 0)))
+                    for e in prune(full_merged)]
+    full = Manifest(version=version, previous=0, timestamp=ts,
+                    contentsize=content_size(full_entries, version, sizes),
+                    entries=full_entries)
+
+    built = Built(version, Manifest(version), full, {CORE: core})
+    built.bundle_bytes = {name: m.to_bytes() for name, m in built.bundles.items()}
+    built.full_bytes = full.to_bytes()
+    lines = [bundle_line(name, manifest_hash(data), version)
+             for name, data in built.bundle_bytes.items()]
+    built.mom = Manifest(version=version, previous=previous.version, timestamp=ts,
+                         contentsize=sum(built.bundles[n].contentsize for n in built.bundles
+                                         if n not in _NOT_COUNTED),
+                         entries=lines)
+    built.mom_bytes = built.mom.to_bytes()
+    return built
+
+
+def fullfile_records(built: Built, records: Mapping[str, Record]) -> list[Record]:
+    """Records needing a fullfile in ``www/<V>/files``: live full entries changed in V (§4)."""
+    return [records[e.path] for e in built.full.entries
+            if not e.deleted and e.last_change == built.version and e.path in records]

@@ -1,0 +1,236 @@
+"""Write one complete ``www/<V>`` atomically (format3 §1.3, issue 2 item 5).
+
+Everything is built under ``www/.swupd-repo-tmp-build-<V>.<pid>`` and renamed to ``www/<V>``
+as the very last step, so a failed or killed run leaves earlier versions untouched and at most
+a temporary directory that :meth:`Storage.clean_leftovers` removes on the next run. The
+``latest`` markers are not touched here: the pipeline moves them after the optional check.
+
+Packs and deltas are written by :mod:`.packs`, which finds fullfiles as
+``<www>/<L>/files/<H>.tar``. While V is still being built its files live in the staging
+directory, so packs get a *view* of ``www``: a temporary directory of symlinks, one per
+published version plus ``<V>`` pointing at the staging directory.
+
+Manifest deltas (``Manifest-<X>-delta-from-<P>``) are not written: the format allows omitting
+them and the c42f8a3a client never attempts them anyway (its MoM walk is unsorted, §7.6); it
+downloads ``Manifest.<X>.tar`` instead.
+
+``image/<V>/full``: the container reads ``image/<old>/full/<path>`` to make deltas against old
+versions. Instead of copying the tree we make ``image/<V>/full`` a relative symlink to
+``os-core`` (no copy, no hard links that would change every file's ctime and defeat the hash
+cache); the content is identical because the container's full tree of an os-core-only
+repository *is* os-core. An existing ``full`` (e.g. from a container build) is left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BuildError, VersionError
+from ..progress import Reporter
+from ..storage import Storage, fsync_dir
+from . import builder
+from .fullfiles import write_fullfiles
+from .manifest_tar import write_manifest, write_plain
+from .scan import CACHE_NAME, scan_tree
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+FORMAT = 3
+#: What ``www/<V>/swupd-server-src-version`` says: the server release whose output we mirror.
+SERVER_SRC_VERSION = "3.0.0"
+
+
+def make_executor(workers: int) -> Executor | None:
+    """The process pool for hashing and compression (None: run inline, e.g. one core)."""
+    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+
+
+def manifest_timestamp() -> int | None:
+    """``SOURCE_DATE_EPOCH`` when set (reproducible builds), else None (the current time).
+
+    The manifests' ``timestamp:`` is informational (no client checks it), but it is part of
+    the bytes the MoM's ``M`` hash covers, so a fixed value makes whole repositories
+    reproducible.
+    """
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+                         hint="unset it or set it to a Unix time")
+    return int(value)
+
+
+def build_version(storage: Storage, version: int, settings: Settings, reporter: Reporter,
+                  *, timestamp: int | None = None) -> builder.Built:
+    """Build and publish ``www/<version>`` from ``image/<version>/os-core``.
+
+    ``timestamp`` (default: :func:`manifest_timestamp`) goes into every manifest header.
+    """
+    if timestamp is None:
+        timestamp = manifest_timestamp()
+    www = storage.www(version)
+    if www.exists() and not settings.force:
+        raise VersionError(f"{www} already exists",
+                           hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
+    signer = _load_signer(settings)  # a bad key fails before any output
+    previous = builder.load_previous(storage, version, warn=reporter.warning)
+    storage.www_dir.mkdir(parents=True, exist_ok=True)
+    staging = storage.temp_path(storage.www_dir, f"build-{version}")
+    view = storage.temp_path(storage.www_dir, f"view-{version}")
+    executor = make_executor(settings.workers)
+    try:
+        scan = scan_tree(storage.os_core(version), reporter, executor=executor,
+                         cache_file=storage.image(version) / CACHE_NAME)
+        reporter.info(f"{len(scan.records)} paths; {scan.hashed} files hashed, "
+                      f"{scan.cached} from the hash cache")
+        built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp)
+        staging.mkdir()
+        _write_manifests(staging, built, signer)
+        write_fullfiles(builder.fullfile_records(built, scan.records), staging / "files",
+                        settings.compression, reporter, executor)
+        if executor is not None:
+            executor.shutdown()
+            executor = None
+        _make_view(storage, view, version, staging)
+        _write_packs(storage, view, staging, built, previous, settings, reporter, signer)
+        write_plain(staging / "format", f"{FORMAT}\n".encode())
+        write_plain(staging / "swupd-server-src-version", f"{SERVER_SRC_VERSION}\n".encode())
+        link_full_tree(storage, version)
+        _move_into_place(storage, staging, www)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+        shutil.rmtree(view, ignore_errors=True)
+    return built
+
+
+def _load_signer(settings: Settings) -> Any:
+    if not settings.signing:
+        return None
+    from . import signing
+
+    return signing.load_signing_material(settings.signing_key, settings.signing_cert,
+                                         settings.signing_chain,
+                                         settings.signing_passphrase_file)
+
+
+def _sign_pem(signer: Any, data: bytes) -> bytes | None:
+    if signer is None:
+        return None
+    from . import signing
+
+    return signing.sign_pem(signer, data)
+
+
+def _write_manifests(staging: Path, built: builder.Built, signer: Any) -> None:
+    items = [*built.bundle_bytes.items(), ("full", built.full_bytes), ("MoM", built.mom_bytes)]
+    for name, data in items:
+        write_manifest(staging, name, data, _sign_pem(signer, data))
+        if signer is not None:
+            tar = staging / f"Manifest.{name}.tar"
+            write_plain(tar.with_name(tar.name + ".signed"), _sign_pem(signer, tar.read_bytes()))
+    if signer is not None:
+        from . import signing
+
+        write_plain(staging / "Manifest.MoM.sig", signing.sign_der(signer, built.mom_bytes))
+
+
+def _make_view(storage: Storage, view: Path, version: int, staging: Path) -> None:
+    view.mkdir()
+    for entry in storage.www_dir.iterdir():
+        if entry.name.isdigit() and entry.name != str(version):
+            (view / entry.name).symlink_to(Path("..") / entry.name)
+    (view / str(version)).symlink_to(Path("..") / staging.name)
+
+
+def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Built,
+                 previous: builder.Previous, settings: Settings, reporter: Reporter,
+                 signer: Any) -> None:
+    """Zero pack and delta packs of every bundle that changed in V (§5.1)."""
+    from . import packs
+
+    for name, manifest in built.bundles.items():
+        old = previous.bundles.get(name)
+        prev_pack = None
+        if old is not None:
+            candidate = storage.www(old.version) / f"pack-{name}-from-0.tar"
+            prev_pack = candidate if candidate.is_file() else None
+        out = staging / f"pack-{name}-from-0.tar"
+        packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
+                              workers=settings.workers, reporter=reporter)
+        _sign_file(signer, out)
+        sources = packs.delta_pack_sources(view, name, built.version,
+                                           settings.deltapack_versions)
+        for src in sources:
+            out = staging / f"pack-{name}-from-{src}.tar"
+            old_manifest = builder.read_manifest(storage.www(src) / f"Manifest.{name}")
+            packs.write_delta_pack(view, name, old_manifest, manifest, out,
+                                   image_dir=storage.image_dir, workers=settings.workers,
+                                   reporter=reporter)
+            _sign_file(signer, out)
+
+
+def _sign_file(signer: Any, path: Path) -> None:
+    if signer is not None and path.is_file():
+        write_plain(path.with_name(path.name + ".signed"), _sign_pem(signer, path.read_bytes()))
+
+
+def link_full_tree(storage: Storage, version: int) -> None:
+    """``image/<V>/full -> os-core`` for a later container build (see the module docstring)."""
+    full = storage.full(version)
+    if full.exists() or full.is_symlink():
+        return
+    full.symlink_to("os-core")
+
+
+def _move_into_place(storage: Storage, staging: Path, www: Path) -> None:
+    """Rename the finished tree to ``www/<V>``; a forced rebuild replaces the old one."""
+    _fsync_tree_dirs(staging)
+    aside = None
+    if www.exists():
+        aside = storage.temp_path(storage.www_dir, f"replaced-{www.name}")
+        www.rename(aside)
+    try:
+        staging.rename(www)
+    except OSError as exc:
+        if aside is not None:
+            aside.rename(www)
+        raise BuildError(f"cannot move {staging} to {www}: {exc.strerror}") from exc
+    fsync_dir(storage.www_dir)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_tree_dirs(root: Path) -> None:
+    """Make the staged files durable before the rename publishes them.
+
+    One ``syncfs`` of the storage filesystem instead of an fsync per file (thousands of
+    fullfiles); per-file fsync where syncfs is unavailable.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))

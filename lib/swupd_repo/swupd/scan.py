@@ -1,0 +1,258 @@
+"""Walk ``image/<V>/os-core`` into records: what each path is and its swupd hash.
+
+The walk reads only what the device will see: ``lstat`` (numeric owner, full mode, rdev) and
+``llistxattr``/``lgetxattr`` of the path itself, so no root is needed beyond read access.
+Regular files are hashed in a bounded process pool, streamed in 1 MiB chunks; symlinks,
+directories and special files are hashed inline (their data is tiny or empty, §3, §9.3).
+
+A per-version hash cache (``image/<V>/.hashcache.json``) lets a rebuild of the same tree skip
+re-hashing. It only trusts what it can prove: an entry is reused when path, device, inode,
+size, mtime_ns, ctime_ns, mode, owner, rdev and xattrs are all equal, and only entries whose
+ctime was at least :data:`RACY_NS` older than the scan that stored them are stored (a file
+modified in the same timestamp tick as the scan could otherwise keep its ctime; an inode
+reused by a new file gets a ctime after the scan). Content changes always move ctime, which no
+user can set, so a match proves the bytes are the ones hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BuildError
+from ..progress import Reporter
+from ..storage import atomic_write_text
+from .hashing import hash_bytes, hash_key, read_xattrs, stat_fields, xattr_blob
+from .heuristics import refused_name
+
+#: Cached entries younger than this (relative to the scan) are not trusted later.
+RACY_NS = 2_000_000_000
+CACHE_NAME = ".hashcache.json"
+_CACHE_FORMAT = 1
+_CHUNK = 1 << 20
+#: A hashing job holds at most this many files or bytes, so progress moves and pools balance.
+_BATCH_FILES = 256
+_BATCH_BYTES = 32 << 20
+
+
+@dataclass(slots=True)
+class Record:
+    """One path of the tree as swupd sees it."""
+
+    path: str  # manifest path: "/usr/bin/foo" (never "/")
+    disk: str  # path on disk
+    type: str  # "F" (regular and special files), "D", "L"
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int  # st_size (a symlink's target length)
+    mtime: int  # whole seconds, as tar stores it
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    hash: str = ""
+    target: bytes = b""  # symlink target
+    # cache key parts
+    dev: int = 0
+    ino: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+    @property
+    def is_regular(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def cache_key(self) -> list[object]:
+        return [self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.mode,
+                self.uid, self.gid, self.rdev, xattr_blob(self.xattrs).hex()]
+
+
+@dataclass
+class ScanResult:
+    records: dict[str, Record]
+    hashed: int = 0  # regular files whose data was read
+    cached: int = 0  # regular files whose hash came from the cache
+    skipped: list[str] = field(default_factory=list)  # refused names (with subtrees)
+
+
+def walk(root: Path, reporter: Reporter) -> Iterator[Record]:
+    """Every path below ``root`` (not ``root`` itself), unhashed; refused names are skipped.
+
+    Unlike the server (which trusts ``d_type``), a directory is recognised from ``lstat``, so
+    filesystems that report ``DT_UNKNOWN`` lose nothing (§9.5).
+    """
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while stack:
+        disk_dir, man_dir = stack.pop()
+        try:
+            entries = list(os.scandir(disk_dir))
+        except OSError as exc:
+            raise BuildError(f"cannot read directory {disk_dir}: {exc.strerror}",
+                             hint="the generator needs read access to the whole tree") from exc
+        for entry in entries:
+            name = entry.name
+            man_path = f"{man_dir}/{name}"
+            why = refused_name(name)
+            if why:
+                reporter.warning(f"skipping {man_path} and everything below it: the name {why}, "
+                                 "which swupd-server refuses (format3 §9.5)")
+                continue
+            if "\n" in name:
+                raise BuildError(f"{entry.path}: a file name with a newline cannot be written "
+                                 "to a swupd manifest", hint="rename or remove it in the image")
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(st.st_mode):
+                reporter.warning(f"skipping socket {man_path}: tar cannot carry sockets, so no "
+                                 "client could install it")
+                continue
+            rec = _record(entry.path, man_path, st)
+            if rec.type == "D":
+                stack.append((entry.path, man_path))
+            yield rec
+
+
+def _record(disk: str, man_path: str, st: os.stat_result) -> Record:
+    mode = st.st_mode
+    kind = "D" if stat.S_ISDIR(mode) else "L" if stat.S_ISLNK(mode) else "F"
+    rec = Record(path=man_path, disk=disk, type=kind, mode=mode, uid=st.st_uid, gid=st.st_gid,
+                 rdev=st.st_rdev, size=st.st_size, mtime=int(st.st_mtime),
+                 xattrs=read_xattrs(disk), dev=st.st_dev, ino=st.st_ino,
+                 mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    if kind == "L":
+        rec.target = os.readlink(os.fsencode(disk))
+        rec.size = len(rec.target)
+        rec.hash = hash_bytes(mode, rec.uid, rec.gid, rec.rdev, rec.size, rec.xattrs, rec.target)
+    elif kind == "D":
+        rec.size = 0
+        rec.hash = hash_bytes(mode, rec.uid, rec.gid, rec.rdev, 0, rec.xattrs,
+                              man_path.encode("utf-8", "surrogateescape"))
+    elif not stat.S_ISREG(mode):
+        # devices and fifos: hashed as a file with empty data, never opened (§9.3)
+        rec.hash = hash_bytes(mode, rec.uid, rec.gid, rec.rdev, rec.size, rec.xattrs, b"")
+    return rec
+
+
+def hash_file_batch(jobs: list[tuple[str, bytes, int]]) -> list[str]:
+    """Worker: hash regular files given (disk path, HMAC key, expected size).
+
+    Refuses a file whose length changed under us: its hash would match no real state.
+    """
+    out = []
+    for disk, key, size in jobs:
+        mac = hmac.new(key, b"", hashlib.sha256)
+        seen = 0
+        with open(disk, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                mac.update(chunk)
+                seen += len(chunk)
+        if seen != size:
+            raise BuildError(f"{disk} changed size while it was being hashed "
+                             f"({size} -> {seen} bytes)",
+                             hint="do not modify the image tree while a build runs")
+        out.append(mac.hexdigest())
+    return out
+
+
+def load_cache(path: Path) -> dict[str, list[object]]:
+    """The cache file's entries (path -> key + hash); empty when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def save_cache(path: Path, records: dict[str, Record], scan_start_ns: int,
+               racy_ns: int = RACY_NS) -> None:
+    entries = {r.path: [*r.cache_key(), r.hash] for r in records.values()
+               if r.is_regular and r.hash and r.ctime_ns < scan_start_ns - racy_ns}
+    atomic_write_text(path, json.dumps({"format": _CACHE_FORMAT, "entries": entries},
+                                       separators=(",", ":")))
+
+
+def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = None,
+              cache_file: Path | None = None, racy_ns: int = RACY_NS) -> ScanResult:
+    """Records of every path below ``root`` with their hashes (§3).
+
+    ``executor`` hashes regular files in parallel (None: inline); ``cache_file`` is read
+    before and rewritten after hashing.
+    """
+    scan_start = time.time_ns()
+    reporter.step(f"scanning {root}")
+    if not root.is_dir():
+        raise BuildError(f"{root} is not a directory", hint="extract the rootfs first")
+    records: dict[str, Record] = {}
+    for rec in walk(root, reporter):
+        records[rec.path] = rec
+    result = ScanResult(records)
+    cache = load_cache(cache_file) if cache_file else {}
+    todo: list[Record] = []
+    for rec in records.values():
+        if not rec.is_regular:
+            continue
+        hit = cache.get(rec.path)
+        if hit is not None and hit[:-1] == rec.cache_key():
+            rec.hash = str(hit[-1])
+            result.cached += 1
+        else:
+            todo.append(rec)
+    result.hashed = len(todo)
+    reporter.step("hashing files", total=len(todo))
+    for batch, digests in _run_batches(_batches(todo), executor):
+        for rec, digest in zip(batch, digests, strict=True):
+            rec.hash = digest
+        reporter.advance(len(batch))
+    if cache_file is not None:
+        save_cache(cache_file, records, scan_start, racy_ns)
+    return result
+
+
+def _batches(todo: list[Record]) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    size = 0
+    for rec in todo:
+        batch.append(rec)
+        size += rec.size
+        if len(batch) >= _BATCH_FILES or size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _job(rec: Record) -> tuple[str, bytes, int]:
+    key = hash_key(*stat_fields(rec.mode, rec.uid, rec.gid, rec.rdev, rec.size),
+                   xattr_blob(rec.xattrs))
+    return (rec.disk, key, rec.size)
+
+
+def _run_batches(batches: Iterator[list[Record]], executor: Executor | None
+                 ) -> Iterator[tuple[list[Record], list[str]]]:
+    if executor is None:
+        for batch in batches:
+            yield batch, hash_file_batch([_job(r) for r in batch])
+        return
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending: dict[object, list[Record]] = {}
+    limit = 64  # batches in flight: bounds memory of queued jobs, keeps every worker busy
+    for batch in batches:
+        pending[executor.submit(hash_file_batch, [_job(r) for r in batch])] = batch
+        if len(pending) >= limit:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()  # type: ignore[attr-defined]
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            yield pending.pop(fut), fut.result()  # type: ignore[attr-defined]
