@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 # the bed's modules, and stand-ins for the hashserv/prserv packages PyPI's bb lacks
