@@ -83,9 +83,11 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         extent = find_partition(Path(settings.disk_image), part, reporter)
         dest = storage.os_core(version)
         image_existed = storage.image(version).exists()
-        if dest.exists():
-            reporter.info(f"removing {dest} left by an earlier run that did not publish")
-            shutil.rmtree(dest)
+        # An existing tree is the published one (a forced rebuild of latest) or one a killed
+        # run left: either way it is set aside, and put back if this run fails.
+        aside = storage.temp_path(storage.image(version), "old-os-core") if dest.exists() else None
+        if aside is not None:
+            dest.rename(aside)
         try:
             reporter.step(f"extracting partition {extent.number} ({part.name}) of "
                           f"{settings.disk_image}")
@@ -95,9 +97,13 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         except BaseException:
             # Loses nothing: this run's tree goes, earlier versions were never touched.
             shutil.rmtree(dest, ignore_errors=True)
-            if not image_existed:
+            if aside is not None:
+                aside.rename(dest)
+            elif not image_existed:
                 shutil.rmtree(storage.image(version), ignore_errors=True)
             raise
+        if aside is not None:
+            shutil.rmtree(aside)
     return version
 
 
@@ -143,7 +149,9 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
         if settings.check:
             from .check import check_repository
 
-            check_repository(storage, version, reporter=reporter)
+            # The gate also proves the signatures, against the certificate that made them.
+            trusted = [settings.signing_cert] if settings.signing_cert is not None else None
+            check_repository(storage, version, reporter=reporter, trusted_certs=trusted)
     except BaseException:
         if www.exists():
             shutil.rmtree(www)

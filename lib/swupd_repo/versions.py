@@ -33,9 +33,6 @@ def validate_new_version(version: int, latest: int, *, force: bool = False) -> N
             hint=f"set OS_VERSION / --version above {latest}, or leave it unset to get "
                  "latest + SWUPD_REPO_VERSION_STEP",
         )
-    if version % 10 in (8, 9):
-        # Allowed (Clear uses them), but devices will refuse to update *from* it.
-        pass
 
 
 def is_update_source(version: int) -> bool:
