@@ -35,10 +35,12 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
-def collect(source: Path, limit_bytes: int, max_file: int = 32 << 20) -> list[Path]:
-    """Regular files, symlinks and directories of ``source`` until ``limit_bytes`` of data."""
-    picked: list[Path] = []
-    total = 0
+def collect(source: Path, limit_bytes: int, max_file: int = 32 << 20, seed: int = 1
+            ) -> list[Path]:
+    """A deterministic random sample of ``source``'s regular files and symlinks until
+    ``limit_bytes`` of data: spread over the whole tree, like a real rootfs (thousands of
+    small files beside a few big ones), not just the first directories of a sorted walk."""
+    candidates: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(source):
         dirnames.sort()
         for name in sorted(filenames):
@@ -49,11 +51,16 @@ def collect(source: Path, limit_bytes: int, max_file: int = 32 << 20) -> list[Pa
                 continue
             if p.is_symlink() or (p.is_file() and st.st_size <= max_file
                                   and os.access(p, os.R_OK)):
-                picked.append(p)
-                total += 0 if p.is_symlink() else st.st_size
-                if total >= limit_bytes:
-                    return picked
-    return picked
+                candidates.append(p)
+    random.Random(seed).shuffle(candidates)
+    picked: list[Path] = []
+    total = 0
+    for p in candidates:
+        if total >= limit_bytes:
+            break
+        picked.append(p)
+        total += 0 if p.is_symlink() else p.lstat().st_size
+    return sorted(picked)
 
 
 def make_tree(files: list[Path], source: Path, dest: Path) -> None:
