@@ -28,12 +28,16 @@ VECTORS = REPO.parent / "shared" / "vectors" / "basic"
 IMAGE = "swupd-repo/server:latest"
 
 
-def make_tree(dest: Path, version: int, files: int) -> None:
-    """image/<V>/os-core: the reference rootfs plus ``files`` seeded synthetic files."""
+def extract_rootfs_tar(tar: Path, dest: Path) -> None:
+    """As tests/conftest.py's helper of the same name (benchmarks do not import the tests)."""
     dest.mkdir(parents=True)
-    tar = VECTORS / f"rootfs-{version}.tar"
     subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
                     str(tar), "-C", str(dest)], check=True)
+
+
+def make_tree(dest: Path, version: int, files: int) -> None:
+    """image/<V>/os-core: the reference rootfs plus ``files`` seeded synthetic files."""
+    extract_rootfs_tar(VECTORS / f"rootfs-{version}.tar", dest)
     rng = random.Random(1)
     bulk = dest / "usr" / "share" / "bench"
     for i in range(files):

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The Docker engine and images (test_docker_backend, test_layer's docker build).
+from docker_fixtures import base_image, engine, server_image  # noqa: F401
+
 # Disk images shared by the layout/gpt/ext4/extract tests (built once per session).
 from dsk_fixtures import htree_image, rich_images, rich_tree  # noqa: F401
 
@@ -47,3 +50,8 @@ def copy_tree(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", "--", str(src), str(dest)], check=True)
     return dest
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Docker tests last: scripts/test builds their images in the background meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import copy_tree
+from docker_fixtures import BASE_IMAGE
 from swupd_repo.backends.docker import DockerBackend, connect, remove_in_container
 from swupd_repo.errors import BackendError, SettingsError
 from swupd_repo.progress import RecordingReporter
@@ -27,50 +28,9 @@ from swupd_repo.storage import Storage
 
 pytestmark = pytest.mark.docker
 
-BASE_IMAGE = "debian:bookworm"
-SERVER_IMAGE = "swupd-repo/server:test"
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-@pytest.fixture(scope="session")
-def engine():
-    """A client of the engine DOCKER_HOST names; skip (outside CI only) when there is none."""
-    try:
-        client = connect(None)
-    except BackendError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide a Docker engine (scripts/test starts one): {exc}")
-        pytest.skip(f"no Docker engine reachable: {exc.message}; run scripts/test, which "
-                    "starts a private one")
-    yield client
-    client.close()
-
-
-def _script(engine, *args: str) -> None:
-    proc = subprocess.run([str(REPO / "scripts" / args[0]), *args[1:]], capture_output=True,
-                          text=True, env={**os.environ, **_docker_env(engine)})
-    assert proc.returncode == 0, f"scripts/{args[0]} failed:\n{proc.stderr}"
-
-
-def _docker_env(engine) -> dict[str, str]:
-    host = os.environ.get("DOCKER_HOST")
-    return {"DOCKER_HOST": host} if host else {}
-
-
-@pytest.fixture(scope="session")
-def base_image(engine) -> str:
-    """debian:bookworm made offline with debootstrap (once per engine)."""
-    _script(engine, "docker-base-image", BASE_IMAGE)
-    return BASE_IMAGE
-
-
-@pytest.fixture(scope="session")
-def server_image(engine, base_image) -> str:
-    """Our conf/docker/Dockerfile image, built from the current source."""
-    _script(engine, "docker-image", SERVER_IMAGE)
-    return SERVER_IMAGE
-
 
 def settings_for(storage: Storage, **values):
     return make_settings({"storage_dir": storage.root, "backend": "docker",
@@ -379,18 +339,9 @@ def test_interrupt_stops_the_container(engine, base_image, storage, signum):
 
 # ---------------------------------------------------------------- the real generator in a container
 
-def extract(tar: Path, dest: Path) -> None:
-    """A reference rootfs as the extract step leaves it (owners, modes, xattrs)."""
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(tar), "-C", str(dest)], check=True)
-
-
-def fill_version(storage: Storage, version: int, vectors: Path) -> None:
+def fill_version(storage: Storage, version: int, trees: dict[int, Path]) -> None:
     """image/<V>/os-core for 10 and 20 from the vectors; 30 = 20 with a change of each kind."""
-    source = vectors / f"rootfs-{min(version, 20)}.tar"
-    root = storage.os_core(version)
-    extract(source, root)
+    root = copy_tree(trees[min(version, 20)], storage.os_core(version))
     if version == 30:
         (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
         (root / "usr" / "bin" / "prog30").write_bytes(b"#!/bin/sh\necho 30\n" * 40)
@@ -403,10 +354,11 @@ def fill_version(storage: Storage, version: int, vectors: Path) -> None:
         release.write_text(f"{text}VERSION_ID={version}\n")
 
 
-def build(storage: Storage, version: int, vectors: Path, backend: str, image: str = "") -> None:
+def build(storage: Storage, version: int, trees: dict[int, Path], backend: str,
+          image: str = "") -> None:
     from swupd_repo.pipeline import build_version
 
-    fill_version(storage, version, vectors)
+    fill_version(storage, version, trees)
     values = {"storage_dir": storage.root, "backend": backend}
     if backend == "docker":
         values["docker_image"] = image  # default command and --privileged: the contract
@@ -438,11 +390,11 @@ def published_names(www: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def native_history(tmp_path_factory, vectors) -> Storage:
+def native_history(tmp_path_factory, rootfs_trees) -> Storage:
     """10, 20 and 30 built by the native backend: what the container must reproduce."""
     storage = Storage(tmp_path_factory.mktemp("native") / "storage")
     for version in (10, 20, 30):
-        build(storage, version, vectors, "native")
+        build(storage, version, rootfs_trees, "native")
     return storage
 
 
@@ -451,22 +403,83 @@ def assert_same_version(storage: Storage, reference: Storage, version: int) -> N
     assert published_names(storage.www(version)) == published_names(reference.www(version))
 
 
-def test_container_matches_native(tmp_path, vectors, native_history, server_image, engine):
+def test_container_matches_native(tmp_path, rootfs_trees, native_history, server_image,
+                                  engine):
     storage = Storage(tmp_path / "storage")
     for version in (10, 20):
-        build(storage, version, vectors, "docker", server_image)
+        build(storage, version, rootfs_trees, "docker", server_image)
         assert_same_version(storage, native_history, version)
     assert storage.latest() == 20
     assert storage.latest_www_marker.read_text() == "20\n"
     assert leftover_containers(engine) == []
 
 
-def test_mixed_history_native_docker_native(tmp_path, vectors, native_history, server_image):
+def swupd_repo_cli(*args: object) -> subprocess.CompletedProcess:
+    """``swupd-repo ARGS`` in a fresh process (DOCKER_HOST from our environment)."""
+    return subprocess.run([sys.executable, "-m", "swupd_repo.cli", *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_command_line_build_and_publish_through_the_container(tmp_path, rootfs_trees,
+                                                              native_history, server_image,
+                                                              engine):
+    """``swupd-repo build`` and ``publish`` with ``--backend docker`` and every docker flag."""
+    from dsk import make_dsk
+
     storage = Storage(tmp_path / "storage")
-    build(storage, 10, vectors, "native")
-    build(storage, 20, vectors, "docker", server_image)
-    build(storage, 30, vectors, "native")
+    fill_version(storage, 10, rootfs_trees)
+    done = swupd_repo_cli("build", "--storage", storage.root, "--backend", "docker",
+                          "--docker-image", server_image, "--version", 10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"published version 10 in {storage.root}/www/10" in done.stdout
+    assert_same_version(storage, native_history, 10)
+    assert storage.latest() == 10
+
+    # 20 from a real .dsk; our command, an extra read-only volume and no privilege, all
+    # from flags: the command shows the volume's file and fails when run privileged.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "note").write_text("mounted by --docker-volume\n")
+    dsk, layout = make_dsk(rootfs_trees[20], tmp_path / "dsk", "image20")
+    command = ("sh -c 'cat /opt/extra/note; if mount -t tmpfs none /mnt 2>/dev/null; then "
+               "echo privileged; exit 7; fi; exec /home/clrbuilder/projects/process_rootfs.sh "
+               "\"$1\"' process_rootfs.sh")
+    docker_flags = ["--backend", "docker", "--docker-image", server_image,
+                    "--docker-command", command, "--no-docker-privileged",
+                    "--docker-volume", f"{extra}:/opt/extra:ro"]
+    done = swupd_repo_cli("publish", "--storage", storage.root, *docker_flags,
+                          "--dsk", dsk, "--layout", layout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "container: mounted by --docker-volume" in done.stdout + done.stderr
+    assert_same_version(storage, native_history, 20)
+    assert storage.published_versions() == [10, 20]
+    assert storage.latest_www_marker.read_text() == "20\n"
+
+    # --docker-privileged really reaches the engine: the same command now refuses.
+    before = tree_state(storage.root)
+    privileged = [*docker_flags[:-3], "--docker-privileged", *docker_flags[-2:]]
+    done = swupd_repo_cli("build", "--storage", storage.root, *privileged, "--version", 20,
+                          "--force")
+    assert done.returncode != 0
+    assert "exited with status 7" in done.stderr and "privileged" in done.stderr
+    assert tree_state(storage.root) == before
+
+
+def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_history,
+                                            server_image):
+    from swupd_repo.check import check_repository
+
+    storage = Storage(tmp_path / "storage")
+    build(storage, 10, rootfs_trees, "native")
+    build(storage, 20, rootfs_trees, "docker", server_image)
+    build(storage, 30, rootfs_trees, "native")
     for version in (10, 20, 30):
         assert_same_version(storage, native_history, version)
     assert storage.published_versions() == [10, 20, 30]
     assert storage.latest_image_marker.read_text() == "30\n"
+    # A client really gets from 10 (native) and from 20 (the container's) to 30.
+    report = check_repository(storage, 30, simulate=True)
+    assert report.ok, report.problems
+    assert {(s.from_version, s.to_version) for s in report.simulations} >= {(10, 30), (20, 30)}
+    assert report.versions == [10, 20, 30]

@@ -5,6 +5,11 @@ forked one by one, run in a new user namespace without network, and ``[fakeroot]
 Debian's pseudo, so a class that only works as plain root fails here as it would in a real
 build. The miniature build tree (tests/bitbake/meta-test) has an ``ostro-image`` recipe whose
 do_rootfs/do_image make a GPT ``.dsk`` with sgdisk and ``mkfs.ext4 -d``.
+
+Not exercised: the re-parse after a publish that BitBake's parse cache needs (the class marks
+both latest markers with ``bb.parse.mark_dependency``, so a changed marker invalidates the
+cached recipe). The bed has no parse cache: every build parses the recipe afresh, so the
+next version is found whether or not the markers are dependencies.
 """
 
 from __future__ import annotations
@@ -138,17 +143,24 @@ def test_task_signature_is_deterministic_and_follows_the_settings(fresh):
     assert "SWUPD_REPO_JOBS" not in deps
 
     base = first["basehashes"]["do_swupd_repo"]
-    bed.set_local_conf(fresh, 'SWUPD_REPO_JOBS = "3"\n')
-    assert parse(fresh)["basehashes"]["do_swupd_repo"] == base
-    bed.set_local_conf(fresh, 'SWUPD_REPO_BACKEND = "docker"\n')
-    assert parse(fresh)["basehashes"]["do_swupd_repo"] != base
-    bed.set_local_conf(fresh, "")
+    assert first["network"] == []  # the native backend needs no network
+    try:
+        bed.set_local_conf(fresh, 'SWUPD_REPO_JOBS = "3"\n')
+        assert parse(fresh)["basehashes"]["do_swupd_repo"] == base
+        bed.set_local_conf(fresh, 'SWUPD_REPO_BACKEND = "docker"\n')
+        docker = parse(fresh)
+        assert docker["basehashes"]["do_swupd_repo"] != base
+        # the engine may be at a tcp:// address: the task keeps the network then
+        assert docker["network"] == ["do_swupd_repo"]
+        assert docker["problems"] == []
+    finally:
+        bed.set_local_conf(fresh, "")
 
 
 def test_class_defaults_are_the_yaml_defaults(fresh):
     settings = parse(fresh)["settings"]
     defaults = load_settings()
-    bitbake_only = {"storage_dir", "disk_image", "os_version"}
+    bitbake_only = {"storage_dir", "disk_image", "os_version", "docker_host"}
     for field, value in settings.items():
         if field in bitbake_only:
             continue
@@ -156,6 +168,8 @@ def test_class_defaults_are_the_yaml_defaults(fresh):
         expected = list(expected) if isinstance(expected, tuple) else expected
         assert value == expected, field
     assert settings["storage_dir"] == str(storage_of(fresh).root)
+    # empty SWUPD_REPO_DOCKER_HOST: DOCKER_HOST of the environment bitbake started in
+    assert settings["docker_host"] == (os.environ.get("DOCKER_HOST") or None)
     assert settings["disk_image"].endswith(f"/tmp/deploy/images/{bed.MACHINE}/"
                                            f"ostro-image-{bed.MACHINE}.dsk")
 
@@ -350,3 +364,58 @@ def test_without_fakeroot_the_extraction_fails(tmp_path):
     assert storage.latest() == 0
     assert not storage.www_dir.exists() or not any(storage.www_dir.iterdir())
     assert not storage.image(10).exists()
+
+
+# ---------------------------------------------------------------- the docker backend
+
+
+@pytest.mark.docker
+def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
+    """SWUPD_REPO_BACKEND = "docker": do_swupd_repo runs our container through the engine.
+
+    DOCKER_HOST comes from the environment bitbake was started in: the task's own environment
+    is emptied like bitbake-worker does, so the class takes it from BB_ORIGENV.
+    """
+    assert os.environ.get("DOCKER_HOST"), "the engine fixture needs DOCKER_HOST"
+    builddir = bed.make_builddir(tmp_path, f'SWUPD_REPO_BACKEND = "docker"\n'
+                                           f'SWUPD_REPO_DOCKER_IMAGE = "{server_image}"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10]
+    assert storage.latest_image_marker.read_text() == "10\n"
+    assert storage.latest_www_marker.read_text() == "10\n"
+    log = task_log(builddir, "do_swupd_repo")
+    assert f"building version 10 in container {server_image}" in log
+    assert "container: " in log
+    assert version_id(storage.os_core(10) / "usr/lib/os-release") == "10"
+
+
+#: Why the docker backend cannot publish the image's metadata from inside BitBake (yet).
+PSEUDO_ONLY_METADATA = (
+    "do_swupd_repo is [fakeroot]: the extraction's owners (chown 1000), device nodes (mknod "
+    "makes an empty regular file) and security.* xattrs exist only in pseudo's database; the "
+    "container reads the real files (root-owned, /dev/null a plain file, no SMACK64) and "
+    "hashes those, so /home/ostro, /home/ostro/notes, /dev/null and /usr/bin/hello differ "
+    "from the native backend's manifest"
+)
+
+
+@pytest.mark.docker
+def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
+    """Known defect, pinned exactly: xfails only with the PSEUDO_ONLY_METADATA difference."""
+    manifests = {}
+    for backend in ("native", "docker"):
+        builddir = bed.make_builddir(tmp_path / backend,
+                                     f'SWUPD_REPO_BACKEND = "{backend}"\n'
+                                     f'SWUPD_REPO_DOCKER_IMAGE = "{server_image}"\n')
+        result = bed.bitbake(builddir)
+        assert result.ok, result.output
+        text = (storage_of(builddir).www(10) / "Manifest.os-core").read_text()
+        manifests[backend] = [line for line in text.splitlines()
+                              if not line.startswith("timestamp:")]
+    differing = {line.split("\t")[-1]
+                 for line in set(manifests["docker"]) ^ set(manifests["native"])}
+    if differing:
+        assert differing == {"/home/ostro", "/home/ostro/notes", "/dev/null", "/usr/bin/hello"}
+        pytest.xfail(PSEUDO_ONLY_METADATA)

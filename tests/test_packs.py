@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_tree
 from swupd_repo.progress import NullReporter, RecordingReporter
 from swupd_repo.swupd import packs, packstream
 from swupd_repo.swupd.delta import apply_delta
@@ -18,7 +19,8 @@ from swupd_repo.swupd.manifest import Manifest, bundle_line, parse_manifest
 
 
 @pytest.fixture(scope="module")
-def repo(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(vectors: Path, rootfs_trees: dict[int, Path],
+         tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable copy of the vectors' www (deltas and packs removed) plus extracted images."""
     root = tmp_path_factory.mktemp("packs")
     shutil.copytree(vectors / "www", root / "www", symlinks=True)
@@ -26,10 +28,7 @@ def repo(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for version in (10, 20):
         for pack in (root / "www" / str(version)).glob("pack-*"):
             pack.unlink()
-        tree = root / "image" / str(version) / "os-core"
-        tree.mkdir(parents=True)
-        subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                        str(vectors / f"rootfs-{version}.tar"), "-C", str(tree)], check=True)
+        copy_tree(rootfs_trees[version], root / "image" / str(version) / "os-core")
     shutil.rmtree(root / "www/20/delta")
     return root
 

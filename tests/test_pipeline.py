@@ -30,17 +30,12 @@ def _drop_hash(line: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory, vectors) -> dict[int, tuple[Path, Path]]:
+def images(tmp_path_factory, rootfs_trees) -> dict[int, tuple[Path, Path]]:
     """The vectors' rootfs-10/20 trees as Ostro-style .dsk images with their layouts."""
     work = tmp_path_factory.mktemp("dsk")
-    out = {}
-    for version in (10, 20):
-        tree = work / f"tree-{version}"
-        tree.mkdir()
-        subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                        str(vectors / f"rootfs-{version}.tar"), "-C", str(tree)], check=True)
-        out[version] = make_dsk(tree, work, f"ostro-image-{version}", rootfs_mb=32)
-    return out
+    # mkfs.ext4 -d only reads the shared trees
+    return {version: make_dsk(rootfs_trees[version], work, f"ostro-image-{version}",
+                              rootfs_mb=32) for version in (10, 20)}
 
 
 def swupd_repo(*args: str | os.PathLike) -> subprocess.CompletedProcess:

@@ -10,13 +10,13 @@ new file's hash. A storage published by the real container (its ``www/10``) is c
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import copy_tree
 from swupd_repo.pipeline import build_version
 from swupd_repo.progress import RecordingReporter
 from swupd_repo.settings import make_settings
@@ -30,12 +30,6 @@ REFERENCE_TIME = 1456790400  # the vectors' fixed clock (their README)
 MANIFESTS = ("MoM", "os-core", "full")
 
 
-def extract(rootfs: Path, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(rootfs), "-C", str(dest)], check=True)
-
-
 def build(storage: Path, version: int) -> RecordingReporter:
     reporter = RecordingReporter()
     # "smallest" is the container's policy; the delta pack's keep/skip rule compares each
@@ -46,7 +40,8 @@ def build(storage: Path, version: int) -> RecordingReporter:
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory, vectors: Path) -> Iterator[Path]:
+def fresh(tmp_path_factory: pytest.TempPathFactory,
+          rootfs_trees: dict[int, Path]) -> Iterator[Path]:
     """A storage built by us from both rootfs tarballs, with the reference's clock.
 
     With ``SOURCE_DATE_EPOCH`` at the vectors' fixed time even ``timestamp:`` and the MoM's
@@ -56,17 +51,18 @@ def fresh(tmp_path_factory: pytest.TempPathFactory, vectors: Path) -> Iterator[P
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", str(REFERENCE_TIME))
         for v in VERSIONS:
-            extract(vectors / f"rootfs-{v}.tar", storage / "image" / str(v) / "os-core")
+            copy_tree(rootfs_trees[v], storage / "image" / str(v) / "os-core")
             build(storage, v)
     yield storage
 
 
 @pytest.fixture(scope="module")
-def continued(tmp_path_factory: pytest.TempPathFactory, vectors: Path) -> Path:
+def continued(tmp_path_factory: pytest.TempPathFactory, vectors: Path,
+              rootfs_trees: dict[int, Path]) -> Path:
     """The container's www/10 (and markers) continued by us with version 20."""
     storage = tmp_path_factory.mktemp("continued")
-    extract(vectors / "rootfs-10.tar", storage / "image" / "10" / "os-core")
-    extract(vectors / "rootfs-20.tar", storage / "image" / "20" / "os-core")
+    for v in VERSIONS:
+        copy_tree(rootfs_trees[v], storage / "image" / str(v) / "os-core")
     shutil.copytree(vectors / "www" / "10", storage / "www" / "10")
     Storage(storage).write_markers(10)
     build(storage, 20)

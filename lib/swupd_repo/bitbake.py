@@ -116,6 +116,10 @@ def settings_from_datastore(d: Datastore) -> Settings:
         value = d.getVar(variable)
         if field != "disk_layout" and value not in (None, ""):
             values[field] = value
+    if not values.get("docker_host"):
+        host = docker_host_from_environment(d)
+        if host:
+            values["docker_host"] = host
     try:
         return make_settings(values, source=_SOURCE)
     except SettingsError as exc:
@@ -127,6 +131,21 @@ def settings_from_datastore(d: Datastore) -> Settings:
 
 
 _SOURCE = "the BitBake variables"
+
+
+def docker_host_from_environment(d: Datastore) -> str | None:
+    """DOCKER_HOST as the user set it when starting bitbake, for an empty SWUPD_REPO_DOCKER_HOST.
+
+    bitbake-worker empties a task's environment (only exported variables are put back), so
+    the docker SDK would not see DOCKER_HOST there. Like OE-core's fetcher does for proxies:
+    the datastore's DOCKER_HOST (BB_ENV_PASSTHROUGH_ADDITIONS brings it there), else the one
+    of the environment bitbake was started in (BB_ORIGENV).
+    """
+    host = d.getVar("DOCKER_HOST")
+    if not host:
+        origenv = d.getVar("BB_ORIGENV", False)
+        host = origenv.getVar("DOCKER_HOST") if origenv is not None else None
+    return host or None
 
 
 def layout_candidates(d: Datastore) -> list[Path]:

@@ -66,7 +66,14 @@ SWUPD_REPO_SIGNING_PASSPHRASE_FILE ??= ""
 
 # Docker backend: the swupd-server image, its command (the version is appended), whether it
 # runs privileged, extra volumes ("HOST:CONTAINER[:ro]", space separated) and the engine
-# address (empty: DOCKER_HOST or the default socket).
+# address. An empty SWUPD_REPO_DOCKER_HOST uses DOCKER_HOST: BitBake empties a task's
+# environment, so it is taken from the datastore (add DOCKER_HOST to
+# BB_ENV_PASSTHROUGH_ADDITIONS) or else from the environment bitbake was started in
+# (BB_ORIGENV), as OE-core's fetcher does for proxies; without either, the default socket.
+# Known limitation: do_swupd_repo runs under pseudo, so owners, device nodes and security.*
+# xattrs of the extracted tree exist only in pseudo's database; the container sees the real
+# files and publishes them without those (tests/test_layer.py pins the difference). Use the
+# native backend inside BitBake where that metadata matters.
 SWUPD_REPO_DOCKER_IMAGE ??= "ostroproject/ostro-swupd-server"
 SWUPD_REPO_DOCKER_COMMAND ??= "/home/clrbuilder/projects/process_rootfs.sh"
 SWUPD_REPO_DOCKER_PRIVILEGED ??= "1"
@@ -131,6 +138,12 @@ do_swupd_repo[doc] = "Publishes the image's rootfs as version OS_VERSION of the 
 # Restoring owners, device nodes and security.* xattrs of the image needs pseudo: tasks run
 # in a user namespace where even root cannot chown, mknod or set security.* xattrs.
 do_swupd_repo[fakeroot] = "1"
+# The docker backend talks to the engine at SWUPD_REPO_DOCKER_HOST (or DOCKER_HOST): a task
+# without [network] runs in a new network namespace, where a tcp:// engine is unreachable.
+# bitbake-worker expands this flag and reads it with bb.utils.to_boolean ("" = no network).
+# Nothing is downloaded: the container's image must already be in the engine.
+# nooelint: oelint.task.network
+do_swupd_repo[network] = "${@'1' if d.getVar('SWUPD_REPO_BACKEND') == 'docker' else ''}"
 # One writer per storage directory, also across images and multiconfigs sharing it.
 do_swupd_repo[lockfiles] = "${SWUPD_REPO_STORAGE_DIR}.bitbake.lock"
 do_swupd_repo[vardeps] += "${SWUPD_REPO_TASK_VARIABLES}"

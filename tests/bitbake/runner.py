@@ -13,6 +13,8 @@ part of both that the layer's behaviour depends on, so a class that works here w
   ``[network]`` run after ``bb.utils.disable_network`` (a new user and network namespace,
   where even root cannot chown, mknod or set ``security.*`` xattrs), and the bed refuses to
   run a task when that namespace could not be made, instead of silently running as root;
+* the task's environment is what the worker leaves: the exported variables only (plus
+  FAKEROOTENV), not the shell's, which BitBake keeps in ``BB_ORIGENV``;
 * ``[fakeroot]`` tasks in a second worker process started under ``FAKEROOTCMD`` (pseudo) with
   ``FAKEROOTBASEENV``/``FAKEROOTENV``, as runqueue starts the fakeroot worker;
 * log records and progress events of a task are forwarded to the build's output (the
@@ -134,6 +136,32 @@ def task_flags(d, flag: str) -> dict:
     return (d.getVar("_task_deps", False) or {}).get(flag, {})
 
 
+def has_network(d, task: str) -> bool:
+    """The task's [network] flag as bitbake-worker reads it: expanded, then to_boolean."""
+    return bool(bb.utils.to_boolean(d.getVarFlag(task, "network")))
+
+
+def task_environment(d, fakeroot: bool) -> None:
+    """os.environ of the task, as bitbake-worker sets it: the exported variables only.
+
+    (plus FAKEROOTENV in a fakeroot task). What the user's shell had, DOCKER_HOST for one,
+    is not there; BitBake keeps it in BB_ORIGENV.
+    """
+    exports = bb.data.exported_vars(d)
+    fakeenv = {}
+    if fakeroot:
+        for item in (d.getVar("FAKEROOTENV") or "").split():
+            key, _, value = item.partition("=")
+            fakeenv[key] = value
+    bb.utils.empty_environment()
+    for key, value in exports:
+        os.environ[key] = value
+    for key, value in fakeenv.items():
+        os.environ[key] = value
+        d.setVar(key, value)
+        d.setVarFlag(key, "export", "1")
+
+
 def real_ids() -> tuple[int, int]:
     """The real uid/gid, from the kernel (pseudo fakes getuid() inside fakeroot workers)."""
     ids = {}
@@ -178,6 +206,7 @@ def _child(builder, fn, layername, task, target, network, uid, gid, outer_ns) ->
     d = builder.parseRecipe(fn, [], layername)
     order = task_order(d, target)
     compute_taskhashes(fn, d, order if task in order else [*order, task])
+    task_environment(d, task in task_flags(d, "fakeroot"))
 
     ui = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     formatter = bb.msg.BBLogFormatter("%(levelname)s: %(message)s")
@@ -212,7 +241,7 @@ def run_fakeroot_task(builder, d, builddir: Path, fn: str, layername: str, task:
         bb.utils.mkdirhier(directory)
     cmd = [d.getVar("FAKEROOTCMD"), sys.executable, str(Path(__file__).resolve()), "worker",
            "--builddir", str(builddir), "--recipe", fn, "--layer", layername, "--task", task,
-           *(["--network"] if d.getVarFlag(task, "network", False) else []), target]
+           *(["--network"] if has_network(d, task) else []), target]
     sys.stdout.flush()
     return subprocess.run(cmd, env=fakeroot_env(d), stdin=sys.stdin, stdout=sys.stdout,
                           stderr=sys.stderr).returncode
@@ -253,7 +282,7 @@ def build(builddir: Path, target: str, only_task: str | None = None) -> dict:
                 code = run_fakeroot_task(builder, d, builddir, fn, layername, task, goal)
             else:
                 code = fork_task(builder, fn, layername, task, goal,
-                                 bool(d.getVarFlag(task, "network", False)))
+                                 has_network(d, task))
             summary["tasks"][task] = "ok" if code == 0 else f"failed ({code})"
             if code != 0:
                 log = Path(d.getVar("T")) / f"log.{task}"
@@ -296,6 +325,7 @@ def parse_report(builddir: Path, target: str) -> dict:
         "order": task_order(d, "do_build"),
         "fakeroot": sorted(task_flags(d, "fakeroot")),
         "lockfiles": d.getVarFlag("do_swupd_repo", "lockfiles"),
+        "network": [t for t in d.getVar("__BBTASKS", False) if has_network(d, t)],
         "os_version": d.getVar("OS_VERSION"),
         "rootfs_postprocess": d.getVar("ROOTFS_POSTPROCESS_COMMAND"),
         "config_parsed_handler": builder.data.getVar("BB_BED_CONFIG_PARSED"),

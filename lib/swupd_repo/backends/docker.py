@@ -50,7 +50,10 @@ STOP_TIMEOUT = 3
 
 def setting(key: str) -> str:
     """How users spell a setting: BitBake variable (YAML key, CLI flag where there is one)."""
-    flags = {"docker_image": ", --docker-image", "docker_host": ", --docker-host"}
+    flags = {"docker_image": ", --docker-image", "docker_host": ", --docker-host",
+             "docker_command": ", --docker-command",
+             "docker_privileged": ", --[no-]docker-privileged",
+             "docker_volumes": ", --docker-volume"}
     return f"SWUPD_REPO_{key.upper()} (YAML {key}{flags.get(key, '')})"
 
 

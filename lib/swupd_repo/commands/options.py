@@ -26,6 +26,13 @@ def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: b
     parser.add_argument("--signing-passphrase-file", dest="signing_passphrase_file", type=Path)
     parser.add_argument("--docker-image", dest="docker_image")
     parser.add_argument("--docker-host", dest="docker_host")
+    parser.add_argument("--docker-command", dest="docker_command",
+                        help="command run in the image; the version is appended")
+    parser.add_argument("--docker-privileged", dest="docker_privileged",
+                        action=argparse.BooleanOptionalAction, default=None,
+                        help="run the container privileged (the contract's default: yes)")
+    parser.add_argument("--docker-volume", dest="docker_volumes", action="append",
+                        metavar="HOST:CONTAINER[:ro]", help="extra volume (repeatable)")
     parser.add_argument("--check", action="store_const", const=True, default=None,
                         help="check the repository and simulate updates before moving latest")
     parser.add_argument("--force", action="store_const", const=True, default=None,
@@ -34,8 +41,8 @@ def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: b
 
 _KEYS = ("storage_dir", "backend", "compression", "deltapack_versions", "jobs", "signing_key",
          "signing_cert", "signing_chain", "signing_passphrase_file", "docker_image",
-         "docker_host", "check", "force", "os_version", "disk_layout", "disk_image", "partition",
-         "version_step")
+         "docker_host", "docker_command", "docker_privileged", "docker_volumes", "check",
+         "force", "os_version", "disk_layout", "disk_image", "partition", "version_step")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
