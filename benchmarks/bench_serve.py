@@ -7,7 +7,8 @@ Serves ../shared/vectors/basic/www with each server in its own process on 127.0.
 the same load against both: N concurrent clients, each on its own connection, fetching
 ``version/format3/latest``, a MoM and F fullfiles, every body compared with the file on disk.
 Prints one line per server: correct responses, failures (resets, timeouts, wrong bodies),
-wall time and throughput. The load generator is the one ``tests/test_serve.py`` asserts with.
+wall time and throughput. The load generator is the one ``tests/test_serve.py`` asserts with
+(``tests/helpers_load.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO.parent / "shared" / "vectors" / "basic"
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_serve import http_server, run_load, start_server, swupd_repo_serve  # noqa: E402
+from helpers_load import (  # noqa: E402
+    http_server,
+    run_load,
+    start_server,
+    stop_server,
+    swupd_repo_serve,
+)
 
 
 def main() -> int:
@@ -43,8 +50,7 @@ def main() -> int:
                 kinds = sorted({e.split(": ", 1)[1].split(":")[0] for e in result.errors})
                 line += f" [{', '.join(kinds)[:160]}]"
         finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            stop_server(proc)
         print(f"{name:24} {line}", flush=True)
     return 0
 

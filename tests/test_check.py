@@ -8,54 +8,36 @@ it must pass, and the pipeline with the check on must refuse to move ``latest`` 
 from __future__ import annotations
 
 import io
+import os
 import shutil
-import subprocess
 import tarfile
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from swupd_repo.check import check_repository
+from conftest import copy_tree
+from helpers_signing import make_signer, manifest_tar, sign_www, tamper_fullfile
+from swupd_repo.check import CheckFailed, check_repository
+from swupd_repo.check.stamps import STAMP_DIR
 from swupd_repo.errors import CheckError
 from swupd_repo.progress import NullReporter, RecordingReporter
 from swupd_repo.settings import Settings
-from swupd_repo.storage import Storage
+from swupd_repo.storage import TEMP_PREFIX, Storage
 from swupd_repo.swupd.manifest import parse_manifest
 
 
-def extract(tar: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(tar), "-C", str(dest)], check=True)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def images(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    base = tmp_path_factory.mktemp("images")
-    return {v: extract(vectors / f"rootfs-{v}.tar", base / str(v)) for v in (10, 20)}
-
-
 @pytest.fixture
-def storage(vectors: Path, images: dict[int, Path], tmp_path: Path) -> Storage:
+def storage(vectors: Path, rootfs_trees: dict[int, Path], tmp_path: Path) -> Storage:
     """A storage directory holding the real server's www and the matching image trees."""
     store = Storage(tmp_path / "storage")
     shutil.copytree(vectors / "www", store.www_dir)
-    for v, tree in images.items():
-        store.image(v).mkdir(parents=True)
-        # hard links keep the copy cheap; the check only reads the image
-        subprocess.run(["cp", "-a", "--link", str(tree), str(store.os_core(v))], check=True)
+    for v, tree in rootfs_trees.items():
+        copy_tree(tree, store.os_core(v))
     store.write_markers(20)
     return store
-
-
-def manifest_tar(plain: bytes, name: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        info = tarfile.TarInfo(f"Manifest.{name}")
-        info.size, info.mode = len(plain), 0o644
-        tar.addfile(info, io.BytesIO(plain))
-    return buf.getvalue()
 
 
 def entry_hash(store: Storage, version: int, path: str) -> str:
@@ -120,16 +102,14 @@ def test_missing_zero_pack_and_markers(storage: Storage) -> None:
     text = str(err.value)
     assert f"{storage.www(10)}/pack-os-core-from-0.tar is missing" in text
     assert "markers disagree" in text and "names version 30" in text
-    assert len(err.value.report.problems) == 4  # type: ignore[attr-defined]
+    assert isinstance(err.value, CheckFailed) and len(err.value.report.problems) == 4
 
 
 def test_simulation_finds_image_difference(storage: Storage) -> None:
     """A repository that does not reproduce its image: the image differs from what was built."""
     (storage.os_core(20) / "usr/share/big.txt").unlink()
     newprog = storage.os_core(20) / "usr/bin/newprog"
-    data = newprog.read_bytes()
-    newprog.unlink()  # a hard link into the shared image: replace it, never write through it
-    newprog.write_bytes(data + b"x")
+    newprog.write_bytes(newprog.read_bytes() + b"x")
     shutil.copystat(storage.os_core(10) / "usr/bin/prog01", newprog)
     with pytest.raises(CheckError) as err:
         check_repository(storage)
@@ -141,27 +121,161 @@ def test_simulation_finds_image_difference(storage: Storage) -> None:
 def test_cli_check(storage: Storage, capsys: pytest.CaptureFixture[str]) -> None:
     from swupd_repo.cli import main
 
-    assert main(["check", "--storage", str(storage.root), "--from", "10"]) == 0
-    assert "check passed" in capsys.readouterr().out
+    assert main(["check", "--storage", str(storage.root), "--from", "10", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert "10 -> 20:" in out and "check passed" in out
+    assert "not simulating an update from 20: it is not before 20" in err
+    assert main(["check", "--storage", str(storage.root), "--no-simulate", "--full"]) == 0
+    assert "(0 files unchanged since their last check)" in capsys.readouterr().out
     (storage.www(10) / "pack-os-core-from-0.tar").unlink()
     assert main(["check", "--storage", str(storage.root), "--no-simulate"]) == 2
-    assert "pack-os-core-from-0.tar is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pack-os-core-from-0.tar is missing" in err
+    # run on its own, the check changed nothing: it must not claim a publish was refused
+    assert "nothing was changed" in err and "not published" not in err
 
 
-def test_generator_output_passes_and_gate_holds_latest(images: dict[int, Path],
+def test_cli_holds_the_storage_lock(storage: Storage,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A check must not read www/<V> while a publish writes it: it waits for the lock."""
+    from swupd_repo.cli import main
+
+    argv = ["check", "--storage", str(storage.root), "--no-simulate"]
+    with storage.lock():
+        assert main([*argv, "--no-wait"]) == 2
+    assert "is in use by another run" in capsys.readouterr().err
+
+    held, release = threading.Event(), threading.Event()
+
+    def publish() -> None:
+        with storage.lock():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=publish)
+    holder.start()
+    held.wait(10)
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    try:
+        began = time.monotonic()
+        assert main(argv) == 0
+        assert time.monotonic() - began >= 0.4
+    finally:
+        release.set()
+        holder.join()
+    assert "waiting for the run holding" in capsys.readouterr().err
+
+
+class SnapshotReporter(RecordingReporter):
+    """Notes, as each simulation starts, what TMPDIR and the storage root hold."""
+
+    def __init__(self, storage: Storage, tmp: Path) -> None:
+        super().__init__()
+        self.storage, self.tmp = storage, tmp
+        self.seen: list[tuple[list[str], list[str]]] = []
+
+    def step(self, name: str, total: int | None = None) -> None:
+        super().step(name, total)
+        if name.startswith("simulating"):
+            self.seen.append((sorted(p.name for p in self.tmp.iterdir()),
+                              sorted(p.name for p in self.storage.root.iterdir())))
+
+
+def test_scratch_roots_live_under_tmpdir(storage: Storage, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never in the storage, where a concurrent publish's clean-up would delete them."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    reporter = SnapshotReporter(storage, scratch)
+    check_repository(storage, reporter=reporter)
+    assert len(reporter.seen) == 2
+    for in_tmp, in_storage in reporter.seen:
+        assert [n for n in in_tmp if n.startswith("swupd-repo-check-20-")], in_tmp
+        assert not [n for n in in_storage if n.startswith(TEMP_PREFIX)], in_storage
+    assert list(scratch.iterdir()) == []
+
+
+def test_unwritable_scratch_is_a_user_error(storage: Storage, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(CheckError) as err:
+        check_repository(storage)
+    assert f"cannot create a scratch directory in {tmp_path / 'missing'}" in str(err.value)
+    assert "TMPDIR" in str(err.value) and not isinstance(err.value, CheckFailed)
+
+
+def test_manifests_are_read_from_their_tars(storage: Storage) -> None:
+    """Devices fetch only Manifest.<X>.tar; the plain bundle manifests are not needed."""
+    for plain in storage.www_dir.glob("*/Manifest.*"):
+        if plain.name in ("Manifest.os-core", "Manifest.full"):
+            plain.unlink()
+    report = check_repository(storage)
+    assert [(s.from_version, s.to_version) for s in report.simulations] == [(0, 20), (10, 20)]
+
+
+def test_stamps_skip_unchanged_files_but_never_a_changed_one(storage: Storage) -> None:
+    first = check_repository(storage, simulate=False)
+    assert first.unchanged == 0
+    assert sorted(p.name for p in (storage.root / STAMP_DIR).iterdir()) == ["10.json",
+                                                                           "20.json"]
+    second = check_repository(storage, simulate=False)
+    packs = 3  # 10 from 0, 20 from 0, 20 from 10
+    assert second.unchanged == first.fullfiles + packs and second.pack_members == 0
+    assert second.fullfiles == first.fullfiles
+
+    # new content (so a new size and mtime): verified again, and caught
+    digest = entry_hash(storage, 10, "/usr/share/readonly")
+    tampered = storage.www(10) / "files" / f"{digest}.tar"
+    tamper_fullfile(tampered)
+    with pytest.raises(CheckError) as err:
+        check_repository(storage, simulate=False)
+    assert f"{tampered}: content for /usr/share/readonly hashes to" in str(err.value)
+
+    # a failed check records nothing; a change that keeps size and mtime is caught too (ctime)
+    manifest = parse_manifest((storage.www(10) / "Manifest.os-core").read_bytes())
+    sneaky = next(f for e in manifest.entries if not e.deleted and e.last_change == 10
+                  and (f := storage.www(10) / "files" / f"{e.hash}.tar").read_bytes()
+                  .startswith(b"\x1f\x8b") and f != tampered)
+    before = sneaky.stat()
+    data = bytearray(sneaky.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    sneaky.write_bytes(data)
+    os.utime(sneaky, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert sneaky.stat().st_size == before.st_size
+    with pytest.raises(CheckError) as err:
+        check_repository(storage, simulate=False)
+    assert str(sneaky) in str(err.value)
+
+
+def add_image(store: Storage, version: int, tree: Path) -> None:
+    """``image/<version>/os-core``: a copy of ``tree`` whose os-release says ``version``."""
+    copy_tree(tree, store.os_core(version))
+    release = store.os_core(version) / "usr/lib/os-release"
+    text = release.read_text()
+    release.write_text(text[:text.index("VERSION_ID=")] + f"VERSION_ID={version}\n")
+
+
+def test_generator_output_passes_and_gate_holds_latest(rootfs_trees: dict[int, Path],
                                                        tmp_path: Path) -> None:
-    """The native generator's repository passes; a broken one never becomes latest."""
+    """The native generator's repository passes; a devel build (18) in www does not block the
+    next publish; a broken repository never becomes latest."""
     from swupd_repo.pipeline import build_version
 
     store = Storage(tmp_path / "storage")
     settings = Settings(storage_dir=store.root, check=True, jobs=1)
-    for v in (10, 20):
-        store.image(v).mkdir(parents=True)
-        subprocess.run(["cp", "-a", str(images[v]), str(store.os_core(v))], check=True)
-        assert build_version(settings, NullReporter(), v) == v
+    reporter = RecordingReporter()
+    for v, tree in ((10, rootfs_trees[10]), (18, rootfs_trees[10]), (20, rootfs_trees[20])):
+        add_image(store, v, tree)
+        assert build_version(settings, reporter, v) == v
         assert store.latest() == v
+    assert any("not simulating an update from 18: devices never update from a version ending "
+               "in 8 or 9" in line for line in reporter.infos)
     report = check_repository(store)
-    assert report.ok and [s.from_version for s in report.simulations] == [0, 10]
+    assert report.ok and report.versions == [10, 18, 20]
+    assert [s.from_version for s in report.simulations] == [0, 10]
 
     # deleting one fullfile makes the check fail, naming it
     newprog = store.www(20) / "files" / f"{entry_hash(store, 20, '/usr/bin/newprog')}.tar"
@@ -173,24 +287,18 @@ def test_generator_output_passes_and_gate_holds_latest(images: dict[int, Path],
     newprog.write_bytes(saved)
 
     # tamper with a fullfile version 30 still uses (unchanged since 10), then publish 30
-    from test_client import tamper_fullfile  # shared helper (tests/ is on sys.path)
-
     digest = entry_hash(store, 10, "/usr/bin/prog01")
     tamper_fullfile(store.www(10) / "files" / f"{digest}.tar")
-    store.image(30).mkdir(parents=True)
-    subprocess.run(["cp", "-a", str(images[20]), str(store.os_core(30))], check=True)
-    release = store.os_core(30) / "usr/lib/os-release"
-    release.write_text(release.read_text().replace("VERSION_ID=20", "VERSION_ID=30"))
+    add_image(store, 30, rootfs_trees[20])
     with pytest.raises(CheckError) as err:
         build_version(settings, NullReporter(), 30)
     assert f"{store.www(10)}/files/{digest}.tar: content for /usr/bin/prog01 hashes to" \
         in str(err.value)
+    assert "the version was not published" in str(err.value)
     assert store.latest() == 20 and not store.www(30).exists()
 
 
 def test_signatures_checked_with_a_cert(storage: Storage, tmp_path: Path) -> None:
-    from test_client import make_signer, sign_www  # shared helpers (tests/ is on sys.path)
-
     material, pem = make_signer(tmp_path, "release")
     with pytest.raises(CheckError) as err:
         check_repository(storage, simulate=False, trusted_certs=[pem])

@@ -7,16 +7,23 @@ Tampered repositories must fail with a message naming the file, leaving the targ
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import shutil
-import subprocess
+import socket
 import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers_signing import make_signer, manifest_tar, sign_www, tamper_fullfile, tar_of
 from swupd_repo.client import compare_trees, install, update, verify
 from swupd_repo.client.consolidate import consolidate, update_list
+from swupd_repo.client.http import Fetcher, FetchError
 from swupd_repo.client.manifests import mom_hash
 from swupd_repo.client.targetpath import target_path, validate
 from swupd_repo.errors import ClientError
@@ -29,19 +36,6 @@ from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry, parse_mani
 
 def not_etc(path: str) -> bool:
     return path.startswith("/etc/")
-
-
-def extract(tar: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(tar), "-C", str(dest)], check=True)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    base = tmp_path_factory.mktemp("rootfs")
-    return {v: extract(vectors / f"rootfs-{v}.tar", base / str(v)) for v in (10, 20)}
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +59,11 @@ def installed10(url: str, tmp_path: Path) -> tuple[Path, Path]:
     return root, state
 
 
-def test_install_10_gives_rootfs_10(url: str, rootfs: dict[int, Path], tmp_path: Path) -> None:
+def test_install_10_gives_rootfs_10(url: str, rootfs_trees: dict[int, Path],
+                                    tmp_path: Path) -> None:
     root, state = tmp_path / "root", tmp_path / "state"
     stats = install(url, root, 10, state_dir=state)
-    assert compare_trees(root, rootfs[10], not_etc) == []
+    assert compare_trees(root, rootfs_trees[10], not_etc) == []
     assert stats.packs == ["10/pack-os-core-from-0.tar"]
     assert stats.from_pack > 400 and stats.from_fullfile == 0
     assert (state / "version").read_text() == "10\n"
@@ -76,15 +71,15 @@ def test_install_10_gives_rootfs_10(url: str, rootfs: dict[int, Path], tmp_path:
     assert report.version == 10 and report.checked > 400 and report.mismatches == []
 
 
-def test_install_without_packs_uses_fullfiles(url: str, rootfs: dict[int, Path],
+def test_install_without_packs_uses_fullfiles(url: str, rootfs_trees: dict[int, Path],
                                               tmp_path: Path) -> None:
     root = tmp_path / "root"
     stats = install(url, root, 10, state_dir=tmp_path / "state", packs=False)
     assert stats.packs == [] and stats.from_fullfile > 400
-    assert compare_trees(root, rootfs[10], not_etc) == []
+    assert compare_trees(root, rootfs_trees[10], not_etc) == []
 
 
-def test_update_with_packs_applies_deltas(url: str, rootfs: dict[int, Path],
+def test_update_with_packs_applies_deltas(url: str, rootfs_trees: dict[int, Path],
                                           installed10: tuple[Path, Path]) -> None:
     root, state = installed10
     reporter = RecordingReporter()
@@ -93,7 +88,7 @@ def test_update_with_packs_applies_deltas(url: str, rootfs: dict[int, Path],
     assert stats.packs == ["20/pack-os-core-from-10.tar"]
     assert stats.deltas_applied > 0 and stats.deltas_failed == 0, reporter.warnings
     assert stats.deleted > 0
-    assert compare_trees(root, rootfs[20], not_etc) == []
+    assert compare_trees(root, rootfs_trees[20], not_etc) == []
     assert read_version_id(root)[0] == 20
     assert verify(url, root).mismatches == []
     # a second update has nothing to do
@@ -101,13 +96,13 @@ def test_update_with_packs_applies_deltas(url: str, rootfs: dict[int, Path],
     assert (again.installed, again.requests) == (0, 1)
 
 
-def test_update_without_packs_uses_fullfiles(nopack_url: str, rootfs: dict[int, Path],
+def test_update_without_packs_uses_fullfiles(nopack_url: str, rootfs_trees: dict[int, Path],
                                              installed10: tuple[Path, Path]) -> None:
     root, state = installed10
     stats = update(nopack_url, root, state_dir=state)
     assert stats.packs == [] and stats.deltas_applied == 0
     assert stats.from_fullfile > 0
-    assert compare_trees(root, rootfs[20], not_etc) == []
+    assert compare_trees(root, rootfs_trees[20], not_etc) == []
     assert verify(nopack_url, root).mismatches == []
 
 
@@ -130,7 +125,7 @@ def test_verify_reports_local_changes_and_cli_exits_1(
     assert rc == 1 and "/usr/bin/cap-ping" in out and "2 mismatches" in out
 
 
-def test_cli_install_update_verify(url: str, rootfs: dict[int, Path], tmp_path: Path,
+def test_cli_install_update_verify(url: str, rootfs_trees: dict[int, Path], tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     assert _run_cli(["client", "install", "--version", "10", "--path", str(root),
@@ -140,8 +135,8 @@ def test_cli_install_update_verify(url: str, rootfs: dict[int, Path], tmp_path: 
     assert _run_cli(["client", "update", "--path", str(root), "--url", url]) == 0
     assert _run_cli(["client", "verify", "--path", str(root), "--url", url]) == 0
     assert "0 mismatches" in capsys.readouterr().out
-    assert compare_trees(root, rootfs[20], lambda p: not_etc(p) or p.startswith("/var/lib/")) \
-        == []
+    outside_state = lambda p: not_etc(p) or p.startswith("/var/lib/")  # noqa: E731
+    assert compare_trees(root, rootfs_trees[20], outside_state) == []
 
 
 def _run_cli(argv: list[str]) -> int:
@@ -157,15 +152,6 @@ def www_copy(vectors: Path, tmp_path: Path) -> Path:
     www = tmp_path / "www"
     shutil.copytree(vectors / "www", www)
     return www
-
-
-def manifest_tar(plain: bytes, name: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        info = tarfile.TarInfo(f"Manifest.{name}")
-        info.size, info.mode = len(plain), 0o644
-        tar.addfile(info, io.BytesIO(plain))
-    return buf.getvalue()
 
 
 def rewrite_manifest(www: Path, version: int, name: str, edit) -> bytes:
@@ -184,18 +170,6 @@ def fix_mom(www: Path, version: int, bundle_plain: bytes) -> None:
                        for e in mom.entries]
         return mom.to_bytes()
     rewrite_manifest(www, version, "MoM", edit)
-
-
-def tamper_fullfile(path: Path) -> None:
-    """Same single member name, different content."""
-    with tarfile.open(path, "r:*") as tar:
-        member = tar.getmembers()[0]
-        data = tar.extractfile(member).read() + b"evil"
-    member.size = len(data)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
-        out.addfile(member, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
 
 
 def entry_of(www: Path, version: int, path: str) -> Entry:
@@ -317,60 +291,16 @@ def test_consolidation_rules() -> None:
     assert [e.path for e in update_list(merged.entries, 10)] == ["/revived", "/same"]
 
 
-def test_staged_objects_hash_like_the_rootfs(url: str, rootfs: dict[int, Path],
+def test_staged_objects_hash_like_the_rootfs(url: str, rootfs_trees: dict[int, Path],
                                              installed10: tuple[Path, Path]) -> None:
     """Cross-check: objects the client laid down hash exactly like the reference rootfs."""
     root, _ = installed10
     for path in ("/usr/bin/cap-ping", "/usr/bin/suid-helper", "/usr/share/xattr-dir",
                  "/usr/share/link-to-dir", "/usr/bin/smack-labeled"):
-        assert hash_path(root / path[1:], path) == hash_path(rootfs[10] / path[1:], path)
+        assert hash_path(root / path[1:], path) == hash_path(rootfs_trees[10] / path[1:], path)
 
 
 # -- signatures ----------------------------------------------------------------------------
-
-def make_signer(tmp_path: Path, name: str):
-    """A self-signed RSA certificate valid now; returns (SigningMaterial, cert PEM path)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    from swupd_repo.swupd.signing import SigningMaterial
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    pem = tmp_path / f"{name}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return SigningMaterial(key, cert), pem
-
-
-def sign_www(www: Path, material) -> None:
-    """Sign every manifest like swupd-server 2.53: ``.signed`` inside the tar and beside it."""
-    from swupd_repo.swupd.signing import sign_pem
-
-    for plain in www.glob("*/Manifest.*"):
-        if plain.suffix in (".tar", ".signed") or "-delta-" in plain.name:
-            continue
-        data = plain.read_bytes()
-        signature = sign_pem(material, data)
-        plain.with_name(plain.name + ".signed").write_bytes(signature)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-            for member, body in ((plain.name, data), (plain.name + ".signed", signature)):
-                info = tarfile.TarInfo(member)
-                info.size, info.mode = len(body), 0o644
-                tar.addfile(info, io.BytesIO(body))
-        plain.with_name(plain.name + ".tar").write_bytes(buf.getvalue())
-
 
 def test_signatures_checked_when_a_cert_is_given(www_copy: Path, tmp_path: Path) -> None:
     good, good_pem = make_signer(tmp_path, "release")
@@ -390,21 +320,15 @@ def test_signatures_checked_when_a_cert_is_given(www_copy: Path, tmp_path: Path)
         # a signature over other data: swap in the signature of the 20 MoM
         sig20 = www_copy / "20/Manifest.MoM.signed"
         mom10 = (www_copy / "10/Manifest.MoM").read_bytes()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-            for member, body in (("Manifest.MoM", mom10),
-                                 ("Manifest.MoM.signed", sig20.read_bytes())):
-                info = tarfile.TarInfo(member)
-                info.size = len(body)
-                tar.addfile(info, io.BytesIO(body))
-        (www_copy / "10/Manifest.MoM.tar").write_bytes(buf.getvalue())
+        (www_copy / "10/Manifest.MoM.tar").write_bytes(
+            tar_of([("Manifest.MoM", mom10), ("Manifest.MoM.signed", sig20.read_bytes())]))
         with pytest.raises(ClientError) as err:
             install(base, tmp_path / "r3", 10, state_dir=tmp_path / "s3",
                     trusted_certs=[good_pem])
         assert "10/Manifest.MoM" in str(err.value) and "bad signature" in str(err.value)
 
 
-def test_delta_on_a_locally_changed_file_falls_back(url: str, rootfs: dict[int, Path],
+def test_delta_on_a_locally_changed_file_falls_back(url: str, rootfs_trees: dict[int, Path],
                                                     installed10: tuple[Path, Path]) -> None:
     """The delta result is hash-checked: a changed old file gives a wrong result, so the
     client takes the fullfile instead, and the tree still ends up exact."""
@@ -416,4 +340,143 @@ def test_delta_on_a_locally_changed_file_falls_back(url: str, rootfs: dict[int, 
     assert stats.deltas_failed == 1 and stats.deltas_applied == 12
     assert stats.from_fullfile == 1
     assert any("/usr/share/big.txt" in w for w in reporter.warnings)
-    assert compare_trees(root, rootfs[20], not_etc) == []
+    assert compare_trees(root, rootfs_trees[20], not_etc) == []
+
+
+# -- broken servers ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def raw_server(answers: list[bytes]) -> Iterator[tuple[str, list[bytes]]]:
+    """A TCP server on 127.0.0.1 answering the n-th request with ``answers[n]`` (the last one
+    from then on) and closing: for answers no HTTP library would send."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                requests.append(head)
+                conn.sendall(answers[min(len(requests), len(answers)) - 1])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/", requests
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        sock.close()
+
+
+BROKEN_ANSWERS = {
+    "truncated body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50,
+    "garbage status line": b"SWUPD IS GREAT\r\n\r\n",
+    "bogus Content-Length": b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\nbody",
+    "no answer": b"",
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN_ANSWERS)
+def test_broken_answers_are_retried_then_reported(kind: str) -> None:
+    with raw_server([BROKEN_ANSWERS[kind]]) as (base, requests):
+        fetcher = Fetcher(base, retries=3, backoff=0)
+        with pytest.raises(FetchError) as err:
+            fetcher.get("10/Manifest.MoM.tar")
+    assert f"{base}10/Manifest.MoM.tar: download failed after 3 attempts" in str(err.value)
+    assert len(requests) == fetcher.requests == 3
+
+
+def test_a_broken_answer_then_a_good_one_succeeds() -> None:
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+    with raw_server([BROKEN_ANSWERS["truncated body"], good]) as (base, requests):
+        assert Fetcher(base, backoff=0).get("x") == b"body"
+    assert len(requests) == 2
+
+
+# -- comparing -----------------------------------------------------------------------------
+
+def test_compare_reads_content_every_time(tmp_path: Path) -> None:
+    """A file rewritten with the same size and mtime must still compare as changed (filecmp's
+    cache would say it is equal)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for tree in (a, b):
+        tree.mkdir()
+        (tree / "f").write_bytes(b"same bytes")
+    assert compare_trees(a, b) == []
+    before = os.stat(b / "f")
+    (b / "f").write_bytes(b"other byte")
+    os.utime(b / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert compare_trees(a, b) == ["/f: content differs (10 bytes, expected 10)"]
+
+
+# -- without root --------------------------------------------------------------------------
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may write (tmp_path's parents are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="swupd-repo-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def as_nobody(action: Callable[[], object]) -> str:
+    """Run ``action`` in a forked child as uid/gid 65534 (no capabilities); returns
+    ``"ok"`` or ``"<exception type>: <message>"``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (the child)
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                action()
+                outcome = "ok"
+            except BaseException as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+def test_install_without_root_says_it_needs_root(url: str, open_dir: Path) -> None:
+    """chown to root fails as another user: that is not a damaged pack."""
+    outcome = as_nobody(lambda: install(url, open_dir / "root", 10,
+                                        state_dir=open_dir / "state"))
+    assert outcome.startswith("ClientError: cannot unpack "), outcome
+    assert "10/pack-os-core-from-0.tar" in outcome and "needs root" in outcome
+    assert "damaged" not in outcome
+
+
+def test_placing_into_an_unwritable_target_is_a_client_error(open_dir: Path) -> None:
+    from swupd_repo.client.apply import place
+
+    root = open_dir / "root"
+    root.mkdir(mode=0o755)  # owned by root: others may not create names in it
+
+    def attempt() -> None:
+        staged = open_dir / "staged"
+        staged.write_bytes(b"data")
+        place(root, Entry("F", "0" * 64, 10, "/file"), staged)
+
+    outcome = as_nobody(attempt)
+    assert outcome.startswith(f"ClientError: cannot install /file into {root}: Permission "
+                              "denied"), outcome
+    assert "needs root" in outcome

@@ -6,26 +6,35 @@ lines so no client library can normalise them away.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import http.client
 import os
-import random
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 import requests
 
+from helpers_load import (
+    LoadResult,
+    http_server,
+    run_load,
+    start_server,
+    stop_server,
+    swupd_repo_serve,
+)
 from swupd_repo.serve import IMMUTABLE, NO_CACHE, nginx_config, serve_in_thread
+
+#: How long the comparison run against ``python -m http.server`` may take before it is stopped
+#: (with its listen backlog of 5, dropped connection attempts are retried after 1, 3, 7 ... s,
+#: so it may need about a minute for this load; the line then says how far it got).
+HTTP_SERVER_BOUND = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +130,7 @@ def test_directory_listing_only_when_asked(www: Path) -> None:
 
 # -- nginx ---------------------------------------------------------------------------------
 
-def test_nginx_config_is_valid_and_equivalent(www: Path, tmp_path: Path) -> None:
-    """nginx accepts the block (nginx -t) and, running, applies the same policy."""
-    port = free_port()
-    server_block = nginx_config(www, "127.0.0.1", port)
-    assert "autoindex off;" in server_block and f"root {www.resolve()};" in server_block
+def nginx_conf(tmp_path: Path, server_block: str) -> Path:
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""
 user root;
@@ -143,14 +148,41 @@ http {{
 {server_block}
 }}
 """)
-    test = subprocess.run(["nginx", "-t", "-c", str(conf), "-p", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert test.returncode == 0, test.stderr
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path), "-g",
-                             "daemon off;"], stderr=subprocess.PIPE)
-    try:
+    return conf
+
+
+def start_nginx(www: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx running our block. nginx cannot report an ephemeral port, so take a free one and
+    try another if some other process binds it first (nginx then exits at once)."""
+    for _ in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        conf = nginx_conf(tmp_path, nginx_config(www, "127.0.0.1", port))
+        proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path), "-g",
+                                 "daemon off;"], stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/"
-        wait_for(url + "version/format3/latest")
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if requests.get(url, timeout=2).headers.get("Server", "").startswith("nginx"):
+                    return proc, url
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    raise RuntimeError(f"nginx did not start; see {tmp_path}/error.log")
+
+
+def test_nginx_config_is_valid_and_equivalent(www: Path, tmp_path: Path) -> None:
+    """nginx accepts the block (nginx -t) and, running, applies the same policy."""
+    server_block = nginx_config(www, "127.0.0.1", 8089)
+    assert "autoindex off;" in server_block and f"root {www.resolve()};" in server_block
+    test = subprocess.run(["nginx", "-t", "-c", str(nginx_conf(tmp_path, server_block)), "-p",
+                           str(tmp_path)], capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr
+    proc, url = start_nginx(www, tmp_path)
+    try:
         r = requests.get(url + "20/Manifest.MoM", headers={"Range": "bytes=0-9"}, timeout=10)
         assert r.status_code == 206 and r.headers["Cache-Control"] == IMMUTABLE
         latest = requests.get(url + "version/format3/latest", timeout=10)
@@ -164,131 +196,38 @@ http {{
 
 # -- the command, as a real process, under load --------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def load_line(name: str, result: LoadResult, bound: float) -> str:
+    if not result.finished:
+        return f"{name} did not finish in {bound:.0f} s ({result.ok}/{result.requests} correct)"
+    return f"{name} {result.ok}/{result.requests} correct in {result.seconds:.1f} s"
 
 
-def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def test_cli_serves_and_survives_200_concurrent_clients(
+        vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real command, 200 devices x (latest + MoM + 50 fullfiles): nothing dropped.
 
-
-def start_server(argv: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a server process on a free port; returns it and its base URL once it answers."""
-    port = free_port()
-    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for(url)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, url
-
-
-def swupd_repo_serve(storage: Path) -> list[str]:
-    return [sys.executable, "-m", "swupd_repo.cli", "serve", "--storage", str(storage),
-            "--port", "{port}", "--quiet"]
-
-
-def http_server(www: Path) -> list[str]:
-    return [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
-            str(www), "{port}"]
-
-
-@dataclass
-class LoadResult:
-    clients: int
-    requests: int = 0
-    ok: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-
-    def line(self) -> str:
-        rate = self.ok / self.seconds if self.seconds else 0
-        lat = sorted(self.latencies) or [0.0]
-        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        return (f"{self.clients} clients: {self.ok}/{self.requests} correct, "
-                f"{len(self.errors)} failed, {self.seconds:.2f} s, {rate:.0f} req/s, "
-                f"latency p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms "
-                f"max {lat[-1] * 1000:.0f} ms")
-
-
-def load_plan(www: Path, fullfiles: int, seed: int = 3) -> tuple[list[str], dict[str, bytes]]:
-    """Paths one client fetches (latest, a MoM, ``fullfiles`` fullfiles) and expected bodies."""
-    files = sorted((www / "10/files").iterdir())
-    rng = random.Random(seed)
-    picks = rng.sample(files, min(fullfiles, len(files)))
-    paths = ["version/format3/latest", "20/Manifest.MoM.tar",
-             *(f"10/files/{p.name}" for p in picks)]
-    return paths, {p: (www / p).read_bytes() for p in paths}
-
-
-def run_load(base_url: str, www: Path, clients: int = 200, fullfiles: int = 50,
-             timeout: float = 120.0) -> LoadResult:
-    """``clients`` concurrent devices, each with its own connection, fetching latest, a MoM and
-    ``fullfiles`` fullfiles in turn; every body is compared with the file on disk."""
-    result = LoadResult(clients)
-
-    async def device(n: int) -> None:
-        paths, expected = load_plan(www, fullfiles, seed=n)
-        connector = aiohttp.TCPConnector(limit=1, force_close=False)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for path in paths:
-                result.requests += 1
-                began = time.monotonic()
-                try:
-                    async with session.get(base_url + path) as resp:
-                        body = await resp.read()
-                        if resp.status != 200 or body != expected[path]:
-                            result.errors.append(f"{path}: HTTP {resp.status}, {len(body)} B")
-                            continue
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    result.errors.append(f"{path}: {type(exc).__name__}: {exc}")
-                    continue
-                result.ok += 1
-                result.latencies.append(time.monotonic() - began)
-
-    async def all_devices() -> None:
-        tasks = [asyncio.ensure_future(device(n)) for n in range(clients)]
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if pending:
-            result.errors.append(f"timeout: {len(pending)} clients unfinished after {timeout} s")
-
-    start = time.monotonic()
-    asyncio.run(all_devices())
-    result.seconds = time.monotonic() - start
-    return result
-
-
-def test_cli_serves_and_survives_200_concurrent_clients(vectors: Path) -> None:
-    """The real command, 200 devices x (latest + MoM + 50 fullfiles): nothing dropped."""
+    The same load against ``python -m http.server`` is printed beside it (issue 3) but not
+    asserted on: it only has to end, which it does within its time bound either way.
+    """
+    www = vectors / "www"
     proc, url = start_server(swupd_repo_serve(vectors))
     try:
-        result = run_load(url, vectors / "www", clients=200, fullfiles=50, timeout=60)
+        ours = run_load(url, www, clients=200, fullfiles=50, timeout=60)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    print(result.line())
-    assert result.errors == []
-    assert result.ok == result.requests == 200 * 52
-    assert result.seconds < 60
+        stop_server(proc)
+    proc, url = start_server(http_server(www))
+    try:
+        theirs = run_load(url, www, clients=200, fullfiles=50, timeout=HTTP_SERVER_BOUND)
+    finally:
+        stop_server(proc)
+    with capsys.disabled():
+        print(f"\nload: {load_line('swupd-repo serve', ours, 60)}; "
+              f"{load_line('python -m http.server', theirs, HTTP_SERVER_BOUND)}\n"
+              f"  swupd-repo serve:      {ours.line()}\n"
+              f"  python -m http.server: {theirs.line()}")
+    assert ours.errors == []
+    assert ours.ok == ours.requests == 200 * 52
+    assert ours.seconds < 60
 
 
 def test_cli_print_nginx_config(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -319,8 +258,7 @@ def test_copy_of_www_served_by_process_serves_bytes(vectors: Path, tmp_path: Pat
         r = requests.get(url + "20/big.bin", headers={"Range": "bytes=1000-"}, timeout=10)
         assert r.status_code == 206 and r.content == big[1000:]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_server(proc)
 
 
 def test_busy_port_is_a_user_error(www: Path, base: str) -> None:

@@ -15,12 +15,19 @@ from pathlib import Path
 
 from ..errors import ClientError
 from ..swupd.manifest import Entry
-from .archive import copy_metadata, copy_object, remove_any
+from .archive import copy_metadata, copy_object, needs_root, remove_any
 from .targetpath import inside_real_dirs, target_path
 
 
 def place(root: Path, entry: Entry, staged: Path) -> None:
     """Make ``root/entry.path`` the staged object (type, data, owner, mode, xattrs)."""
+    try:
+        _place(root, entry, staged)
+    except PermissionError as exc:
+        raise needs_root(f"cannot install {entry.path} into {root}", exc) from None
+
+
+def _place(root: Path, entry: Entry, staged: Path) -> None:
     dest = target_path(root, entry.path)
     if not dest.parent.is_dir():
         raise ClientError(f"cannot install {entry.path}: its parent directory is missing in "

@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
+from ..errors import ClientError
 from ..swupd.hashing import hash_bytes, hash_key, stat_fields, xattr_blob
 
 #: What reading a damaged archive can raise (tar structure, truncation, each decompressor).
@@ -52,6 +53,16 @@ def open_tar(fileobj: IO[bytes]) -> tarfile.TarFile:
     else:
         stream = fileobj
     return tarfile.open(fileobj=stream, mode="r|")
+
+
+def needs_root(what: str, exc: OSError) -> ClientError:
+    """The error for EPERM/EACCES while laying down objects: not a damaged archive, but a
+    client run without the rights to set owners, device nodes or security xattrs (or on a
+    target it may not write)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ClientError(f"{what}: {exc.strerror}{where}: the client needs root "
+                       "(owners/security xattrs)",
+                       hint="run it as root, on a writable target (not read-only or immutable)")
 
 
 def member_xattrs(member: tarfile.TarInfo) -> dict[bytes, bytes]:

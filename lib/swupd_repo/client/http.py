@@ -1,12 +1,15 @@
 """HTTP GETs against any plain web server, with the client's retry policy (format3 §7.4).
 
 Only the standard library is used, so the client runs wherever the library does. A 404 is an
-answer (the object is not published) and is never retried; connection errors, timeouts and 5xx
-are retried a few times with a short back-off, as swupd does for downloads.
+answer (the object is not published) and is never retried; connection errors, timeouts, 5xx
+and broken answers (a truncated body, a garbage status line, a bogus Content-Length) are
+retried a few times with a short back-off, as swupd does for downloads, then reported naming
+the URL.
 """
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.parse
@@ -61,13 +64,16 @@ class Fetcher:
                                      status=exc.code) from None
                 last = exc
                 continue
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException,
+                    ValueError) as exc:
                 last = exc
                 continue
             self.bytes_received += len(data)
             self.fetched.append(path)
             return data
         reason = getattr(last, "reason", None) or last
+        if isinstance(last, http.client.HTTPException | ValueError):
+            reason = f"broken answer: {type(last).__name__}: {str(last)[:200]}"
         raise FetchError(f"{url}: download failed after {self.retries} attempts: {reason}",
                          url=url, status=getattr(last, "code", None),
                          hint="check the URL and that the server is running")

@@ -19,6 +19,7 @@ from ..errors import ClientError
 from ..osrelease import read_version_id
 from ..progress import NullReporter, Reporter
 from ..swupd.manifest import Entry, Manifest
+from ..versions import is_update_source
 from .apply import apply_entries
 from .consolidate import (
     consolidate,
@@ -123,7 +124,7 @@ def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | Non
     latest = session.latest()
     target = to if to is not None else latest
     current = current_version(root)
-    if current % 10 in (8, 9):
+    if not is_update_source(current):
         raise ClientError(f"{root} runs version {current}, a devel/reserved build (ending in "
                           "8 or 9) that swupd never updates from")
     stats = ClientStats(from_version=current, to_version=target)

@@ -20,7 +20,14 @@ from ..errors import ClientError, SwupdRepoError
 from ..progress import Reporter
 from ..swupd.hashing import hash_path
 from ..swupd.manifest import Entry
-from .archive import ARCHIVE_ERRORS, open_tar, remove_any, strip_dot, write_member
+from .archive import (
+    ARCHIVE_ERRORS,
+    needs_root,
+    open_tar,
+    remove_any,
+    strip_dot,
+    write_member,
+)
 from .http import Fetcher
 from .report import ClientStats
 from .state import StateDir
@@ -71,6 +78,8 @@ class Staging:
             with open_tar(io.BytesIO(data)) as tar:
                 for member in tar:
                     self._unpack_member(tar, member, url, written)
+        except PermissionError as exc:
+            raise needs_root(f"cannot unpack {url}", exc) from None
         except ARCHIVE_ERRORS as exc:
             raise ClientError(f"{url}: damaged pack: {exc}") from None
         return True
@@ -180,6 +189,9 @@ class Staging:
                     names.append(strip_dot(member.name))
                     if names == [entry.hash]:
                         write_member(tar, member, tmp)
+        except PermissionError as exc:
+            remove_any(tmp)
+            raise needs_root(f"cannot stage {url}", exc) from None
         except ARCHIVE_ERRORS as exc:
             remove_any(tmp)
             raise ClientError(f"{url}: damaged fullfile: {exc}") from None

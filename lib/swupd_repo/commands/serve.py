@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "directories. For production behind nginx, use --print-nginx-config.")
     p.add_argument("--storage", type=Path, required=True, help="storage directory")
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="TCP port (8000; 0 takes a free one: the URL is printed at start)")
     p.add_argument("--list-directories", action="store_true",
                    help="answer directory requests with a listing instead of 404")
     p.add_argument("--print-nginx-config", action="store_true",

@@ -1,0 +1,262 @@
+"""Repository consistency: every published file a device may fetch is what the manifests say.
+
+For each published version up to the one checked: each MoM line's bundle manifest exists and
+hashes to it; each non-deleted entry has its fullfile with exactly one member ``<H>`` whose data
+and metadata hash to H; zero packs hold every entry and each pack member hashes to its name;
+plain manifests equal their tars; signatures verify (given certificates); the markers agree
+and point at a published version. Problems accumulate in the report, so one run lists them all.
+
+Fullfiles and packs verified clean by an earlier run and unchanged since are skipped
+(:mod:`.stamps`): the gate runs on every publish and would otherwise re-read the whole history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..client.archive import ARCHIVE_ERRORS, member_hash, open_tar, strip_dot
+from ..client.manifests import mom_hash, read_manifest_tar
+from ..errors import ClientError, ManifestError, StorageError, SwupdRepoError
+from ..progress import Reporter
+from ..storage import Storage, read_version_file
+from ..swupd.manifest import Manifest, parse_manifest
+from .report import CheckReport
+from .stamps import Stamps, signature
+
+
+class Consistency:
+    """The file-level checks of one run; results accumulate in ``report``."""
+
+    def __init__(self, storage: Storage, report: CheckReport, reporter: Reporter,
+                 trusted_certs: Sequence[Any] | None, check_time: bool,
+                 stamps: Stamps | None = None) -> None:
+        self.storage = storage
+        self.www = storage.www_dir
+        self.report = report
+        self.rep = reporter
+        self.certs = trusted_certs
+        self.check_time = check_time
+        self.stamps = stamps
+        self.bundles: dict[tuple[str, int], Manifest | None] = {}
+        self.manifest_hashes: dict[tuple[str, int], str] = {}
+        self.fullfiles: set[tuple[int, str]] = set()
+        self.packs: set[Path] = set()
+
+    def problem(self, text: str) -> None:
+        self.report.problems.append(text)
+
+    def markers(self, version: int) -> None:
+        """Both markers readable, equal, and naming a published version not after ``version``."""
+        values = {}
+        for marker in (self.storage.latest_www_marker, self.storage.latest_image_marker):
+            try:
+                values[marker] = read_version_file(marker)
+            except StorageError as exc:
+                self.problem(str(exc))
+        if len(set(values.values())) > 1:
+            self.problem("markers disagree: " + ", ".join(f"{m} says {v}"
+                                                          for m, v in values.items()))
+        for marker, value in values.items():
+            if value and not (self.storage.www(value) / "Manifest.MoM.tar").is_file():
+                self.problem(f"{marker} names version {value}, but "
+                             f"{self.storage.www(value)}/Manifest.MoM.tar is missing")
+            if value > version:
+                self.problem(f"{marker} names version {value}, after the checked {version}")
+
+    def version(self, v: int) -> None:
+        self.rep.step(f"checking www/{v}")
+        mom = self.manifest("MoM", v, None)
+        if mom is None:
+            return
+        for line in mom.entries:
+            if line.type != "M" or line.deleted:
+                self.problem(f"{self.www / str(v)}/Manifest.MoM: unexpected entry "
+                             f"{line.flags} {line.path}")
+                continue
+            key = (line.path, line.last_change)
+            if key not in self.bundles:
+                self.bundles[key] = self.bundle(line.path, line.last_change, line.hash, v)
+            elif self.bundles[key] is not None:
+                # already checked; the hash must still match this MoM's line
+                self._mom_line(line.path, line.last_change, line.hash, v)
+        if self.certs:
+            self.signatures(v)
+
+    def _mom_line(self, name: str, bv: int, expected: str, v: int) -> None:
+        actual = self.manifest_hashes[(name, bv)]
+        if actual != expected:
+            tar = self.www / str(bv) / f"Manifest.{name}.tar"
+            self.problem(f"{self.www / str(v)}/Manifest.MoM: line for {name} has hash {expected},"
+                         f" but {tar} hashes to {actual}")
+
+    def manifest(self, name: str, v: int, expected: str | None,
+                 mom_version: int | None = None) -> Manifest | None:
+        """Read ``www/<v>/Manifest.<name>.tar``, compare with the plain file and the MoM hash."""
+        tar = self.www / str(v) / f"Manifest.{name}.tar"
+        where = f"{self.www / str(mom_version or v)}/Manifest.MoM"
+        try:
+            plain, sig = read_manifest_tar(tar.read_bytes(), name, str(tar))
+            manifest = parse_manifest(plain, str(tar))
+        except FileNotFoundError:
+            self.problem(f"{tar} is missing" + (f" (listed in {where})" if expected else ""))
+            return None
+        except (ClientError, ManifestError) as exc:
+            self.problem(str(exc))
+            return None
+        self.report.manifests += 1
+        self.manifest_hashes[(name, v)] = mom_hash(plain)
+        loose = tar.with_suffix("")
+        if loose.is_file() and loose.read_bytes() != plain:
+            self.problem(f"{loose} differs from the Manifest.{name} inside {tar}")
+        if manifest.version != v:
+            self.problem(f"{tar}: says version {manifest.version}, expected {v}")
+        if expected is not None and mom_hash(plain) != expected:
+            self.problem(f"{where}: line for {name} has hash {expected}, but {tar} hashes to "
+                         f"{mom_hash(plain)}")
+        if self.certs and sig is not None:
+            self._verify(plain, sig, f"{tar} (member Manifest.{name}.signed)")
+        return manifest
+
+    def bundle(self, name: str, bv: int, expected: str, mom_version: int) -> Manifest | None:
+        manifest = self.manifest(name, bv, expected, mom_version)
+        if manifest is None:
+            return None
+        live = [e for e in manifest.entries if not e.deleted]
+        self.rep.step(f"checking fullfiles of {name} at {bv}", len(live))
+        for entry in live:
+            self.fullfile(entry.last_change, entry.hash, entry.path)
+            self.rep.advance()
+        context = f"{name}@{bv}:{self.manifest_hashes[(name, bv)]}"
+        self.zero_pack(name, bv, manifest, context)
+        for pack in sorted((self.www / str(bv)).glob(f"pack-{name}-from-*.tar")):
+            if not pack.name.endswith("-from-0.tar"):
+                self.pack(pack, manifest, required=set(), context=context)
+        return manifest
+
+    def _unchanged(self, path: Path, context: str) -> tuple[bool, Any]:
+        if self.stamps is None:
+            return False, None
+        sig = signature(path)
+        if self.stamps.unchanged(path, sig, context):
+            self.report.unchanged += 1
+            return True, sig
+        return False, sig
+
+    def _record(self, path: Path, sig: Any, context: str, problems_before: int) -> None:
+        if self.stamps is not None and len(self.report.problems) == problems_before:
+            self.stamps.record(path, sig, context)
+
+    def fullfile(self, last_change: int, digest: str, path: str) -> None:
+        key = (last_change, digest)
+        if key in self.fullfiles:
+            return
+        self.fullfiles.add(key)
+        tar_path = self.www / str(last_change) / "files" / f"{digest}.tar"
+        skip, sig = self._unchanged(tar_path, path)
+        self.report.fullfiles += 1
+        if skip:
+            return
+        before = len(self.report.problems)
+        self._fullfile(tar_path, digest, path)
+        self._record(tar_path, sig, path, before)
+
+    def _fullfile(self, tar_path: Path, digest: str, path: str) -> None:
+        names: list[str] = []
+        actual = ""
+        try:
+            with open(tar_path, "rb") as f, open_tar(f) as tar:
+                for member in tar:
+                    names.append(strip_dot(member.name))
+                    if names == [digest]:
+                        actual = member_hash(tar, member, path)
+        except FileNotFoundError:
+            self.problem(f"{tar_path} is missing (fullfile of {path})")
+            return
+        except ARCHIVE_ERRORS as exc:
+            self.problem(f"{tar_path} (for {path}) is unreadable: {exc}")
+            return
+        if names != [digest]:
+            self.problem(f"{tar_path} (for {path}): expected exactly one member {digest}, "
+                         f"found {names[:3]}")
+            return
+        if actual != digest:
+            self.problem(f"{tar_path}: content for {path} hashes to {actual}, not {digest}")
+
+    def zero_pack(self, name: str, bv: int, manifest: Manifest, context: str) -> None:
+        pack = self.www / str(bv) / f"pack-{name}-from-0.tar"
+        if not pack.is_file():
+            self.problem(f"{pack} is missing (needed to install {name} {bv})")
+            return
+        self.pack(pack, manifest, required={e.hash for e in manifest.entries if not e.deleted},
+                  context=context + ":complete")
+
+    def pack(self, pack: Path, manifest: Manifest, required: set[str], context: str) -> None:
+        """Every ``staged/<H>`` member hashes to H; every hash in ``required`` is there."""
+        if pack in self.packs:
+            return
+        self.packs.add(pack)
+        skip, sig = self._unchanged(pack, context)
+        if skip:
+            return
+        before = len(self.report.problems)
+        self._pack(pack, manifest, required)
+        self._record(pack, sig, context, before)
+
+    def _pack(self, pack: Path, manifest: Manifest, required: set[str]) -> None:
+        paths = {e.hash: e.path for e in manifest.entries if not e.deleted}
+        seen: set[str] = set()
+        try:
+            with open(pack, "rb") as f, open_tar(f) as tar:
+                for member in tar:
+                    top, _, digest = strip_dot(member.name).partition("/")
+                    if top != "staged" or not digest:
+                        continue
+                    if digest not in paths:
+                        self.problem(f"{pack}: member staged/{digest} is not in "
+                                     f"Manifest@{manifest.version}")
+                        continue
+                    seen.add(digest)
+                    self.report.pack_members += 1
+                    actual = member_hash(tar, member, paths[digest])
+                    if actual != digest:
+                        self.problem(f"{pack}: staged/{digest} ({paths[digest]}) hashes to "
+                                     f"{actual}")
+        except ARCHIVE_ERRORS as exc:
+            self.problem(f"{pack} is unreadable: {exc}")
+            return
+        for digest in sorted(required - seen):
+            self.problem(f"{pack} lacks staged/{digest} ({paths[digest]})")
+
+    def signatures(self, v: int) -> None:
+        """With certificates: the MoM must be signed, and every ``X.signed`` (PEM, 2.53) and
+        ``X.sig`` (DER, later clients) must verify X."""
+        directory = self.www / str(v)
+        if not (directory / "Manifest.MoM.signed").is_file() and not _has_member(
+                directory / "Manifest.MoM.tar", "Manifest.MoM.signed"):
+            self.problem(f"{directory}/Manifest.MoM is not signed, but certificates were given")
+        for signed in sorted([*directory.glob("*.signed"), *directory.glob("*.sig")]):
+            data = signed.with_suffix("")
+            if not data.is_file():
+                self.problem(f"{signed} signs {data.name}, which is missing")
+                continue
+            self._verify(data.read_bytes(), signed.read_bytes(), str(signed))
+
+    def _verify(self, data: bytes, sig: bytes, where: str) -> None:
+        from ..swupd.signing import verify
+
+        try:
+            verify(data, sig, self.certs, check_time=self.check_time)
+        except SwupdRepoError as exc:
+            self.problem(f"{where}: bad signature: {exc}")
+            return
+        self.report.signatures += 1
+
+
+def _has_member(tar_path: Path, name: str) -> bool:
+    try:
+        with open(tar_path, "rb") as f, open_tar(f) as tar:
+            return any(strip_dot(m.name) == name for m in tar)
+    except ARCHIVE_ERRORS:
+        return False
