@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers_signing import make_ca_chain
 from swupd_repo.errors import BuildError, VersionError
 from swupd_repo.pipeline import build_version
 from swupd_repo.progress import RecordingReporter
@@ -194,49 +195,12 @@ def test_build_writes_a_hash_cache_without_racy_entries(tmp_path: Path) -> None:
 
 # --- signing ------------------------------------------------------------------------------
 
-def _signing_files(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
-    """A CA and a leaf made here; the leaf key encrypted with a passphrase file."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def cert(subject: str, key, issuer: str, issuer_key, ca: bool):  # type: ignore[no-untyped-def]
-        return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-                .sign(issuer_key, hashes.SHA256()))
-
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
-    ca = cert("test CA", ca_key, "test CA", ca_key, True)
-    leaf = cert("test leaf", leaf_key, "test CA", ca_key, False)
-    pem = serialization.Encoding.PEM
-    files = (tmp_path / "leaf.key", tmp_path / "leaf.pem", tmp_path / "chain.pem",
-             tmp_path / "pass")
-    files[0].write_bytes(leaf_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"correct horse")))
-    files[1].write_bytes(leaf.public_bytes(pem))
-    files[2].write_bytes(ca.public_bytes(pem))
-    files[3].write_bytes(b"correct horse\n")
-    return files
-
-
 def test_signed_build_writes_verifiable_signatures(tmp_path: Path) -> None:
     import tarfile
 
     from swupd_repo.swupd.signing import verify
 
-    key, cert, chain, passphrase = _signing_files(tmp_path)
+    key, cert, chain, passphrase = make_ca_chain(tmp_path)
     storage = _storage_with(tmp_path, 10, BASE)
     build_version(_settings(storage, signing_key=key, signing_cert=cert, signing_chain=chain,
                             signing_passphrase_file=passphrase), RecordingReporter(), 10)
@@ -257,7 +221,7 @@ def test_signed_build_writes_verifiable_signatures(tmp_path: Path) -> None:
 def test_wrong_passphrase_fails_before_any_output(tmp_path: Path) -> None:
     from swupd_repo.errors import SigningError
 
-    key, cert, _chain, passphrase = _signing_files(tmp_path)
+    key, cert, _chain, passphrase = make_ca_chain(tmp_path)
     passphrase.write_text("wrong\n")
     storage = _storage_with(tmp_path, 10, BASE)
     with pytest.raises(SigningError, match="passphrase"):
