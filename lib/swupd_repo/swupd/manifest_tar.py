@@ -41,12 +41,14 @@ def manifest_tar_bytes(members: list[tuple[str, bytes]], mtime: int | None = Non
     return lzma.compress(bytes(out), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=6)
 
 
-def write_manifest(www_v: Path, name: str, data: bytes, signed: bytes | None = None) -> None:
-    """``Manifest.<name>`` and ``Manifest.<name>.tar`` (with ``.signed`` inside when signed)."""
+def write_plain_manifest(www_v: Path, name: str, data: bytes,
+                         signed: bytes | None = None) -> list[tuple[str, bytes]]:
+    """``Manifest.<name>`` (and its ``.signed``); returns the members its tar must hold, so
+    the caller can compress the tar elsewhere (xz of a large Manifest.full takes a second)."""
     plain = f"Manifest.{name}"
     write_plain(www_v / plain, data)
     members = [(plain, data)]
     if signed is not None:
         write_plain(www_v / f"{plain}.signed", signed)
         members.append((f"{plain}.signed", signed))
-    write_plain(www_v / f"{plain}.tar", manifest_tar_bytes(members))
+    return members

@@ -35,11 +35,12 @@ from ..progress import Reporter
 from ..storage import Storage, fsync_dir
 from . import builder
 from .fullfiles import write_fullfiles
-from .manifest_tar import write_manifest, write_plain
+from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
     from ..settings import Settings
+    from .manifest import Manifest
 
 FORMAT = 3
 #: What ``www/<V>/swupd-server-src-version`` says: the server release whose output we mirror.
@@ -92,9 +93,10 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                       f"{scan.cached} from the hash cache")
         built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp)
         staging.mkdir()
-        _write_manifests(staging, built, signer)
+        tars = _start_manifests(staging, built, signer, executor)
         write_fullfiles(builder.fullfile_records(built, scan.records), staging / "files",
                         settings.compression, reporter, executor)
+        _finish_manifests(staging, tars, signer, built)
         if executor is not None:
             executor.shutdown()
             executor = None
@@ -132,12 +134,26 @@ def _sign_pem(signer: Any, data: bytes) -> bytes | None:
     return signing.sign_pem(signer, data)
 
 
-def _write_manifests(staging: Path, built: builder.Built, signer: Any) -> None:
+def _start_manifests(staging: Path, built: builder.Built, signer: Any,
+                     executor: Executor | None) -> list[tuple[str, Any]]:
+    """Write the plain manifests and start compressing their tars in the pool (xz of a large
+    Manifest.full takes about a second: it runs beside the fullfiles, not before them)."""
     items = [*built.bundle_bytes.items(), ("full", built.full_bytes), ("MoM", built.mom_bytes)]
+    tars: list[tuple[str, Any]] = []
     for name, data in items:
-        write_manifest(staging, name, data, _sign_pem(signer, data))
+        members = write_plain_manifest(staging, name, data, _sign_pem(signer, data))
+        tars.append((name, executor.submit(manifest_tar_bytes, members) if executor is not None
+                     else manifest_tar_bytes(members)))
+    return tars
+
+
+def _finish_manifests(staging: Path, tars: list[tuple[str, Any]], signer: Any,
+                      built: builder.Built) -> None:
+    """Write the ``Manifest.<X>.tar`` files (and signatures) started by _start_manifests."""
+    for name, tar_bytes in tars:
+        tar = staging / f"Manifest.{name}.tar"
+        write_plain(tar, tar_bytes if isinstance(tar_bytes, bytes) else tar_bytes.result())
         if signer is not None:
-            tar = staging / f"Manifest.{name}.tar"
             write_plain(tar.with_name(tar.name + ".signed"), _sign_pem(signer, tar.read_bytes()))
     if signer is not None:
         from . import signing
@@ -165,19 +181,28 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         if old is not None:
             candidate = storage.www(old.version) / f"pack-{name}-from-0.tar"
             prev_pack = candidate if candidate.is_file() else None
+        sources = packs.delta_pack_sources(view, name, built.version,
+                                           settings.deltapack_versions)
         out = staging / f"pack-{name}-from-0.tar"
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
                               workers=settings.workers, reporter=reporter)
         _sign_file(signer, out)
-        sources = packs.delta_pack_sources(view, name, built.version,
-                                           settings.deltapack_versions)
-        for src in sources:
-            out = staging / f"pack-{name}-from-{src}.tar"
-            old_manifest = builder.read_manifest(storage.www(src) / f"Manifest.{name}")
-            packs.write_delta_pack(view, name, old_manifest, manifest, out,
-                                   image_dir=storage.image_dir, workers=settings.workers,
-                                   reporter=reporter)
-            _sign_file(signer, out)
+        _write_delta_packs(storage, view, staging, name, manifest, sources, settings,
+                           reporter, signer)
+
+
+def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
+                       manifest: Manifest, sources: list[int], settings: Settings,
+                       reporter: Reporter, signer: Any) -> None:
+    from . import packs
+
+    for src in sources:
+        out = staging / f"pack-{name}-from-{src}.tar"
+        old_manifest = builder.read_manifest(storage.www(src) / f"Manifest.{name}")
+        packs.write_delta_pack(view, name, old_manifest, manifest, out,
+                               image_dir=storage.image_dir, workers=settings.workers,
+                               reporter=reporter)
+        _sign_file(signer, out)
 
 
 def _sign_file(signer: Any, path: Path) -> None:
