@@ -483,3 +483,176 @@ def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_histo
     assert report.ok, report.problems
     assert {(s.from_version, s.to_version) for s in report.simulations} >= {(10, 30), (20, 30)}
     assert report.versions == [10, 20, 30]
+
+
+# ---------------------------------------------------------------- trees under pseudo (fakeroot)
+
+def make_special_tree(root: Path) -> None:
+    """Owners, a device, a fifo, xattrs (security.* too), a hard link, a long path, a symlink.
+
+    Run through pseudo, all of it but the data lands in pseudo's database only.
+    """
+    deep = root / ("d" * 80) / ("e" * 80)
+    for directory in (root / "home/ostro", root / "dev", root / "usr/bin", deep):
+        directory.mkdir(parents=True)
+    (root / "home/ostro/notes").write_text("notes\n")
+    os.chown(root / "home/ostro/notes", 1000, 1000)
+    os.chown(root / "home/ostro", 1000, 1000)
+    os.chmod(root / "home/ostro", 0o700)
+    os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.chmod(root / "dev/null", 0o666)
+    os.mkfifo(root / "dev/fifo", 0o600)
+    (root / "usr/bin/hello").write_text("#!/bin/sh\necho hello\n")
+    os.chmod(root / "usr/bin/hello", 0o4755)
+    os.setxattr(root / "usr/bin/hello", "security.SMACK64", b"System")
+    os.setxattr(root / "usr/bin/hello", "user.note", b"\x00\xffbinary")
+    os.link(root / "usr/bin/hello", root / "usr/bin/hello-again")
+    (deep / "file").write_text("deep\n")
+    os.symlink("../usr/bin/hello", root / "dev/link")
+    os.chown(root / "dev/link", 5, 6, follow_symlinks=False)
+    os.symlink("../../../../etc/passwd", root / "usr/bin/up")  # above the root: valid
+    os.chown(root / "usr/bin/up", 7, 8, follow_symlinks=False)
+
+
+#: What the generator container sees in image/<V>/os-core (stat and python3 are in the base).
+SHOW_TREE = """
+    cd /var/lib/update/image/$1/os-core
+    stat -c '%n %u:%g %a %F %h %t,%T' home/ostro home/ostro/notes dev/null dev/fifo dev/link \
+        usr/bin/hello usr/bin/hello-again usr/bin/up
+    readlink usr/bin/up
+    python3 -c 'import os; print("xattrs", sorted(os.listxattr("usr/bin/hello")),
+        os.getxattr("usr/bin/hello", "user.note"))'
+    find . -name file -path "*eeee*"
+    echo stopping; exit 3
+"""
+
+
+def under_pseudo_run(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """``python3 -c code`` under Debian's pseudo with its own database, then stop its server."""
+    env = dict(os.environ, PSEUDO_PREFIX="/usr", PSEUDO_LOCALSTATEDIR=str(tmp_path / "pseudo"),
+               PSEUDO_NOSYMLINKEXP="1")
+    (tmp_path / "pseudo").mkdir(exist_ok=True)
+    try:
+        return subprocess.run(["pseudo", sys.executable, "-c", code], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120, check=False)
+    finally:
+        subprocess.run(["pseudo", "-S"], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, check=False)
+
+
+def test_under_pseudo_reads_the_process_maps(tmp_path):
+    from swupd_repo.backends.materialise import under_pseudo
+
+    assert not under_pseudo()  # pytest itself
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert not under_pseudo(maps)
+    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 "
+                    "/usr/lib/x86_64-linux-gnu/pseudo/libpseudo.so\n")
+    assert under_pseudo(maps)
+    assert not under_pseudo(tmp_path / "missing")
+    # bitbake-worker empties the task's environment: LD_PRELOAD is gone, pseudo is not
+    done = under_pseudo_run(tmp_path, "import os; os.environ.pop('LD_PRELOAD', None); "
+                                      "from swupd_repo.backends.materialise import under_pseudo;"
+                                      " print(under_pseudo())")
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def test_tree_tar_is_the_tree_as_the_process_sees_it(tmp_path):
+    """The stream, read back by Python's tarfile: ids, modes, devices, xattrs, links, names."""
+    import tarfile
+
+    root, stream = tmp_path / "tree", tmp_path / "tree.tar"
+    # made and read through pseudo (no root needed), as inside do_swupd_repo
+    done = under_pseudo_run(tmp_path, textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_docker_backend import make_special_tree
+        from swupd_repo.backends.materialise import tree_tar
+        root = Path({str(root)!r})
+        make_special_tree(root)
+        assert b"usr/bin/up" in b"".join(tree_tar(root))
+        escaping = []
+        Path({str(stream)!r}).write_bytes(b"".join(tree_tar(root, escaping=escaping)))
+        print([(r.path, r.target, r.uid, r.gid) for r in escaping])
+    """))
+    assert done.returncode == 0, done.stderr
+    # the engine refuses a symlink climbing above the root: it is made separately
+    assert done.stdout.strip() == "[('/usr/bin/up', b'../../../../etc/passwd', 7, 8)]"
+    with tarfile.open(stream) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        notes = tar.extractfile("home/ostro/notes")
+        assert notes is not None and notes.read() == b"notes\n"
+    deep = f"{'d' * 80}/{'e' * 80}/file"
+    assert deep in members and members[deep].isfile()
+    assert (members["home/ostro"].uid, members["home/ostro"].mode) == (1000, 0o700)
+    assert members["home/ostro/notes"].uid == 1000
+    null = members["dev/null"]
+    assert null.ischr() and (null.devmajor, null.devminor, null.mode) == (1, 3, 0o666)
+    assert members["dev/fifo"].isfifo()
+    assert members["dev/link"].issym() and members["dev/link"].linkname == "../usr/bin/hello"
+    assert (members["dev/link"].uid, members["dev/link"].gid) == (5, 6)
+    # a hard link is a second copy (the engine would clear set-user-ID when chowning a link)
+    for name in ("usr/bin/hello", "usr/bin/hello-again"):
+        hello = members[name]
+        assert hello.isfile() and hello.mode == 0o4755 and hello.size == 21
+        assert hello.pax_headers["SCHILY.xattr.security.SMACK64"] == "System"
+        assert hello.pax_headers["SCHILY.xattr.user.note"] == "\x00\udcffbinary"
+
+
+def test_pseudo_tree_reaches_the_container_with_its_metadata(engine, base_image, tmp_path):
+    """Under pseudo the container gets a copy made from pseudo's view, removed afterwards.
+
+    The tree is made through pseudo, so on disk home/ostro is root's, dev/null a plain file
+    and hello has no xattr; the generator (here a shell script that shows what it sees, then
+    fails) must see the pseudo metadata, and the failure must leave the storage as it was.
+    """
+    storage = Storage(tmp_path / "storage")
+    root = storage.os_core(20)
+    stale = storage.root / ".swupd-repo-docker-os-core.20.1"  # of a killed run
+    (stale / "x").mkdir(parents=True)
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_docker_backend import make_special_tree, settings_for, shell_command
+        from swupd_repo.backends.docker import DockerBackend
+        from swupd_repo.errors import BackendError
+        from swupd_repo.progress import RecordingReporter
+        from swupd_repo.storage import Storage
+        storage = Storage(Path({str(storage.root)!r}))
+        make_special_tree(storage.os_core(20))
+        reporter = RecordingReporter()
+        settings = settings_for(storage, docker_command=shell_command({SHOW_TREE!r}))
+        try:
+            DockerBackend().build(storage, 20, settings, reporter)
+        except BackendError as exc:
+            print(exc)
+        print("\\n".join([name for name, _ in reporter.steps] + reporter.infos))
+        print("warnings:", reporter.warnings)
+    """)
+    done = under_pseudo_run(tmp_path, code)
+    out = done.stdout
+    assert "exited with status 3" in out, out + done.stderr
+    assert "with its fakeroot (pseudo) owners, devices and xattrs for the container" in out
+    assert "warnings: []" in out
+    assert "home/ostro 1000:1000 700 directory 2" in out
+    assert "home/ostro/notes 1000:1000 644 regular file 1" in out
+    assert "dev/null 0:0 666 character special file 1 1,3" in out
+    assert "dev/fifo 0:0 600 fifo 1" in out
+    assert "dev/link 5:6 777 symbolic link 1" in out
+    assert "usr/bin/hello 0:0 4755 regular file 1" in out  # set-user-ID kept
+    assert "usr/bin/hello-again 0:0 4755 regular file 1" in out
+    assert "usr/bin/up 7:8 777 symbolic link 1" in out
+    assert "container: ../../../../etc/passwd\n" in out
+    assert "xattrs ['security.SMACK64', 'user.note'] b'\\x00\\xffbinary'" in out
+    assert f"./{'d' * 80}/{'e' * 80}/file" in out
+    # on disk (outside pseudo) the tree is still the bare one pseudo describes ...
+    assert (root / "dev/null").is_file() and (root / "home/ostro").stat().st_uid == 0
+    assert os.listxattr(root / "usr/bin/hello") == []
+    # ... the copy and the stale one are gone, and the failure left nothing of the run
+    assert not [p for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
+    assert not storage.www(20).exists()
+    assert leftover_containers(engine) == []

@@ -377,8 +377,8 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     is emptied like bitbake-worker does, so the class takes it from BB_ORIGENV.
     """
     assert os.environ.get("DOCKER_HOST"), "the engine fixture needs DOCKER_HOST"
-    builddir = bed.make_builddir(tmp_path, f'SWUPD_REPO_BACKEND = "docker"\n'
-                                           f'SWUPD_REPO_DOCKER_IMAGE = "{server_image}"\n')
+    conf = f'SWUPD_REPO_BACKEND = "docker"\nSWUPD_REPO_DOCKER_IMAGE = "{server_image}"\n'
+    builddir = bed.make_builddir(tmp_path, conf)
     result = bed.bitbake(builddir)
     assert result.ok, result.output
     storage = storage_of(builddir)
@@ -390,20 +390,37 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     assert "container: " in log
     assert version_id(storage.os_core(10) / "usr/lib/os-release") == "10"
 
-
-#: Why the docker backend cannot publish the image's metadata from inside BitBake (yet).
-PSEUDO_ONLY_METADATA = (
-    "do_swupd_repo is [fakeroot]: the extraction's owners (chown 1000), device nodes (mknod "
-    "makes an empty regular file) and security.* xattrs exist only in pseudo's database; the "
-    "container reads the real files (root-owned, /dev/null a plain file, no SMACK64) and "
-    "hashes those, so /home/ostro, /home/ostro/notes, /dev/null and /usr/bin/hello differ "
-    "from the native backend's manifest"
-)
+    # a second build: the first one's copy for the container left pseudo's database sound
+    bed.set_local_conf(builddir, conf + 'IMAGE_MOTD = "second build"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    assert storage.published_versions() == [10, 20]
+    assert storage.latest_www_marker.read_text() == "20\n"
+    assert (storage.os_core(20) / "etc/motd").read_text() == "second build\n"
+    manifest = (storage.www(20) / "Manifest.os-core").read_text()
+    # (the stateless format leaves /etc out; os-release carries the new version)
+    assert "\t20\t/usr/lib/os-release\n" in manifest and "\t10\t/usr/bin/hello\n" in manifest
+    assert not [p for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
+    for version in (10, 20):
+        root = storage.os_core(version)
+        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
+            ["1000:1000 700 directory", "0:0 666 character special file"]
+    # the container replaced files behind pseudo's back: none was one pseudo knew (an inode
+    # it knows, freed and reused, makes it abort the task with "path mismatch")
+    pseudo_log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo/pseudo.log"
+    assert "mismatch" not in pseudo_log.read_text()
 
 
 @pytest.mark.docker
 def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
-    """Known defect, pinned exactly: xfails only with the PSEUDO_ONLY_METADATA difference."""
+    """The container publishes the tree as pseudo knows it, not the bare files on disk.
+
+    do_swupd_repo is [fakeroot]: the extraction's owners (chown 1000), device nodes (mknod
+    makes an empty regular file) and security.* xattrs exist only in pseudo's database. The
+    docker backend copies the tree as the task sees it for the container; without that copy
+    /home/ostro, /home/ostro/notes, /dev/null and /usr/bin/hello would differ from the native
+    backend's manifest. The copy is gone afterwards and the tree pseudo describes untouched.
+    """
     manifests = {}
     for backend in ("native", "docker"):
         builddir = bed.make_builddir(tmp_path / backend,
@@ -411,11 +428,17 @@ def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
                                      f'SWUPD_REPO_DOCKER_IMAGE = "{server_image}"\n')
         result = bed.bitbake(builddir)
         assert result.ok, result.output
-        text = (storage_of(builddir).www(10) / "Manifest.os-core").read_text()
+        storage = storage_of(builddir)
+        text = (storage.www(10) / "Manifest.os-core").read_text()
         manifests[backend] = [line for line in text.splitlines()
                               if not line.startswith("timestamp:")]
-    differing = {line.split("\t")[-1]
-                 for line in set(manifests["docker"]) ^ set(manifests["native"])}
-    if differing:
-        assert differing == {"/home/ostro", "/home/ostro/notes", "/dev/null", "/usr/bin/hello"}
-        pytest.xfail(PSEUDO_ONLY_METADATA)
+        assert not [p.name for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
+        root = storage.os_core(10)
+        # what pseudo knows of the tree on disk is what the extraction made
+        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
+            ["1000:1000 700 directory", "0:0 666 character special file"]
+    hello = [line for line in manifests["native"] if line.endswith("\t/usr/bin/hello")]
+    assert hello and "/dev/null" in "\n".join(manifests["native"])
+    assert manifests["docker"] == manifests["native"]
+    log = task_log(tmp_path / "docker", "do_swupd_repo")
+    assert "with its fakeroot (pseudo) owners, devices and xattrs" in log

@@ -70,10 +70,10 @@ SWUPD_REPO_SIGNING_PASSPHRASE_FILE ??= ""
 # environment, so it is taken from the datastore (add DOCKER_HOST to
 # BB_ENV_PASSTHROUGH_ADDITIONS) or else from the environment bitbake was started in
 # (BB_ORIGENV), as OE-core's fetcher does for proxies; without either, the default socket.
-# Known limitation: do_swupd_repo runs under pseudo, so owners, device nodes and security.*
-# xattrs of the extracted tree exist only in pseudo's database; the container sees the real
-# files and publishes them without those (tests/test_layer.py pins the difference). Use the
-# native backend inside BitBake where that metadata matters.
+# do_swupd_repo runs under pseudo, so owners, device nodes and security.* xattrs of the
+# extracted tree exist only in pseudo's database: the backend first has the engine unpack a
+# copy of the tree as the task sees it (STORAGE/.swupd-repo-docker-os-core.*, removed after
+# the run) and mounts that copy as image/<version>/os-core in the container.
 SWUPD_REPO_DOCKER_IMAGE ??= "ostroproject/ostro-swupd-server"
 SWUPD_REPO_DOCKER_COMMAND ??= "/home/clrbuilder/projects/process_rootfs.sh"
 SWUPD_REPO_DOCKER_PRIVILEGED ??= "1"

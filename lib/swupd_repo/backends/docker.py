@@ -14,6 +14,22 @@ A run that fails, or is interrupted (Ctrl-C, SIGTERM), stops and removes the con
 removes what it added (``www/<V>``, ``image/<V>/full``, any other new top-level entry of
 ``www/``, ``image/`` or ``image/<V>/``: partial packs live in ``www/<V>``) and restores the
 markers. The engine must see the storage at the same path as we do (a local engine).
+
+Under pseudo (BitBake's ``[fakeroot]`` ``do_swupd_repo``) the tree on disk lacks the owners,
+device nodes and ``security.*`` xattrs the extraction gave it: they live in pseudo's database.
+The container would publish the bare files. So the tree is first copied as we see it into
+``STORAGE/.swupd-repo-docker-os-core.<V>.<pid>`` by the engine (:mod:`.materialise`), and
+that copy is mounted over ``image/<V>/os-core`` in the container; the tree on disk, which
+pseudo's database describes, is left untouched. The copy is removed (as root, by a
+container) after the run, whatever its outcome. pseudo never sees an inode of the copy (the
+engine creates even its top directory): an inode pseudo knows, freed behind its back and
+reused, makes pseudo abort the task ("path mismatch"); for the same reason the latest
+markers, which the container replaces, are first made files pseudo does not know.
+
+Known cost: deltas against this version are later made from ``image/<V>/full`` or
+``os-core`` on disk, and only for files that still hash as the manifest says; in the bare
+tree, files whose owner or xattrs pseudo alone knows get no delta (clients then download
+their fullfile). The repository stays correct.
 """
 
 from __future__ import annotations
@@ -27,6 +43,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, SettingsError
+from .materialise import (
+    copy_path,
+    materialise,
+    remove_copies,
+    stale_copies,
+    under_pseudo,
+    unknown_to_pseudo,
+)
 from .storage_guard import (
     Snapshot,
     deferred_signals,
@@ -82,7 +106,17 @@ class DockerBackend:
             with sigterm_raises_systemexit(), hidden_temporaries(storage), \
                     restored_markers(storage):
                 before = Snapshot.take(storage, version)
+                copies = stale_copies(storage)  # of a killed run
                 try:
+                    remove_copies(client, settings.docker_image, storage, copies, reporter)
+                    if under_pseudo():
+                        copies = [copy_path(storage, version)]
+                        copy = materialise(client, settings.docker_image, storage, version,
+                                           reporter)
+                        volumes = [*volumes, f"{copy}:{CONTAINER_STATE}/image/{version}/"
+                                             "os-core:rw"]
+                        unknown_to_pseudo([storage.latest_image_marker,
+                                           storage.latest_www_marker], reporter)
                     reporter.step(f"building version {version} in container "
                                   f"{settings.docker_image}")
                     run_container(client, settings, command, volumes, version, reporter)
@@ -99,6 +133,8 @@ class DockerBackend:
                         remove_in_container(client, settings.docker_image, storage, stuck,
                                             reporter)
                     raise
+                finally:
+                    remove_copies(client, settings.docker_image, storage, copies, reporter)
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise engine_error(exc, address) from exc
         finally:

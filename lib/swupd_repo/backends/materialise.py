@@ -1,0 +1,303 @@
+"""The tree as *we* see it, as a tar stream: how a container gets pseudo's metadata.
+
+Inside BitBake, ``do_swupd_repo`` is ``[fakeroot]``: the extraction's owners, device nodes
+and ``security.*`` xattrs exist only in pseudo's database, and the files on disk are the build
+user's plain files. Our process sees the right metadata (``lstat``, ``llistxattr``,
+``lgetxattr`` and ``readlink`` go through libc, which pseudo intercepts); a container reads the
+real files. So the docker backend streams a tar of ``image/<V>/os-core`` written from what we
+see, and the engine unpacks it as root into a copy the container is given instead.
+
+The headers are the fullfiles' (numeric ids, empty user/group names, exact mode, each xattr a
+pax ``SCHILY.xattr.<name>`` record with the raw bytes), plus a pax ``path``/``linkpath`` for
+long names. Hard links become separate copies: the engine chowns a hard-link member too,
+which clears the set-user-ID bit of the shared inode, and does not chmod it back; the
+generators hash and ship every path on its own anyway (swupd has no hard links, the server's
+rsync runs without -H). The stream is produced lazily: a multi-GB tree is never held in
+memory, nor written to disk but once, as the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendError, BuildError
+from ..progress import NullReporter
+from ..swupd.fullfiles import END_OF_ARCHIVE, padding, pax_record, ustar_header
+from ..swupd.scan import Record, walk
+from .storage_guard import deferred_signals
+
+if TYPE_CHECKING:
+    from ..progress import Reporter
+    from ..storage import Storage
+
+_CHUNK = 1 << 20
+#: Name prefix of the copies, at the storage root: not mounted into the generator container,
+#: so its clean-up of ``.swupd-repo-tmp-*`` cannot touch them, and not TEMP_PREFIX, so
+#: ``Storage.clean_leftovers`` (not root: it could not remove root's files) leaves them to us.
+COPY_PREFIX = ".swupd-repo-docker-os-core."
+#: Where the helper container sees the copy. Every distribution has /mnt; the helper is only
+#: created, never started: the engine itself unpacks the archive (as root, in the mount).
+HELPER_MOUNT = "/mnt"
+
+
+@dataclass
+class Counts:
+    """What a :func:`tree_tar` stream carried so far (for progress and the log)."""
+
+    members: int = 0
+    data: int = 0  # bytes of regular file data
+
+
+def under_pseudo(maps: Path = Path("/proc/self/maps")) -> bool:
+    """True when pseudo serves this process: ``libpseudo.so`` is mapped into it.
+
+    Not the environment: bitbake-worker empties it for each task and puts back only the
+    exported variables and FAKEROOTENV (``PSEUDO_*``), so ``LD_PRELOAD`` is gone while the
+    library loaded at the worker's start still intercepts every call. ``PSEUDO_*`` variables
+    alone prove nothing either (a shell can export them). With pseudo loaded but disabled the
+    copy is merely identical to the tree, so erring that way costs time, never correctness.
+    """
+    try:
+        text = maps.read_text()
+    except OSError:
+        return False
+    return any(line.rsplit("/", 1)[-1].startswith("libpseudo") for line in text.splitlines())
+
+
+def headers(name: bytes, *, mode: int, uid: int, gid: int, size: int, mtime: int,
+            typeflag: bytes, linkname: bytes = b"", rdev: int = 0,
+            xattrs: dict[bytes, bytes] | None = None) -> bytes:
+    """Pax header (when needed) plus ustar header of one member; any name length."""
+    records = [pax_record(b"SCHILY.xattr." + k, v) for k, v in sorted((xattrs or {}).items())]
+    fields = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
+    limits = {"uid": 8 ** 7, "gid": 8 ** 7, "size": 8 ** 11, "mtime": 8 ** 11}
+    for key, value in list(fields.items()):
+        if not 0 <= value < limits[key]:
+            records.append(pax_record(key.encode(), str(value).encode()))
+            fields[key] = 0
+    short_name, short_link = name, linkname
+    if len(name) > 100:
+        records.append(pax_record(b"path", name))
+        short_name = name[:100]
+    if len(linkname) > 100:
+        records.append(pax_record(b"linkpath", linkname))
+        short_link = linkname[:100]
+    out = b""
+    if records:
+        pax = b"".join(records)
+        out += ustar_header(b"PaxHeaders/" + short_name[:89], mode=0o644, uid=0, gid=0,
+                            size=len(pax), mtime=fields["mtime"], typeflag=b"x")
+        out += pax + padding(len(pax))
+    out += ustar_header(short_name, mode=mode, uid=fields["uid"], gid=fields["gid"],
+                        size=fields["size"], mtime=fields["mtime"], typeflag=typeflag,
+                        linkname=short_link,
+                        devmajor=os.major(rdev) if rdev else 0,
+                        devminor=os.minor(rdev) if rdev else 0)
+    return out
+
+
+def member(rec: Record) -> bytes:
+    """Headers of one record, named relative to the tree root (``usr/bin/x``)."""
+    name = rec.path.lstrip("/").encode("utf-8", "surrogateescape")
+    mode = rec.mode
+    kw = dict(mode=stat.S_IMODE(mode), uid=rec.uid, gid=rec.gid, mtime=rec.mtime,
+              xattrs=rec.xattrs)
+    if stat.S_ISDIR(mode):
+        return headers(name + b"/", size=0, typeflag=b"5", **kw)
+    if stat.S_ISLNK(mode):
+        return headers(name, size=0, typeflag=b"2", linkname=rec.target, **kw)
+    if stat.S_ISREG(mode):
+        return headers(name, size=rec.size, typeflag=b"0", **kw)
+    flag = b"6" if stat.S_ISFIFO(mode) else b"3" if stat.S_ISCHR(mode) else b"4"
+    return headers(name, size=0, typeflag=flag, rdev=rec.rdev, **kw)
+
+
+def escapes(rec: Record) -> bool:
+    """A relative symlink that climbs above the tree's root (``a/l -> ../../x``).
+
+    Valid in a filesystem (``..`` of ``/`` is ``/``) but the engine refuses such a member
+    ("invalid symlink"), so :func:`tree_tar` hands these to :func:`materialise` to make.
+    """
+    if rec.type != "L" or rec.target.startswith(b"/"):
+        return False
+    name = rec.path.lstrip("/").encode("utf-8", "surrogateescape")
+    where = posixpath.normpath(posixpath.join(posixpath.dirname(name), rec.target))
+    return where == b".." or where.startswith(b"../")
+
+
+def tree_tar(root: Path, counts: Counts | None = None,
+             escaping: list[Record] | None = None) -> Iterator[bytes]:
+    """The tar stream of everything below ``root``, metadata as this process sees it.
+
+    Names swupd refuses and sockets are left out, as the generator leaves them out (it warns
+    about them itself). A file whose size changes while it is read fails the stream: the
+    copy would not be the tree that was extracted. ``counts`` is updated as members go;
+    symlinks that :func:`escape` go to ``escaping`` instead of the stream when it is given.
+    """
+    counts = counts if counts is not None else Counts()
+    for rec in walk(root, NullReporter()):
+        counts.members += 1
+        if escaping is not None and escapes(rec):
+            escaping.append(rec)
+            continue
+        yield member(rec)
+        if rec.is_regular:
+            yield from _data(rec)
+            counts.data += rec.size
+    yield END_OF_ARCHIVE
+
+
+def _data(rec: Record) -> Iterator[bytes]:
+    sent = 0
+    with open(rec.disk, "rb") as f:
+        while sent < rec.size and (chunk := f.read(min(_CHUNK, rec.size - sent))):
+            sent += len(chunk)
+            yield chunk
+    if sent != rec.size:
+        raise BuildError(f"{rec.disk} shrank from {rec.size} to {sent} bytes while it was "
+                         "copied for the container",
+                         hint="do not modify the image tree while a build runs")
+    yield padding(rec.size)
+
+
+def copy_path(storage: Storage, version: int) -> Path:
+    return storage.root.resolve() / f"{COPY_PREFIX}{version}.{os.getpid()}"
+
+
+def stale_copies(storage: Storage) -> list[Path]:
+    """Copies a killed run left (any version, any process); the lock says none is live."""
+    if not storage.root.is_dir():
+        return []
+    return sorted(p for p in storage.root.resolve().iterdir() if p.name.startswith(COPY_PREFIX))
+
+
+def materialise(client: Any, image: str, storage: Storage, version: int,
+                reporter: Reporter) -> Path:
+    """Copy ``image/<V>/os-core`` as we see it into a fresh directory the engine fills as root.
+
+    The engine unpacks the stream (``PUT /containers/{id}/archive``) into a bind mount of a
+    created, never started, container of ``image``: ownership, device nodes, modes and xattrs
+    (``security.*`` too) are set by the engine's own root process, so neither
+    ``--privileged`` nor a tar program in the image is needed. Returns the copy; on failure
+    it is left for :func:`remove_copies` (the caller's cleanup).
+    """
+    import docker.errors
+    import requests.exceptions
+
+    source = storage.os_core(version)
+    copy = copy_path(storage, version)
+    # Not made by us: the engine creates a missing bind-mount source itself (as root), so
+    # pseudo never learns an inode of the copy that a container later frees behind its back.
+    reporter.step(f"copying {source} with its fakeroot (pseudo) owners, devices and xattrs "
+                  "for the container")
+    counts = Counts()
+    try:
+        helper = client.containers.create(
+            image, ["true"], volumes=[f"{copy}:{HELPER_MOUNT}:rw"],
+            labels={"swupd-repo.version": str(version), "swupd-repo.pid": str(os.getpid())},
+        )
+    except docker.errors.APIError as exc:
+        raise BackendError(f"cannot create a helper container of {image} to copy {source}: "
+                           f"{exc.explanation or exc}") from exc
+    escaping: list[Record] = []
+    try:
+        helper.put_archive(HELPER_MOUNT, tree_tar(source, counts, escaping))
+    except docker.errors.APIError as exc:
+        raise BackendError(f"the Docker engine could not unpack {source} into {copy}: "
+                           f"{exc.explanation or exc}",
+                           hint="the storage must be on a filesystem with xattrs and device "
+                                "nodes, on the engine's machine") from exc
+    except requests.exceptions.ConnectionError as exc:
+        # the engine closes the upload when its unpacker fails part-way through a big tree
+        raise BackendError(f"the Docker engine stopped receiving the copy of {source} after "
+                           f"{counts.members} entries: {exc}",
+                           hint="see the engine's log (journalctl -u docker) for why") from exc
+    finally:
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            helper.remove(force=True)
+    if escaping:
+        make_symlinks(client, image, copy, escaping, reporter)
+    reporter.info(f"copied {counts.members} entries ({counts.data} bytes of file data) of "
+                  f"{source} into {copy}")
+    return copy
+
+
+#: Makes symlinks given as (target, path, uid:gid) argument triples; coreutils only.
+MAKE_SYMLINKS = ('while [ $# -ge 3 ]; do ln -s -- "$1" "$2" && chown -h -- "$3" "$2" || exit 1; '
+                 'shift 3; done')
+
+
+def make_symlinks(client: Any, image: str, copy: Path, links: list[Record],
+                  reporter: Reporter) -> None:
+    """Create the symlinks the engine's unpacker refuses, as root, in a helper container."""
+    import docker.errors
+
+    args: list[str] = []
+    for rec in links:
+        if rec.xattrs:
+            reporter.warning(f"symlink {rec.path} climbs above the root and has xattrs; the "
+                             "container's copy lacks them")
+        args += [os.fsdecode(rec.target), f"{HELPER_MOUNT}{rec.path}", f"{rec.uid}:{rec.gid}"]
+    try:
+        client.containers.run(image, ["-c", MAKE_SYMLINKS, "sh", *args], entrypoint=["sh"],
+                              remove=True, volumes=[f"{copy}:{HELPER_MOUNT}:rw"])
+    except docker.errors.ContainerError as exc:
+        raise BackendError(f"cannot create {len(links)} symlinks pointing above the root in "
+                           f"{copy}: {exc.stderr!r}",
+                           hint="the image must have sh, ln and chown") from exc
+
+
+def unknown_to_pseudo(paths: list[Path], reporter: Reporter) -> None:
+    """Replace each file by an equal one whose inode pseudo does not know.
+
+    The container replaces the latest markers; if pseudo knows the inode it frees (we wrote
+    the marker through pseudo before), a later file reusing that inode makes pseudo abort the
+    task ("path mismatch"). So the known inode is moved aside and unlinked *through* pseudo
+    (which forgets it), and the equal file is written by a child without pseudo
+    (``PSEUDO_UNLOAD=1``). The name is missing for a moment only; a failure leaves it as it was.
+    """
+    env = dict(os.environ, PSEUDO_UNLOAD="1")
+    env.pop("LD_PRELOAD", None)
+    for path in paths:
+        if not path.is_file() or path.is_symlink():
+            continue
+        aside = path.with_name(f"{path.name}.pseudo-known.{os.getpid()}")
+        try:
+            path.rename(aside)
+            done = subprocess.run(["cp", "--", str(aside), str(path)], env=env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            if done.returncode != 0:
+                aside.rename(path)
+                raise OSError(done.stderr.decode(errors="replace").strip())
+            aside.unlink()
+        except OSError as exc:
+            reporter.warning(f"could not hide {path} from pseudo ({exc}); if the task aborts "
+                             "with a pseudo path mismatch, build again")
+
+
+def remove_copies(client: Any, image: str, storage: Storage, copies: list[Path],
+                  reporter: Reporter) -> None:
+    """Remove copies (root's files) with a root container mounting the storage root."""
+    import docker.errors
+    import requests.exceptions
+
+    copies = [c for c in copies if c.exists()]
+    if not copies:
+        return
+    root = storage.root.resolve()
+    inside = [f"/storage/{c.relative_to(root)}" for c in copies]
+    try:
+        with deferred_signals():
+            client.containers.run(image, inside, entrypoint=["rm", "-rf", "--"], remove=True,
+                                  volumes=[f"{root}:/storage:rw"])
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        reporter.warning(f"could not remove {', '.join(map(str, copies))} ({exc}); "
+                         "remove them as root")
