@@ -52,8 +52,12 @@ BIG_MEMBER = 64 * 1024
 TARGET_GROUP = 8 * 1024
 #: Hard cap on a small-member group (rarely reached; keeps one stream's work bounded).
 MAX_GROUP = 1024 * 1024
-#: A compression job takes groups up to this much weight, so pool overhead stays small.
+#: A compression job takes groups up to this much weight, so pool overhead stays small...
 _JOB_WEIGHT = 4 * 1024 * 1024
+#: ...but the work is split into at least this many jobs per worker, so that an incremental
+#: pack (a few MiB of fresh groups) keeps every core busy instead of leaving one idle.
+_JOBS_PER_WORKER = 8
+_MIN_JOB_WEIGHT = 64 * 1024
 _INDEX_FORMAT = 1
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _XZ_FOOTER_MAGIC = b"YZ"
@@ -88,6 +92,12 @@ def plan_groups(members: Sequence[PackMember]) -> list[list[PackMember]]:
                 current, weight = [], 0
             groups.append([m])
             continue
+        if current and m.weight >= TARGET_GROUP:
+            # A member that would end its group anyway (see _cut_after) also starts one, so
+            # it stands alone: when its content changes, its new hash re-compresses only
+            # itself, not the light members that happened to precede it.
+            groups.append(current)
+            current, weight = [], 0
         current.append(m)
         weight += m.weight
         if _cut_after(m) or weight >= MAX_GROUP:
@@ -307,13 +317,18 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
     return len(groups) - len(todo), len(todo)
 
 
-def _jobs(groups: list[list[PackMember]], todo: list[int]) -> Iterator[list[int]]:
+def _jobs(groups: list[list[PackMember]], todo: list[int], workers: int = 1
+          ) -> Iterator[list[int]]:
+    """Consecutive fresh groups batched into jobs of about equal weight."""
+    weights = [sum(m.weight for m in groups[i]) + 1024 for i in todo]
+    limit = min(_JOB_WEIGHT, max(_MIN_JOB_WEIGHT,
+                                 sum(weights) // (_JOBS_PER_WORKER * max(1, workers))))
     job: list[int] = []
     weight = 0
-    for i in todo:
+    for i, w in zip(todo, weights, strict=True):
         job.append(i)
-        weight += sum(m.weight for m in groups[i]) + 1024
-        if weight >= _JOB_WEIGHT:
+        weight += w
+        if weight >= limit:
             yield job
             job, weight = [], 0
     if job:
@@ -323,7 +338,7 @@ def _jobs(groups: list[list[PackMember]], todo: list[int]) -> Iterator[list[int]
 def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_Slot],
                   parts_dir: Path, workers: int, reporter: Reporter) -> None:
     last = len(groups) - 1
-    jobs = list(_jobs(groups, todo))
+    jobs = list(_jobs(groups, todo, workers))
 
     def record(job: list[int], part: str, lengths: list[int]) -> None:
         offset = 0
