@@ -101,6 +101,16 @@ def test_stale_image_and_old_version_are_refused_without_changes(published, imag
     assert snapshot(published) == before
 
 
+def test_extract_refuses_a_published_versions_tree(published, images) -> None:
+    before = snapshot(published)
+    dsk, layout = images[20]
+    done = swupd_repo("extract", "--dsk", dsk, "--layout", layout, "--storage", published,
+                      "--version", "10", "--force")
+    assert done.returncode == 2
+    assert "belongs to published version 10" in done.stderr
+    assert snapshot(published) == before
+
+
 def test_bad_layout_names_the_file(published, images, tmp_path) -> None:
     bad = tmp_path / "disk-layout.json"
     bad.write_text('{"partition_05_rootfs": {"name": "rootfs",,}}')

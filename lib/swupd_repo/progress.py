@@ -132,3 +132,9 @@ class TqdmReporter:
 
     def close(self) -> None:
         self._close()
+
+    def __enter__(self) -> TqdmReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()

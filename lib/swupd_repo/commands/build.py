@@ -23,10 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    reporter = TqdmReporter()
-    try:
+    with TqdmReporter() as reporter:
         version = build_version(settings, reporter, settings.os_version)
-    finally:
-        reporter.close()
     print(f"published version {version} in {settings.storage_dir}/www/{version}")
     return 0

@@ -67,16 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     certs = [args.cert] if args.cert is not None else None  # signing.verify reads the file
     storage = Storage(args.storage)
-    reporter = TqdmReporter()
-    try:
-        with locked(storage, args.wait, reporter):
-            report = check_repository(storage, args.target_version,
-                                      from_versions=args.from_versions, reporter=reporter,
-                                      trusted_certs=certs, check_time=args.check_time,
-                                      simulate=args.simulate, trust_stamps=args.trust_stamps,
-                                      context="standalone")
-    finally:
-        reporter.close()
+    with TqdmReporter() as reporter, locked(storage, args.wait, reporter):
+        report = check_repository(storage, args.target_version,
+                                  from_versions=args.from_versions, reporter=reporter,
+                                  trusted_certs=certs, check_time=args.check_time,
+                                  simulate=args.simulate, trust_stamps=args.trust_stamps,
+                                  context="standalone")
     for sim in report.simulations:
         print(f"{sim.from_version or 'install'} -> {sim.to_version}: {sim.summary}")
     print(f"check passed: {report.summary()}")

@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"verified {report.checked} objects of version {report.version} in {args.root}: "
               f"{len(report.mismatches)} mismatches")
         return 0 if report.ok else 1
-    reporter = TqdmReporter()
-    try:
+    with TqdmReporter() as reporter:
         if args.action == "install":
             stats = install(args.url, args.root, args.target_version, state_dir=args.state_dir,
                             packs=args.packs, bundles=args.bundles, trusted_certs=certs,
@@ -70,7 +69,5 @@ def run(args: argparse.Namespace) -> int:
             stats = update(args.url, args.root, to=args.target_version,
                            state_dir=args.state_dir, packs=args.packs, trusted_certs=certs,
                            check_time=args.check_time, reporter=reporter)
-    finally:
-        reporter.close()
     print(stats.summary())
     return 0

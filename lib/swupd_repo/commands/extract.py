@@ -35,26 +35,27 @@ def run(args: argparse.Namespace) -> int:
     if args.version <= 0:
         raise ExtractError(f"version {args.version} is invalid", hint="pass --version N, N > 0")
     storage = Storage(args.storage)
-    reporter = TqdmReporter()
-    try:
-        with storage.lock():
-            for path in storage.clean_leftovers():
-                reporter.info(f"removed {path} left by an interrupted run")
-            dest = storage.os_core(args.version)
-            if dest.exists():
-                if not args.force:
-                    raise ExtractError(f"{dest} already exists",
-                                       hint="pass --force to replace it")
-                import shutil
+    with TqdmReporter() as reporter, storage.lock():
+        for path in storage.clean_leftovers():
+            reporter.info(f"removed {path} left by an interrupted run")
+        dest = storage.os_core(args.version)
+        if dest.exists():
+            if args.version in storage.published_versions():
+                # Its tree is the history later versions' deltas and checks are made from.
+                raise ExtractError(f"{dest} belongs to published version {args.version}",
+                                   hint="extract into a new version, or rebuild this one "
+                                   "with swupd-repo publish --version V --force")
+            if not args.force:
+                raise ExtractError(f"{dest} already exists",
+                                   hint="pass --force to replace it")
+            import shutil
 
-                shutil.rmtree(dest)
-            part = load_layout(args.layout).rootfs(args.partition)
-            extent = find_partition(args.dsk, part, reporter)
-            reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
-                          f"{args.dsk}: {extent.size} bytes at {extent.offset}")
-            stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter)
-    finally:
-        reporter.close()
+            shutil.rmtree(dest)
+        part = load_layout(args.layout).rootfs(args.partition)
+        extent = find_partition(args.dsk, part, reporter)
+        reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
+                      f"{args.dsk}: {extent.size} bytes at {extent.offset}")
+        stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
     return 0

@@ -28,11 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    reporter = TqdmReporter()
-    try:
+    with TqdmReporter() as reporter:
         version = publish(settings, reporter)
-    finally:
-        reporter.close()
     www = Path(settings.storage_dir or ".") / "www"
     print(f"published version {version}: serve {www} (swupd-repo serve --storage "
           f"{settings.storage_dir})")

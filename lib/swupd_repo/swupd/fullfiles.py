@@ -22,7 +22,7 @@ import lzma
 import os
 import stat
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +30,7 @@ from typing import BinaryIO
 from ..errors import BuildError
 from ..progress import Reporter
 from .hashing import hash_key, stat_fields, xattr_blob
-from .scan import Record
+from .scan import Record, batch_records
 
 BLOCK = 512
 _CHUNK = 1 << 20
@@ -248,7 +248,7 @@ def write_fullfiles(recs: Iterable[Record], out_dir: Path, policy: str, reporter
             reporter.advance()
         return len(todo)
     pending: dict[object, int] = {}
-    for batch in _batches(todo):
+    for batch in batch_records(todo, _BATCH_FILES, _BATCH_BYTES):
         fut = executor.submit(write_fullfile_batch, batch, str(out_dir), policy)
         pending[fut] = len(batch)
         if len(pending) >= 64:
@@ -265,17 +265,3 @@ def _drain(pending: dict[object, int], reporter: Reporter, how: str) -> None:
         reporter.advance(pending.pop(fut))
 
 
-def _batches(todo: list[Record]) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    size = 0
-    for rec in todo:
-        if rec.size >= _BATCH_BYTES:
-            yield [rec]
-            continue
-        batch.append(rec)
-        size += rec.size
-        if len(batch) >= _BATCH_FILES or size >= _BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch

@@ -208,7 +208,8 @@ def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = Non
             todo.append(rec)
     result.hashed = len(todo)
     reporter.step("hashing files", total=len(todo))
-    for batch, digests in _run_batches(_batches(todo), executor):
+    jobs = batch_records(todo, _BATCH_FILES, _BATCH_BYTES)
+    for batch, digests in _run_batches(jobs, executor):
         for rec, digest in zip(batch, digests, strict=True):
             rec.hash = digest
         reporter.advance(len(batch))
@@ -217,13 +218,19 @@ def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = Non
     return result
 
 
-def _batches(todo: list[Record]) -> Iterator[list[Record]]:
+def batch_records(todo: list[Record], max_files: int, max_bytes: int
+                  ) -> Iterator[list[Record]]:
+    """Pool jobs of several records, so per-job overhead stays small against the work; a
+    record of ``max_bytes`` or more is a job of its own, so big files spread over workers."""
     batch: list[Record] = []
     size = 0
     for rec in todo:
+        if rec.size >= max_bytes:
+            yield [rec]
+            continue
         batch.append(rec)
         size += rec.size
-        if len(batch) >= _BATCH_FILES or size >= _BATCH_BYTES:
+        if len(batch) >= max_files or size >= max_bytes:
             yield batch
             batch, size = [], 0
     if batch:
