@@ -6,7 +6,7 @@ import argparse
 
 from ..pipeline import build_version
 from ..progress import TqdmReporter
-from .options import add_settings_options, settings_from_args
+from .options import add_settings_options, add_version_options, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,9 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(manifests, fullfiles, packs, deltas) from the rootfs already in "
                        "STORAGE/image/<V>/os-core, then move the latest markers to V.")
     add_settings_options(p)
-    p.add_argument("--version", dest="os_version", type=int,
-                   help="version to build (default: latest + step)")
-    p.add_argument("--version-step", dest="version_step", type=int, help="version step (10)")
+    add_version_options(p, "build")
     p.set_defaults(func=run)
 
 

@@ -39,6 +39,14 @@ def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: b
                         help="rebuild an existing www/<version>")
 
 
+def add_version_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--version``/``--version-step``: the version this run makes (default latest + step)."""
+    parser.add_argument("--version", dest="os_version", type=int,
+                        help=f"version to {verb} (default: latest + step)")
+    parser.add_argument("--version-step", dest="version_step", type=int,
+                        help="version step (10)")
+
+
 _KEYS = ("storage_dir", "backend", "compression", "deltapack_versions", "jobs", "signing_key",
          "signing_cert", "signing_chain", "signing_passphrase_file", "docker_image",
          "docker_host", "docker_command", "docker_privileged", "docker_volumes", "check",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..pipeline import publish
 from ..progress import TqdmReporter
-from .options import add_settings_options, settings_from_args
+from .options import add_settings_options, add_version_options, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", dest="disk_layout", type=Path, required=True,
                    help="disk-layout JSON of the image")
     p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
-    p.add_argument("--version", dest="os_version", type=int,
-                   help="version to publish (default: latest + step)")
-    p.add_argument("--version-step", dest="version_step", type=int, help="version step (10)")
+    add_version_options(p, "publish")
     p.set_defaults(func=run)
 
 
