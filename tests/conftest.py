@@ -11,7 +11,7 @@ import pytest
 from docker_fixtures import base_image, engine, server_image  # noqa: F401
 
 # Disk images shared by the layout/gpt/ext4/extract tests (built once per session).
-from dsk_fixtures import htree_image, rich_images, rich_tree  # noqa: F401
+from dsk_fixtures import ext4_image_copy, htree_image, rich_images, rich_tree  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

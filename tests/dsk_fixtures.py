@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsk import make_dsk, make_htree_tree, make_rich_tree
+from dsk import make_dsk, make_htree_tree, make_rich_tree, sparse_copy
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,13 @@ def rich_images(rich_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     }
     return {name: make_dsk(rich_tree, work, name, rootfs_mb=32, fs_type=fs, options=opts)
             for name, (fs, opts) in flavours.items()}
+
+
+@pytest.fixture
+def ext4_image_copy(rich_images: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the ext4 image that a test may damage, and its layout."""
+    dsk, layout = rich_images["ext4"]
+    return sparse_copy(dsk, tmp_path / "image.dsk"), layout
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,13 @@ import os
 import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
 import pytest
 
-from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset
+from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset, sparse_copy
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
 from swupd_repo.ext4 import Ext4Reader
@@ -133,12 +132,8 @@ def test_cli_extract(rich_images: dict, tmp_path: Path, capsys: pytest.CaptureFi
 
 
 @pytest.fixture
-def damaged(rich_images: dict, tmp_path: Path) -> tuple[Path, Path]:
-    """A private copy of the ext4 image (sparse copy: cheap) and its layout."""
-    dsk, layout = rich_images["ext4"]
-    copy = tmp_path / "damaged.dsk"
-    subprocess.run(["cp", "--sparse=always", str(dsk), str(copy)], check=True)
-    return copy, layout
+def damaged(ext4_image_copy: tuple[Path, Path]) -> tuple[Path, Path]:
+    return ext4_image_copy
 
 
 def patch(path: Path, offset: int, data: bytes) -> None:
@@ -171,7 +166,7 @@ def expect_clean_failure(dsk: Path, layout: Path, tmp_path: Path, error: type,
         extract(dsk, layout, storage / "image" / "10" / "os-core")
     assert info.value.hint, "every error says what to do"
     assert list(storage.rglob("*")) == [], "nothing may be left behind"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.dsk", "storage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dsk.name, "storage"])
 
 
 def test_bad_mbr(damaged: tuple[Path, Path], tmp_path: Path) -> None:
@@ -269,7 +264,7 @@ def test_without_privileges_the_error_says_how(rich_images: dict) -> None:
     base = Path(tempfile.mkdtemp(prefix="swupd-repo-nobody-"))
     try:
         os.chmod(base, 0o777)
-        subprocess.run(["cp", "--sparse=always", str(dsk), str(base / "image.dsk")], check=True)
+        sparse_copy(dsk, base / "image.dsk")
         os.chmod(base / "image.dsk", 0o644)
         read_end, write_end = os.pipe()
         pid = os.fork()

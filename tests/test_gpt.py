@@ -22,11 +22,8 @@ def part(number: int, name: str = "", uuid: str | None = None) -> LayoutPartitio
 
 
 @pytest.fixture
-def image(rich_images: dict, tmp_path: Path) -> tuple[Path, Path]:
-    dsk, layout = rich_images["ext4"]
-    copy = tmp_path / "copy.dsk"
-    subprocess.run(["cp", "--sparse=always", str(dsk), str(copy)], check=True)
-    return copy, layout
+def image(ext4_image_copy: tuple[Path, Path]) -> tuple[Path, Path]:
+    return ext4_image_copy
 
 
 def test_entries_agree_with_sgdisk(image: tuple[Path, Path]) -> None:
