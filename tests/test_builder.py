@@ -14,7 +14,7 @@ from swupd_repo.progress import RecordingReporter
 from swupd_repo.settings import make_settings
 from swupd_repo.storage import Storage
 from swupd_repo.swupd import builder
-from swupd_repo.swupd.manifest import parse_manifest
+from swupd_repo.swupd.manifest import manifest_hash, parse_manifest
 from swupd_repo.swupd.scan import scan_tree
 
 
@@ -47,7 +47,7 @@ def manifests(tmp: Path, versions: list[dict[str, str | None]]) -> list[builder.
         built = builder.build_manifests(recs, v, prev, timestamp=1)
         out.append(built)
         core = built.bundles["os-core"]
-        prev = builder.Previous(v, built.mom, {"os-core": core}, built.full)
+        prev = builder.Previous(v, {"os-core": core}, built.full)
     return out
 
 
@@ -86,7 +86,7 @@ def test_mom_line_is_the_hash_of_the_plain_manifest(tmp_path: Path) -> None:
     (b10,) = manifests(tmp_path, [BASE])
     (line,) = b10.mom.entries
     assert (line.flags, line.path, line.last_change) == ("M...", "os-core", 10)
-    assert line.hash == builder.manifest_hash(b10.bundle_bytes["os-core"])
+    assert line.hash == manifest_hash(b10.bundle_bytes["os-core"])
 
 
 def test_allowed_type_changes(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_full_last_change_is_raised_to_the_bundle_maximum(tmp_path: Path) -> Non
     stale_full = b10.full
     stale_full.entries = [e.with_(last_change=5) if e.path == "/usr/bin/a" else e
                           for e in stale_full.entries]
-    prev = builder.Previous(10, b10.mom, {"os-core": b10.bundles["os-core"]}, stale_full)
+    prev = builder.Previous(10, {"os-core": b10.bundles["os-core"]}, stale_full)
     b20 = builder.build_manifests(recs, 20, prev, timestamp=1)
     full = {e.path: e.last_change for e in b20.full.entries}
     assert full["/usr/bin/a"] == 10

@@ -24,14 +24,13 @@ from helpers_signing import make_signer, manifest_tar, sign_www, tamper_fullfile
 from swupd_repo.client import compare_trees, install, update, verify
 from swupd_repo.client.consolidate import consolidate, update_list
 from swupd_repo.client.http import Fetcher, FetchError
-from swupd_repo.client.manifests import mom_hash
 from swupd_repo.client.targetpath import target_path, validate
 from swupd_repo.errors import ClientError
 from swupd_repo.osrelease import read_version_id
 from swupd_repo.progress import RecordingReporter
 from swupd_repo.serve import serve_in_thread
 from swupd_repo.swupd.hashing import hash_path
-from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry, parse_manifest
+from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry, manifest_hash, parse_manifest
 
 
 def not_etc(path: str) -> bool:
@@ -166,7 +165,7 @@ def fix_mom(www: Path, version: int, bundle_plain: bytes) -> None:
     """Make the MoM at ``version`` vouch for an edited os-core manifest (a consistent forgery)."""
     def edit(data: bytes) -> bytes:
         mom = parse_manifest(data)
-        mom.entries = [e.with_(hash=mom_hash(bundle_plain)) if e.path == "os-core" else e
+        mom.entries = [e.with_(hash=manifest_hash(bundle_plain)) if e.path == "os-core" else e
                        for e in mom.entries]
         return mom.to_bytes()
     rewrite_manifest(www, version, "MoM", edit)

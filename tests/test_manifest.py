@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from swupd_repo.errors import ManifestError
-from swupd_repo.swupd.builder import manifest_hash
 from swupd_repo.swupd.heuristics import modifier
-from swupd_repo.swupd.manifest import parse_manifest, sort_key
+from swupd_repo.swupd.manifest import manifest_hash, parse_manifest, sort_key
 
 ENTRY = re.compile(rb"[FDLM.][d.][Csb.][r.]\t[0-9a-f]{64}\t[1-9][0-9]*\t/?[^\n]+\n")
 

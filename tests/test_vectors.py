@@ -21,9 +21,8 @@ from swupd_repo.pipeline import build_version
 from swupd_repo.progress import RecordingReporter
 from swupd_repo.settings import make_settings
 from swupd_repo.storage import Storage
-from swupd_repo.swupd.builder import manifest_hash
 from swupd_repo.swupd.hashing import hash_bytes, read_xattrs
-from swupd_repo.swupd.manifest import parse_manifest
+from swupd_repo.swupd.manifest import manifest_hash, parse_manifest
 
 VERSIONS = (10, 20)
 REFERENCE_TIME = 1456790400  # the vectors' fixed clock (their README)

@@ -28,21 +28,34 @@ TEMP_PREFIX = ".swupd-repo-tmp-"
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never half.
+    """:func:`atomic_write_bytes` of ``text``, durable (markers, settings-like state)."""
+    atomic_write_bytes(path, text.encode(), mode)
 
-    Write a temporary file beside it, fsync it, rename it over the target, fsync the directory.
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *,
+                       durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new content, never half.
+
+    Write a temporary file beside it (its name starts with :data:`TEMP_PREFIX`, so an
+    interrupted write is cleaned by the next run), rename it over the target. ``durable``
+    also fsyncs the file and the directory; files inside a ``www/<V>`` that is still being
+    built skip that, because the tree is synced once before its own rename.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, text.encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -91,8 +104,8 @@ class Storage:
     def image(self, version: int) -> Path:
         return self.image_dir / str(version)
 
-    def os_core(self, version: int, bundle: str = "os-core") -> Path:
-        return self.image(version) / bundle
+    def os_core(self, version: int) -> Path:
+        return self.image(version) / "os-core"
 
     def full(self, version: int) -> Path:
         return self.image(version) / "full"

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..client.archive import ARCHIVE_ERRORS, member_hash, open_tar, strip_dot
-from ..client.manifests import mom_hash, read_manifest_tar
+from ..client.manifests import read_manifest_tar
 from ..errors import ClientError, ManifestError, StorageError, SwupdRepoError
 from ..progress import Reporter
 from ..storage import Storage, read_version_file
-from ..swupd.manifest import Manifest, parse_manifest
+from ..swupd.manifest import Manifest, manifest_hash, parse_manifest
 from .report import CheckReport
 from .stamps import Stamps, signature
 
@@ -106,15 +106,15 @@ class Consistency:
             self.problem(str(exc))
             return None
         self.report.manifests += 1
-        self.manifest_hashes[(name, v)] = mom_hash(plain)
+        self.manifest_hashes[(name, v)] = manifest_hash(plain)
         loose = tar.with_suffix("")
         if loose.is_file() and loose.read_bytes() != plain:
             self.problem(f"{loose} differs from the Manifest.{name} inside {tar}")
         if manifest.version != v:
             self.problem(f"{tar}: says version {manifest.version}, expected {v}")
-        if expected is not None and mom_hash(plain) != expected:
+        if expected is not None and manifest_hash(plain) != expected:
             self.problem(f"{where}: line for {name} has hash {expected}, but {tar} hashes to "
-                         f"{mom_hash(plain)}")
+                         f"{manifest_hash(plain)}")
         if self.certs and sig is not None:
             self._verify(plain, sig, f"{tar} (member Manifest.{name}.signed)")
         return manifest

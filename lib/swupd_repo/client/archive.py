@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import ClientError
-from ..swupd.hashing import hash_bytes, hash_key, stat_fields, xattr_blob
+from ..swupd.hashing import CHUNK, hash_bytes, object_key
 
 #: What reading a damaged archive can raise (tar structure, truncation, each decompressor).
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error)
@@ -106,13 +106,12 @@ def member_hash(tar: tarfile.TarFile, member: tarfile.TarInfo, manifest_path: st
         rdev, size = os.makedev(member.devmajor, member.devminor), 0
     else:
         raise ValueError(f"unsupported member type {member.type!r} for {member.name!r}")
-    key = hash_key(*stat_fields(kind | perm, member.uid, member.gid, rdev, size),
-                   xattr_blob(xattrs))
-    mac = hmac.new(key, b"", hashlib.sha256)
+    mac = hmac.new(object_key(kind | perm, member.uid, member.gid, rdev, size, xattrs), b"",
+                   hashlib.sha256)
     if member.isreg():
         src = tar.extractfile(member)
         assert src is not None
-        while chunk := src.read(1 << 20):
+        while chunk := src.read(CHUNK):
             mac.update(chunk)
     return mac.hexdigest()
 

@@ -15,15 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ClientError, ManifestError
-from ..swupd.hashing import hash_bytes
-from ..swupd.manifest import Entry, Manifest, parse_manifest
+from ..swupd.manifest import Entry, Manifest, manifest_hash, parse_manifest
 from .archive import ARCHIVE_ERRORS, open_tar, strip_dot
 from .http import Fetcher
-
-
-def mom_hash(manifest_bytes: bytes) -> str:
-    """The ``M`` line hash of a plain manifest file (format3 §2.8): no xattrs, root 0644."""
-    return hash_bytes(0o100644, 0, 0, 0, len(manifest_bytes), {}, manifest_bytes)
 
 
 def read_manifest_tar(data: bytes, name: str, source: str) -> tuple[bytes, bytes | None]:
@@ -59,7 +53,7 @@ class ManifestSource:
         url = self.fetcher.url(path)
         plain, signature = read_manifest_tar(self.fetcher.get(path), name, url)
         if expected_hash is not None:
-            actual = mom_hash(plain)
+            actual = manifest_hash(plain)
             if actual != expected_hash:
                 raise ClientError(
                     f"{url}: Manifest.{name} hashes to {actual}, but the MoM says "

@@ -12,7 +12,6 @@ is the one reader of the published history.
 
 from __future__ import annotations
 
-import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +19,8 @@ from pathlib import Path
 
 from ..errors import BuildError, ManifestError, StorageError
 from ..storage import Storage
-from .hashing import hash_bytes
 from .heuristics import modifier, prune
-from .manifest import Entry, Manifest, bundle_line, deleted_entry, parse_manifest
+from .manifest import Entry, Manifest, bundle_line, deleted_entry, manifest_hash, parse_manifest
 from .scan import Record
 
 CORE = "os-core"
@@ -35,10 +33,9 @@ _TYPE_NAMES = {"F": "file", "D": "directory", "L": "symlink"}
 
 @dataclass
 class Previous:
-    """What the last published version left: its MoM and the manifests it points at."""
+    """What the last published version left: the manifests its MoM points at."""
 
     version: int = 0  # 0: first build
-    mom: Manifest | None = None
     bundles: dict[str, Manifest] = field(default_factory=dict)  # name -> Manifest.<b>@bv
     full: Manifest | None = None
 
@@ -104,7 +101,7 @@ def load_previous(storage: Storage, version: int, warn=None) -> Previous:  # typ
                                            f"Manifest.{line.path}")
     full_path = storage.www(prev) / "Manifest.full"
     full = read_manifest(full_path) if full_path.exists() else None
-    return Previous(prev, mom, bundles, full)
+    return Previous(prev, bundles, full)
 
 
 def entries_from_records(records: Iterable[Record], version: int) -> list[Entry]:
@@ -146,11 +143,6 @@ def content_size(entries: Iterable[Entry], version: int, sizes: Mapping[str, int
     return total
 
 
-def manifest_hash(data: bytes) -> str:
-    """The MoM ``M`` hash: §3 of the plain file as stat (0100644, 0, 0, 0, size), no xattrs."""
-    return hash_bytes(stat.S_IFREG | 0o644, 0, 0, 0, len(data), {}, data)
-
-
 def _type_change_error(paths: list[str], version: int) -> BuildError:
     listing = "; ".join(paths)
     return BuildError(
@@ -188,31 +180,26 @@ def build_manifests(records: Mapping[str, Record], version: int, previous: Previ
     core = Manifest(version=version, previous=old_core.version if old_core else 0,
                     timestamp=ts, contentsize=content_size(core_entries, version, sizes),
                     entries=core_entries)
-    bundles_now = {CORE: core}  # every bundle's manifest as of V (here os-core is always new)
+    bundles = {CORE: core}  # the only bundle, new in every version
 
     old_full = previous.full.entries if previous.full else []
     full_merged, _ = carry_over(old_full, fresh, version, minversion)
-    latest_of: dict[str, int] = {}
-    for manifest in bundles_now.values():
-        for e in manifest.entries:  # 2.53 includes deleted entries in the maximum
-            latest_of[e.path] = max(latest_of.get(e.path, 0), e.last_change)
+    # 2.53: a path's last_change in full is at least the newest its bundles give it, deleted
+    # entries included; with os-core the only bundle that is os-core's own value.
+    latest_of = {e.path: e.last_change for e in core.entries}
     full_entries = [e.with_(last_change=max(e.last_change, latest_of.get(e.path, 0)))
                     for e in prune(full_merged)]
     full = Manifest(version=version, previous=0, timestamp=ts,
                     contentsize=content_size(full_entries, version, sizes),
                     entries=full_entries)
 
-    built = Built(version, Manifest(version), full, {CORE: core})
-    built.bundle_bytes = {name: m.to_bytes() for name, m in built.bundles.items()}
-    built.full_bytes = full.to_bytes()
-    lines = [bundle_line(name, manifest_hash(data), version)
-             for name, data in built.bundle_bytes.items()]
-    built.mom = Manifest(version=version, previous=previous.version, timestamp=ts,
-                         contentsize=sum(built.bundles[n].contentsize for n in built.bundles
-                                         if n not in _NOT_COUNTED),
-                         entries=lines)
-    built.mom_bytes = built.mom.to_bytes()
-    return built
+    bundle_bytes = {name: m.to_bytes() for name, m in bundles.items()}
+    mom = Manifest(version=version, previous=previous.version, timestamp=ts,
+                   contentsize=sum(m.contentsize for n, m in bundles.items()
+                                   if n not in _NOT_COUNTED),
+                   entries=[bundle_line(name, manifest_hash(data), version)
+                            for name, data in bundle_bytes.items()])
+    return Built(version, mom, full, bundles, mom.to_bytes(), full.to_bytes(), bundle_bytes)
 
 
 def fullfile_records(built: Built, records: Mapping[str, Record]) -> list[Record]:

@@ -75,10 +75,6 @@ class DeltaHeader:
     gid: int
     encoding: int
 
-    @property
-    def header_size(self) -> int:
-        return _HDR_V20.size if self.magic == MAGIC_V20 else _HDR_V21.size
-
 
 # --------------------------------------------------------------------------- memory budget
 

@@ -23,17 +23,17 @@ import os
 import stat
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BuildError
 from ..progress import Reporter
-from .hashing import hash_key, stat_fields, xattr_blob
+from .hashing import CHUNK
 from .scan import Record, batch_records
+from .workpool import bounded_map
 
 BLOCK = 512
-_CHUNK = 1 << 20
 _BATCH_FILES = 64
 _BATCH_BYTES = 16 << 20
 POLICIES = ("smallest", "xz", "gzip")
@@ -118,20 +118,21 @@ def member_headers(name: bytes, *, mode: int, uid: int, gid: int, size: int, mti
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 
-def record_member(rec: Record, name: str) -> tuple[bytes, bytes]:
-    """(headers, inline data) for a record archived as ``name``; regular data is streamed."""
+def record_member(rec: Record, name: str) -> bytes:
+    """The tar headers of a record archived as ``name``; a regular file's data is streamed
+    after them by the caller."""
     mode = rec.mode
     kw = dict(mode=stat.S_IMODE(mode), uid=rec.uid, gid=rec.gid, mtime=rec.mtime,
               xattrs=rec.xattrs)
     bname = name.encode("utf-8", "surrogateescape")
     if stat.S_ISDIR(mode):
-        return member_headers(bname + b"/", size=0, typeflag=b"5", **kw), b""
+        return member_headers(bname + b"/", size=0, typeflag=b"5", **kw)
     if stat.S_ISLNK(mode):
-        return member_headers(bname, size=0, typeflag=b"2", linkname=rec.target, **kw), b""
+        return member_headers(bname, size=0, typeflag=b"2", linkname=rec.target, **kw)
     if stat.S_ISREG(mode):
-        return member_headers(bname, size=rec.size, typeflag=b"0", **kw), b""
+        return member_headers(bname, size=rec.size, typeflag=b"0", **kw)
     flag = b"6" if stat.S_ISFIFO(mode) else b"3" if stat.S_ISCHR(mode) else b"4"
-    return member_headers(bname, size=0, typeflag=flag, rdev=rec.rdev, **kw), b""
+    return member_headers(bname, size=0, typeflag=flag, rdev=rec.rdev, **kw)
 
 
 # --- compression --------------------------------------------------------------------------
@@ -177,8 +178,7 @@ def write_fullfile(rec: Record, out_dir: str, policy: str) -> int:
             for s in sinks:
                 s.write(data)
 
-        headers, _ = record_member(rec, rec.hash)
-        emit(headers)
+        emit(record_member(rec, rec.hash))
         if stat.S_ISREG(rec.mode):
             _stream_checked(rec, emit)
             emit(padding(rec.size))
@@ -205,12 +205,10 @@ def _unlink(path: str) -> None:
 
 def _stream_checked(rec: Record, emit) -> None:  # type: ignore[no-untyped-def]
     """Stream the file's bytes to ``emit`` while re-computing its swupd hash."""
-    key = hash_key(*stat_fields(rec.mode, rec.uid, rec.gid, rec.rdev, rec.size),
-                   xattr_blob(rec.xattrs))
-    mac = hmac.new(key, b"", hashlib.sha256)
+    mac = hmac.new(rec.hmac_key(), b"", hashlib.sha256)
     seen = 0
     with open(rec.disk, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             seen += len(chunk)
             if seen > rec.size:
                 break
@@ -242,26 +240,10 @@ def write_fullfiles(recs: Iterable[Record], out_dir: Path, policy: str, reporter
             unique[rec.hash] = rec
     todo = sorted(unique.values(), key=lambda r: -r.size)  # big first: better balance
     reporter.step("writing fullfiles", total=len(todo))
-    if executor is None:
-        for rec in todo:
-            write_fullfile(rec, str(out_dir), policy)
-            reporter.advance()
-        return len(todo)
-    pending: dict[object, int] = {}
-    for batch in batch_records(todo, _BATCH_FILES, _BATCH_BYTES):
-        fut = executor.submit(write_fullfile_batch, batch, str(out_dir), policy)
-        pending[fut] = len(batch)
-        if len(pending) >= 64:
-            _drain(pending, reporter, FIRST_COMPLETED)
-    while pending:
-        _drain(pending, reporter, FIRST_COMPLETED)
+    jobs = ((len(batch), (batch, str(out_dir), policy))
+            for batch in batch_records(todo, _BATCH_FILES, _BATCH_BYTES))
+    for count, _ in bounded_map(executor, write_fullfile_batch, jobs, 64):
+        reporter.advance(count)
     return len(todo)
-
-
-def _drain(pending: dict[object, int], reporter: Reporter, how: str) -> None:
-    done, _ = wait(pending, return_when=how)  # type: ignore[arg-type]
-    for fut in done:
-        fut.result()  # type: ignore[attr-defined]
-        reporter.advance(pending.pop(fut))
 
 

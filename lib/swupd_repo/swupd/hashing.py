@@ -15,7 +15,8 @@ import struct
 from collections.abc import Iterable, Mapping
 
 ZERO_HASH = "0" * 64
-_CHUNK = 1 << 20
+#: Read size for streaming file data through a hash (bounded memory for any file size).
+CHUNK = 1 << 20
 
 
 def xattr_blob(xattrs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -45,11 +46,18 @@ def stat_fields(mode: int, uid: int, gid: int, rdev: int, size: int) -> tuple[in
     return (mode, uid, gid, rdev, size)
 
 
+def object_key(mode: int, uid: int, gid: int, rdev: int, size: int,
+               xattrs: Mapping[bytes, bytes]) -> bytes:
+    """The outer HMAC key of an object, from its raw stat fields and xattrs; the data is then
+    fed to ``hmac.new(key, ..., sha256)`` (streamed by callers that read files)."""
+    return hash_key(*stat_fields(mode, uid, gid, rdev, size), xattr_blob(xattrs))
+
+
 def hash_bytes(mode: int, uid: int, gid: int, rdev: int, size: int,
                xattrs: Mapping[bytes, bytes], data: bytes) -> str:
     """The hash of an object whose data is in memory (symlink target, directory path)."""
-    key = hash_key(*stat_fields(mode, uid, gid, rdev, size), xattr_blob(xattrs))
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hmac.new(object_key(mode, uid, gid, rdev, size, xattrs), data,
+                    hashlib.sha256).hexdigest()
 
 
 def read_xattrs(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
@@ -82,12 +90,11 @@ def hash_path(path: str | os.PathLike[str], manifest_path: str,
     if stat.S_ISDIR(mode):
         return hash_bytes(mode, st.st_uid, st.st_gid, st.st_rdev, 0, xattrs,
                           manifest_path.encode("utf-8", "surrogateescape"))
-    key = hash_key(*stat_fields(mode, st.st_uid, st.st_gid, st.st_rdev, st.st_size),
-                   xattr_blob(xattrs))
+    key = object_key(mode, st.st_uid, st.st_gid, st.st_rdev, st.st_size, xattrs)
     mac = hmac.new(key, b"", hashlib.sha256)
     if stat.S_ISREG(mode):
         with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK):
                 mac.update(chunk)
     # devices, fifos, sockets: hashed as files with no data (§9.3)
     return mac.hexdigest()

@@ -7,11 +7,11 @@ Entries are written sorted by last_change ascending, then path *descending* (2.5
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import stat
 from dataclasses import dataclass, field, replace
 
 from ..errors import ManifestError
-from .hashing import ZERO_HASH
+from .hashing import ZERO_HASH, hash_bytes
 
 TYPES = "FDLM."
 MODIFIERS = "Csb."
@@ -35,10 +35,6 @@ class Entry:
     def flags(self) -> str:
         return (self.type + ("d" if self.deleted else ".") + self.modifier
                 + ("r" if self.rename else "."))
-
-    @property
-    def is_file(self) -> bool:
-        return self.type == "F" and not self.deleted
 
     def with_(self, **changes: object) -> Entry:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -104,10 +100,6 @@ class Manifest:
                 "\n").encode()
         return head + b"".join(e.line() for e in self.sorted_entries())
 
-    @classmethod
-    def from_bytes(cls, data: bytes, source: str = "manifest") -> Manifest:
-        return parse_manifest(data, source)
-
 
 def _fail(source: str, lineno: int, what: str) -> ManifestError:
     return ManifestError(f"{source} line {lineno}: {what}")
@@ -168,11 +160,7 @@ def bundle_line(name: str, digest: str, version: int) -> Entry:
     return Entry("M", digest, version, name)
 
 
-def contentsize(entries: Iterable[Entry], version: int, sizes: dict[str, int]) -> int:
-    """§2.2: sum over live entries changed in ``version``: file size, 1024 per L and D."""
-    total = 0
-    for e in entries:
-        if e.deleted or e.last_change != version:
-            continue
-        total += sizes.get(e.path, 0) if e.type == "F" else 1024 if e.type in "LD" else 0
-    return total
+def manifest_hash(data: bytes) -> str:
+    """The MoM ``M`` hash of a plain manifest file (§2.8): §3 of the file as stat
+    (0100644, 0, 0, 0, size), no xattrs."""
+    return hash_bytes(stat.S_IFREG | 0o644, 0, 0, 0, len(data), {}, data)

@@ -33,11 +33,11 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..progress import Reporter
-from ..storage import TEMP_PREFIX
+from ..storage import atomic_write_bytes
 from .delta import delta_memory, delta_wanted, make_delta
-from .hashing import hash_path, read_xattrs
+from .hashing import hash_bytes, read_xattrs
 from .manifest import Entry, Manifest, parse_manifest
-from .packstream import PackMember, member_weight, plan_groups, write_pack
+from .packstream import PackMember, plan_groups, write_pack
 
 #: Sum of the estimated peaks of delta jobs running at once (one job always may run).
 DELTA_MEMORY_BUDGET = 768 * 1024 * 1024
@@ -78,12 +78,16 @@ def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
     out = []
     for e in sorted(best.values(), key=lambda e: (e.last_change, e.hash)):
         src = fullfile_path(www, e)
-        if not src.is_file():
+        try:
+            st = os.stat(src)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise BuildError(f"{src} is missing, but {e.path} needs it in a pack",
                              hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
-                             "rebuild version {e.last_change} with --force")
-        out.append(PackMember(f"staged/{e.hash}", "fullfile", str(src), member_weight(src),
-                              e.hash))
+                             f"rebuild version {e.last_change} with --force")
+        # weight for grouping: the fullfile's size (cheap, stable)
+        out.append(PackMember(f"staged/{e.hash}", "fullfile", str(src), st.st_size, e.hash))
     return out
 
 
@@ -116,7 +120,6 @@ class _DeltaJob:
     out: str
     old: str
     new: str
-    old_path: str  # manifest paths, for the hash check
     old_hash: str
     new_hash: str
     memory: int
@@ -208,37 +211,35 @@ def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) ->
             continue
         if not delta_wanted(old_st.st_size, new_st.st_size):
             continue
-        jobs[name] = _DeltaJob(name, str(target), str(old_file), str(new_file), prev.path,
+        jobs[name] = _DeltaJob(name, str(target), str(old_file), str(new_file),
                                prev.hash, e.hash, delta_memory(old_st.st_size, new_st.st_size))
     return list(jobs.values())
 
 
 def make_delta_file(job: _DeltaJob) -> bool:
     """Pool job: write the delta for ``job`` if it pays off; False when there is none."""
-    if read_xattrs(job.old) != read_xattrs(job.new):
+    xattrs = read_xattrs(job.old)
+    if xattrs != read_xattrs(job.new):
         return False
-    # Both sides must still be what the manifests say, or the delta would be wrong.
-    if hash_path(job.old, job.old_path) != job.old_hash:
-        return False
-    new_st = os.lstat(job.new)
-    if hash_path(job.new, job.old_path, new_st) != job.new_hash:
+    old_st, new_st = os.lstat(job.old), os.lstat(job.new)
+    if not (stat.S_ISREG(old_st.st_mode) and stat.S_ISREG(new_st.st_mode)):
         return False
     old_data = Path(job.old).read_bytes()
     new_data = Path(job.new).read_bytes()
+    # Both sides must still be what the manifests say, or the delta would be wrong; hashing
+    # the bytes read is what makes the check cover exactly what is diffed.
+    if _data_hash(old_st, xattrs, old_data) != job.old_hash or \
+            _data_hash(new_st, xattrs, new_data) != job.new_hash:
+        return False
     data = make_delta(old_data, new_data, new_st.st_mode, new_st.st_uid, new_st.st_gid)
     if data is None:
         return False
-    target = Path(job.out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o644)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+    atomic_write_bytes(Path(job.out), data, durable=False)
     return True
+
+
+def _data_hash(st: os.stat_result, xattrs: dict[bytes, bytes], data: bytes) -> str:
+    return hash_bytes(st.st_mode, st.st_uid, st.st_gid, st.st_rdev, len(data), xattrs, data)
 
 
 def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], workers: int,
@@ -281,9 +282,7 @@ def _remember_failures(www: Path, failed: list[_DeltaJob]) -> None:
         path = www / str(version) / NO_DELTA_FILE
         known = _failed(www, version)
         text = "".join(f"{n}\n" for n in sorted(known.union(names)))
-        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, text.encode(), durable=False)
 
 
 # --------------------------------------------------------------------------- sources

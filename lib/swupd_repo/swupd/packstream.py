@@ -24,22 +24,23 @@ part file, and the parent assembles the pack in group order (copy_file_range, no
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import lzma
 import os
-import stat
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BuildError
 from ..progress import Reporter
-from ..storage import TEMP_PREFIX, fsync_dir
+from ..storage import TEMP_PREFIX, atomic_write_bytes, fsync_dir
 from .fullfiles import END_OF_ARCHIVE, member_headers, padding
+from .workpool import bounded_map
 
 #: xz preset of the pack streams (what ``tar -J`` used in the container).
 PRESET = 6
@@ -311,9 +312,8 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
     if keep_index:
         data = {"format": _INDEX_FORMAT, "size": out.stat().st_size, "groups": index}
         ipath = index_path(out)
-        itmp = ipath.with_name(f"{TEMP_PREFIX}{ipath.name}.{os.getpid()}")
-        itmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(itmp, ipath)
+        atomic_write_bytes(ipath, json.dumps(data, separators=(",", ":")).encode(),
+                           durable=False)
     return len(groups) - len(todo), len(todo)
 
 
@@ -340,38 +340,19 @@ def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_
     last = len(groups) - 1
     jobs = list(_jobs(groups, todo, workers))
 
-    def record(job: list[int], part: str, lengths: list[int]) -> None:
-        offset = 0
-        for i, length in zip(job, lengths, strict=True):
-            slots[i].part, slots[i].offset, slots[i].length = part, offset, length
-            offset += length
-        reporter.advance(len(job))
+    def call(n: int, job: list[int]) -> tuple[tuple[list[int], str], tuple]:
+        part = str(parts_dir / f"{n}")
+        return (job, part), ([groups[i] for i in job], [i == last for i in job], part)
 
-    def args(n: int, job: list[int]) -> tuple[list[list[PackMember]], list[bool], str]:
-        return [groups[i] for i in job], [i == last for i in job], str(parts_dir / f"{n}")
-
-    if workers <= 1 or len(jobs) <= 1:
-        for n, job in enumerate(jobs):
-            a = args(n, job)
-            record(job, a[2], compress_job(*a))
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: dict[Future[list[int]], tuple[list[int], str]] = {}
-        for n, job in enumerate(jobs):
-            a = args(n, job)
-            pending[pool.submit(compress_job, *a)] = (job, a[2])
-            if len(pending) >= 4 * workers:
-                _collect(pending, record, FIRST_COMPLETED)
-        while pending:
-            _collect(pending, record, FIRST_COMPLETED)
-
-
-def _collect(pending: dict[Future[list[int]], tuple[list[int], str]],
-             record: Callable[[list[int], str, list[int]], None], how: str) -> None:
-    done, _ = wait(pending, return_when=how)
-    for fut in done:
-        job, part = pending.pop(fut)
-        record(job, part, fut.result())
+    calls = (call(n, job) for n, job in enumerate(jobs))
+    parallel = workers > 1 and len(jobs) > 1
+    with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
+        for (job, part), lengths in bounded_map(pool, compress_job, calls, 4 * workers):
+            offset = 0
+            for i, length in zip(job, lengths, strict=True):
+                slots[i].part, slots[i].offset, slots[i].length = part, offset, length
+                offset += length
+            reporter.advance(len(job))
 
 
 def _is_stream(path: Path, offset: int, length: int) -> bool:
@@ -427,12 +408,3 @@ def _copy(src: BinaryIO, offset: int, length: int, dst: BinaryIO) -> None:
         offset += n
         length -= n
     dst.seek(0, os.SEEK_END)
-
-
-def member_weight(path: Path) -> int:
-    """Weight of a member for grouping: the size of its source file (cheap, stable)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return 0
-    return st.st_size if stat.S_ISREG(st.st_mode) else 0

@@ -77,7 +77,7 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
     if timestamp is None:
         timestamp = manifest_timestamp()
     www = storage.www(version)
-    if www.exists() and not settings.force:
+    if www.exists():  # the pipeline sets a published tree aside before a forced rebuild
         raise VersionError(f"{www} already exists",
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
@@ -105,7 +105,12 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         write_plain(staging / "format", f"{FORMAT}\n".encode())
         write_plain(staging / "swupd-server-src-version", f"{SERVER_SRC_VERSION}\n".encode())
         link_full_tree(storage, version)
-        _move_into_place(storage, staging, www)
+        _fsync_tree_dirs(staging)
+        try:
+            staging.rename(www)
+        except OSError as exc:
+            raise BuildError(f"cannot move {staging} to {www}: {exc.strerror}") from exc
+        fsync_dir(storage.www_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -150,11 +155,12 @@ def _start_manifests(staging: Path, built: builder.Built, signer: Any,
 def _finish_manifests(staging: Path, tars: list[tuple[str, Any]], signer: Any,
                       built: builder.Built) -> None:
     """Write the ``Manifest.<X>.tar`` files (and signatures) started by _start_manifests."""
-    for name, tar_bytes in tars:
+    for name, pending in tars:
         tar = staging / f"Manifest.{name}.tar"
-        write_plain(tar, tar_bytes if isinstance(tar_bytes, bytes) else tar_bytes.result())
+        data = pending if isinstance(pending, bytes) else pending.result()
+        write_plain(tar, data)
         if signer is not None:
-            write_plain(tar.with_name(tar.name + ".signed"), _sign_pem(signer, tar.read_bytes()))
+            write_plain(tar.with_name(tar.name + ".signed"), _sign_pem(signer, data))
     if signer is not None:
         from . import signing
 
@@ -179,26 +185,29 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         old = previous.bundles.get(name)
         prev_pack = None
         if old is not None:
-            candidate = storage.www(old.version) / f"pack-{name}-from-0.tar"
+            candidate = storage.www(old.version) / packs.pack_name(name, 0)
             prev_pack = candidate if candidate.is_file() else None
         sources = packs.delta_pack_sources(view, name, built.version,
                                            settings.deltapack_versions)
-        out = staging / f"pack-{name}-from-0.tar"
+        out = staging / packs.pack_name(name, 0)
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
                               workers=settings.workers, reporter=reporter)
         _sign_file(signer, out)
-        _write_delta_packs(storage, view, staging, name, manifest, sources, settings,
+        _write_delta_packs(storage, view, staging, name, manifest, old, sources, settings,
                            reporter, signer)
 
 
 def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
-                       manifest: Manifest, sources: list[int], settings: Settings,
-                       reporter: Reporter, signer: Any) -> None:
+                       manifest: Manifest, previous: Manifest | None, sources: list[int],
+                       settings: Settings, reporter: Reporter, signer: Any) -> None:
+    """One delta pack per source version; ``previous`` (the bundle's manifest the build
+    started from, usually the newest source) is used as is instead of being read again."""
     from . import packs
 
     for src in sources:
-        out = staging / f"pack-{name}-from-{src}.tar"
-        old_manifest = builder.read_manifest(storage.www(src) / f"Manifest.{name}")
+        out = staging / packs.pack_name(name, src)
+        old_manifest = (previous if previous is not None and previous.version == src
+                        else builder.read_manifest(storage.www(src) / f"Manifest.{name}"))
         packs.write_delta_pack(view, name, old_manifest, manifest, out,
                                image_dir=storage.image_dir, workers=settings.workers,
                                reporter=reporter)
@@ -216,24 +225,6 @@ def link_full_tree(storage: Storage, version: int) -> None:
     if full.exists() or full.is_symlink():
         return
     full.symlink_to("os-core")
-
-
-def _move_into_place(storage: Storage, staging: Path, www: Path) -> None:
-    """Rename the finished tree to ``www/<V>``; a forced rebuild replaces the old one."""
-    _fsync_tree_dirs(staging)
-    aside = None
-    if www.exists():
-        aside = storage.temp_path(storage.www_dir, f"replaced-{www.name}")
-        www.rename(aside)
-    try:
-        staging.rename(www)
-    except OSError as exc:
-        if aside is not None:
-            aside.rename(www)
-        raise BuildError(f"cannot move {staging} to {www}: {exc.strerror}") from exc
-    fsync_dir(storage.www_dir)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _fsync_tree_dirs(root: Path) -> None:

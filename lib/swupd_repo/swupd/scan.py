@@ -30,14 +30,14 @@ from pathlib import Path
 from ..errors import BuildError
 from ..progress import Reporter
 from ..storage import atomic_write_text
-from .hashing import hash_bytes, hash_key, read_xattrs, stat_fields, xattr_blob
+from .hashing import CHUNK, hash_bytes, object_key, read_xattrs, xattr_blob
 from .heuristics import refused_name
+from .workpool import bounded_map
 
 #: Cached entries younger than this (relative to the scan) are not trusted later.
 RACY_NS = 2_000_000_000
 CACHE_NAME = ".hashcache.json"
 _CACHE_FORMAT = 1
-_CHUNK = 1 << 20
 #: A hashing job holds at most this many files or bytes, so progress moves and pools balance.
 _BATCH_FILES = 256
 _BATCH_BYTES = 32 << 20
@@ -68,6 +68,10 @@ class Record:
     @property
     def is_regular(self) -> bool:
         return stat.S_ISREG(self.mode)
+
+    def hmac_key(self) -> bytes:
+        """The key its data is hashed with (the stat fields and xattrs, §3)."""
+        return object_key(self.mode, self.uid, self.gid, self.rdev, self.size, self.xattrs)
 
     def cache_key(self) -> list[object]:
         return [self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.mode,
@@ -149,7 +153,7 @@ def hash_file_batch(jobs: list[tuple[str, bytes, int]]) -> list[str]:
         mac = hmac.new(key, b"", hashlib.sha256)
         seen = 0
         with open(disk, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK):
                 mac.update(chunk)
                 seen += len(chunk)
         if seen != size:
@@ -238,28 +242,11 @@ def batch_records(todo: list[Record], max_files: int, max_bytes: int
 
 
 def _job(rec: Record) -> tuple[str, bytes, int]:
-    key = hash_key(*stat_fields(rec.mode, rec.uid, rec.gid, rec.rdev, rec.size),
-                   xattr_blob(rec.xattrs))
-    return (rec.disk, key, rec.size)
+    return (rec.disk, rec.hmac_key(), rec.size)
 
 
 def _run_batches(batches: Iterator[list[Record]], executor: Executor | None
                  ) -> Iterator[tuple[list[Record], list[str]]]:
-    if executor is None:
-        for batch in batches:
-            yield batch, hash_file_batch([_job(r) for r in batch])
-        return
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    pending: dict[object, list[Record]] = {}
-    limit = 64  # batches in flight: bounds memory of queued jobs, keeps every worker busy
-    for batch in batches:
-        pending[executor.submit(hash_file_batch, [_job(r) for r in batch])] = batch
-        if len(pending) >= limit:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield pending.pop(fut), fut.result()  # type: ignore[attr-defined]
-    while pending:
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in done:
-            yield pending.pop(fut), fut.result()  # type: ignore[attr-defined]
+    # 64 batches in flight: bounds memory of queued jobs, keeps every worker busy
+    jobs = ((batch, ([_job(r) for r in batch],)) for batch in batches)
+    return bounded_map(executor, hash_file_batch, jobs, 64)
