@@ -62,7 +62,7 @@ def _entries(built: builder.Built) -> dict[str, tuple[str, int]]:
 
 def test_carry_over_deleted_forever_and_pruning(tmp_path: Path) -> None:
     v2 = {**BASE, "usr/lib/os-release": "VERSION_ID=20\n", "usr/bin/c": "c"}
-    del v2["usr/bin/b"], v2["boot/k"]
+    del v2["usr/bin/b"], v2["boot/k"], v2["var/s"]
     v3 = {**v2, "usr/lib/os-release": "VERSION_ID=30\n"}
     b10, b20, b30 = manifests(tmp_path, [BASE, v2, v3])
     e10, e20, e30 = _entries(b10), _entries(b20), _entries(b30)
@@ -73,6 +73,10 @@ def test_carry_over_deleted_forever_and_pruning(tmp_path: Path) -> None:
     assert e20["/usr/bin/b"] == (".d..", 20)  # deleted at 20
     assert "/boot/k" not in e20  # deleted boot entries are dropped
     assert e30["/usr/bin/b"] == (".d..", 20)  # carried forever with its deletion version
+    assert e20["/var/s"] == e30["/var/s"] == (".ds.", 20)  # the modifier stays (§11)
+    for built in (b20, b30):
+        deleted = [e for e in built.bundles["os-core"].entries if e.deleted]
+        assert deleted and all(e.hash == "0" * 64 for e in deleted)
     assert b20.bundles["os-core"].previous == 10 and b20.mom.previous == 10
     assert b20.full.previous == 0
     # contentsize: changed live files by size, 1024 per changed D/L (§2.2)
@@ -111,6 +115,8 @@ def test_refused_type_changes_list_every_path(tmp_path: Path) -> None:
 
 
 def test_no_change_aborts(tmp_path: Path) -> None:
+    """Deliberately stricter than 2.53, which publishes an unchanged build as a MoM that keeps
+    the old os-core (§9.7): our versions always change os-release, so this is a stale tree."""
     with pytest.raises(BuildError, match="no change against version 10"):
         manifests(tmp_path, [BASE, BASE])
 
@@ -157,6 +163,16 @@ def test_existing_version_refused_unless_forced(tmp_path: Path) -> None:
     assert parse_manifest((storage / "www/10/Manifest.os-core").read_bytes()).entries == \
         parse_manifest(before).entries
     assert Storage(storage).latest() == 10
+    # a www/<V> above latest (published by hand, or by a run whose markers were restored)
+    make_tree(storage / "image/30/os-core", {**BASE, "usr/lib/os-release": "VERSION_ID=30\n"})
+    (storage / "www/30").mkdir()
+    (storage / "www/30/mine").write_text("keep")
+    with pytest.raises(VersionError, match="www/30 already exists"):
+        build_version(_settings(storage), RecordingReporter(), 30)
+    assert (storage / "www/30/mine").read_text() == "keep"
+    assert Storage(storage).latest() == 10
+    build_version(_settings(storage, force=True), RecordingReporter(), 30)
+    assert Storage(storage).latest() == 30 and not (storage / "www/30/mine").exists()
 
 
 def test_failed_build_leaves_earlier_versions_untouched(tmp_path: Path) -> None:
@@ -216,6 +232,24 @@ def test_signed_build_writes_verifiable_signatures(tmp_path: Path) -> None:
     with tarfile.open(www / "Manifest.os-core.tar") as tar:
         assert tar.getnames() == ["Manifest.os-core", "Manifest.os-core.signed"]
     assert not list((www / "files").glob("*.signed"))  # fullfiles are never signed
+
+
+def test_gate_refuses_signatures_that_no_longer_verify(tmp_path: Path) -> None:
+    """With a check, the release gate verifies every signature against the signing cert."""
+    from swupd_repo.errors import CheckError
+
+    key, cert, chain, passphrase = make_ca_chain(tmp_path)
+    signed = dict(signing_key=key, signing_cert=cert, signing_chain=chain,
+                  signing_passphrase_file=passphrase, check=True)
+    storage = _storage_with(tmp_path, 10, BASE)
+    build_version(_settings(storage, **signed), RecordingReporter(), 10)
+    bad = storage / "www/10/Manifest.os-core.signed"
+    bad.write_bytes((storage / "www/10/Manifest.MoM.signed").read_bytes())
+    make_tree(storage / "image/20/os-core", {**BASE, "usr/lib/os-release": "VERSION_ID=20\n"})
+    with pytest.raises(CheckError) as err:
+        build_version(_settings(storage, **signed), RecordingReporter(), 20)
+    assert f"{bad}: bad signature" in str(err.value)
+    assert Storage(storage).latest() == 10 and not (storage / "www/20").exists()
 
 
 def test_wrong_passphrase_fails_before_any_output(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ def test_install_without_packs_uses_fullfiles(url: str, rootfs_trees: dict[int, 
     stats = install(url, root, 10, state_dir=tmp_path / "state", packs=False)
     assert stats.packs == [] and stats.from_fullfile > 400
     assert compare_trees(root, rootfs_trees[10], not_etc) == []
+    assert verify(url, root).mismatches == []
 
 
 def test_update_with_packs_applies_deltas(url: str, rootfs_trees: dict[int, Path],
@@ -116,12 +117,18 @@ def test_verify_reports_local_changes_and_cli_exits_1(
     root, _ = installed10
     (root / "usr/bin/cap-ping").write_bytes(b"changed\n")
     (root / "usr/share/empty-file").unlink()
+    # §9.6: boot and state files are not verified
+    (root / "usr/lib/modules/4.4.0/mod.ko").write_bytes(b"rebuilt\n")
+    (root / "var/lib/state-file").write_bytes(b"runtime state\n")
+    # §9.1: an xattr the device added is a mismatch
+    os.setxattr(root / "usr/bin/prog03", "user.added", b"1")
     report = verify(url, root)
-    assert [m.path for m in report.mismatches] == ["/usr/bin/cap-ping", "/usr/share/empty-file"]
-    assert report.mismatches[1].actual is None
+    assert [m.path for m in report.mismatches] == ["/usr/bin/cap-ping", "/usr/bin/prog03",
+                                                   "/usr/share/empty-file"]
+    assert report.mismatches[2].actual is None
     rc = _run_cli(["client", "verify", "--path", str(root), "--url", url])
     out = capsys.readouterr().out
-    assert rc == 1 and "/usr/bin/cap-ping" in out and "2 mismatches" in out
+    assert rc == 1 and "/usr/bin/cap-ping" in out and "3 mismatches" in out
 
 
 def test_cli_install_update_verify(url: str, rootfs_trees: dict[int, Path], tmp_path: Path,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
+import struct
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -77,11 +80,22 @@ def test_fifo_and_device_hash_as_empty_files(tree: Path) -> None:
     """§9.3: type bits and rdev in the key, no data; the fifo is never opened (no hang)."""
     os.mkfifo(tree / "fifo", 0o600)
     os.mknod(tree / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(tree / "null", 0o666)  # past the umask
     recs = scan_tree(tree, RecordingReporter()).records
     assert recs["/fifo"].type == "F" and recs["/null"].type == "F"
-    assert recs["/fifo"].hash == hash_path(tree / "fifo", "/fifo")
-    assert recs["/null"].hash == hash_path(tree / "null", "/null")
-    assert recs["/fifo"].hash != recs["/null"].hash != EMPTY
+    # the §3 construction written out here, independent of the code under test
+    fifo = _reference_hash(stat.S_IFIFO | 0o600, os.makedev(0, 0))
+    null = _reference_hash(stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    assert recs["/fifo"].hash == hash_path(tree / "fifo", "/fifo") == fifo
+    assert recs["/null"].hash == hash_path(tree / "null", "/null") == null
+    assert len({fifo, null, EMPTY}) == 3
+
+
+def _reference_hash(mode: int, rdev: int) -> str:
+    """HMAC(HMAC(le64[mode, 0, 0, rdev, 0], no xattrs) as hex, empty data): a root-owned
+    special file."""
+    key = hmac.new(struct.pack("<5Q", mode, 0, 0, rdev, 0), b"", hashlib.sha256).hexdigest()
+    return hmac.new(key.encode(), b"", hashlib.sha256).hexdigest()
 
 
 def test_owner_and_mode_change_the_hash(tree: Path) -> None:

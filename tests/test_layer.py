@@ -313,8 +313,7 @@ def test_bad_layout_json_fails_with_the_file_named(published):
     bad = builddir / "bad-layout.json"
     bad.write_text('{"partition_01_rootfs": {"name": "rootfs",\n')
     _, log = failing_build(builddir, f'SWUPD_REPO_DISK_LAYOUT = "{bad}"\n')
-    assert f"ERROR: {bad}" in log or str(bad) in log
-    assert "JSON" in log
+    assert f"{bad} is not valid JSON" in log and "at line 2 column 1" in log
 
 
 def test_dsk_without_the_partition_fails(published):
@@ -325,8 +324,7 @@ def test_dsk_without_the_partition_fails(published):
     subprocess.run(["sgdisk", "-o", "-n", "1:2048:4095", "-c", "1:efi", "-n", "2:4096:6143",
                     "-c", "2:swap", str(dsk)], check=True, capture_output=True)
     _, log = failing_build(builddir, f'SWUPD_REPO_DISK_IMAGE = "{dsk}"\n')
-    assert str(dsk) in log
-    assert "partition 3" in log or "rootfs" in log
+    assert f"{dsk} has no partition 3" in log
 
 
 def test_os_version_not_above_latest_fails_naming_os_version(published):

@@ -1,5 +1,5 @@
-"""Publishing loses nothing: a failed forced rebuild restores what was published, and the
-release gate refuses a repository whose signatures no longer verify."""
+"""Publishing loses nothing: a failed forced rebuild restores what was published (the release
+gate's refusals are in test_builder and test_check)."""
 
 from __future__ import annotations
 
