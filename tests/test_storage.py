@@ -50,6 +50,25 @@ def test_clean_leftovers(tmp_path) -> None:
     assert (st.image_dir / "20").is_dir()
 
 
+def test_container_cannot_see_our_temporaries(tmp_path) -> None:
+    """A forced rebuild's copies (www/<V> and image/<V>/os-core set aside) leave image/ and
+    www/, which a container mounts and our generator inside it cleans, for the run."""
+    from swupd_repo.backends.storage_guard import hidden_temporaries
+
+    st = Storage(tmp_path)
+    kept = [st.www_dir / f"{TEMP_PREFIX}old-20.7", st.image_dir / f"20/{TEMP_PREFIX}old-os-core.7"]
+    for path in kept:
+        path.mkdir(parents=True)
+        (path / "data").write_text(path.name)
+    with hidden_temporaries(st):
+        assert [p for p in st.temporaries() if p.parent != tmp_path] == []
+        for top in (st.www_dir, st.image_dir):  # what the container sees
+            assert not [p for p in top.rglob(f"{TEMP_PREFIX}*")]
+    for path in kept:
+        assert (path / "data").read_text() == path.name
+    assert sorted(st.temporaries()) == sorted(kept)
+
+
 def _try_lock(root: str, queue) -> None:
     try:
         with Storage(__import__("pathlib").Path(root)).lock(wait=False):

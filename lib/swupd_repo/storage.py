@@ -157,18 +157,20 @@ class Storage:
         """
         import shutil
 
-        removed: list[Path] = []
-        for parent in self._leftover_parents():
-            if not parent.is_dir():
-                continue
-            for entry in parent.iterdir():
-                if entry.name.startswith(TEMP_PREFIX):
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
-                    removed.append(entry)
+        removed = list(self.temporaries())
+        for entry in removed:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         return removed
+
+    def temporaries(self) -> Iterator[Path]:
+        """Every temporary name (:data:`TEMP_PREFIX`) where runs write them; the one list
+        both the cleaner and the Docker backend's hiding of our own temporaries use."""
+        for parent in self._leftover_parents():
+            if parent.is_dir():
+                yield from sorted(e for e in parent.iterdir() if e.name.startswith(TEMP_PREFIX))
 
     def _leftover_parents(self) -> Iterator[Path]:
         """Every directory a run writes temporary names into: the top levels, each

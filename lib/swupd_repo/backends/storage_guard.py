@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..storage import TEMP_PREFIX, atomic_write_text
+from ..storage import atomic_write_text
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -92,20 +92,20 @@ def restored_markers(storage: Storage) -> Iterator[None]:
 def hidden_temporaries(storage: Storage) -> Iterator[None]:
     """Move our own temporaries out of the tool's sight for the run.
 
-    Our generator, run in a container, first cleans ``.swupd-repo-tmp-*`` leftovers in
-    ``www/`` and ``image/``; that would include the pipeline's copy of a ``www/<V>`` being
-    rebuilt with ``force``. The storage root is not mounted, so they are safe there.
+    Our generator, run in a container, first cleans ``.swupd-repo-tmp-*`` leftovers
+    everywhere under ``www/`` and ``image/`` (:meth:`Storage.temporaries`); that would include
+    the pipeline's copies of a ``www/<V>`` or ``image/<V>/os-core`` being replaced with
+    ``force``. The storage root is not mounted, so they are safe there.
     """
     moved: list[tuple[Path, Path]] = []
-    for parent in (storage.www_dir, storage.image_dir):
-        if not parent.is_dir():
+    for entry in list(storage.temporaries()):
+        if entry.parent == storage.root:
             continue
-        for entry in parent.iterdir():
-            if entry.name.startswith(TEMP_PREFIX):
-                target = storage.root / f"{entry.name}.{parent.name}"
-                with contextlib.suppress(OSError):
-                    entry.rename(target)
-                    moved.append((target, entry))
+        where = entry.parent.relative_to(storage.root).as_posix().replace("/", "-")
+        target = storage.root / f"{entry.name}.{where}"
+        with contextlib.suppress(OSError):
+            entry.rename(target)
+            moved.append((target, entry))
     try:
         yield
     finally:
