@@ -15,12 +15,13 @@ import socket
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers_signing import make_signer, manifest_tar, sign_www, tamper_fullfile, tar_of
+from helpers_users import as_nobody
 from swupd_repo.client import compare_trees, install, update, verify
 from swupd_repo.client.consolidate import consolidate, update_list
 from swupd_repo.client.http import Fetcher, FetchError
@@ -434,32 +435,6 @@ def open_dir() -> Iterator[Path]:
     path.chmod(0o777)
     yield path
     shutil.rmtree(path)
-
-
-def as_nobody(action: Callable[[], object]) -> str:
-    """Run ``action`` in a forked child as uid/gid 65534 (no capabilities); returns
-    ``"ok"`` or ``"<exception type>: <message>"``."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover  (the child)
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                action()
-                outcome = "ok"
-            except BaseException as exc:
-                outcome = f"{type(exc).__name__}: {exc}"
-            os.write(write_end, outcome.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        outcome = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return outcome
 
 
 def test_install_without_root_says_it_needs_root(url: str, open_dir: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset, sparse_copy
+from helpers_users import as_nobody
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
 from swupd_repo.ext4 import Ext4Reader
@@ -266,30 +267,11 @@ def test_without_privileges_the_error_says_how(rich_images: dict) -> None:
         os.chmod(base, 0o777)
         sparse_copy(dsk, base / "image.dsk")
         os.chmod(base / "image.dsk", 0o644)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            status = 3
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                extract_rootfs(base / "image.dsk", extent.offset, extent.size,
-                               base / "s" / "image" / "10" / "os-core", RecordingReporter())
-                status = 0
-            except ExtractError as exc:
-                os.write(write_end, str(exc).encode())
-                status = 2
-            except BaseException as exc:
-                os.write(write_end, repr(exc).encode())
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        message = os.read(read_end, 65536).decode()
-        os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 2, message
-        assert "Operation not permitted" in message and "pseudo" in message
+        outcome = as_nobody(lambda: extract_rootfs(
+            base / "image.dsk", extent.offset, extent.size,
+            base / "s" / "image" / "10" / "os-core", RecordingReporter()))
+        assert outcome.startswith("ExtractError: "), outcome
+        assert "Operation not permitted" in outcome and "pseudo" in outcome
         assert not (base / "s" / "image" / "10").exists()
     finally:
         shutil.rmtree(base)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+from pathlib import Path
 
 import pytest
 
@@ -69,9 +71,25 @@ def test_container_cannot_see_our_temporaries(tmp_path) -> None:
     assert sorted(st.temporaries()) == sorted(kept)
 
 
+def test_lock_refused_by_permissions_is_our_error() -> None:
+    import shutil
+    import tempfile
+
+    from helpers_users import as_nobody
+
+    root = Path(tempfile.mkdtemp(prefix="swupd-repo-lock-"))  # root's 0755: no .lock for others
+    try:
+        os.chmod(root, 0o755)
+        outcome = as_nobody(lambda: Storage(root).lock().__enter__())
+    finally:
+        shutil.rmtree(root)
+    assert outcome.startswith(f"StorageError: cannot lock {root}/.lock: Permission denied"), \
+        outcome
+
+
 def _try_lock(root: str, queue) -> None:
     try:
-        with Storage(__import__("pathlib").Path(root)).lock(wait=False):
+        with Storage(Path(root)).lock(wait=False):
             queue.put("locked")
     except StorageError as exc:
         queue.put(str(exc))

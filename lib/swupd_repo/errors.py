@@ -42,6 +42,10 @@ class StorageError(SwupdRepoError):
     """The storage directory is unusable (locked, unwritable, inconsistent markers)."""
 
 
+class StorageBusyError(StorageError):
+    """Another run holds the storage lock (a caller may choose to wait)."""
+
+
 class VersionError(SwupdRepoError):
     """The version to publish is invalid or not greater than the latest one."""
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StorageError
+from .errors import StorageBusyError, StorageError
 
 #: Prefix of every temporary name we create inside the storage; the next run removes them.
 TEMP_PREFIX = ".swupd-repo-tmp-"
@@ -195,13 +195,17 @@ class Storage:
                 f"cannot create storage directory {self.root}: {exc.strerror}",
                 hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable directory",
             ) from exc
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self.root}/.lock: {exc.strerror}",
+                               hint="run as a user who may write the storage directory") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as exc:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise StorageError(
+                    raise StorageBusyError(
                         f"storage {self.root} is in use by another run",
                         hint="wait for it to finish",
                     ) from exc

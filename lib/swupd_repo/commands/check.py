@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import StorageBusyError, StorageError
 from ..progress import Reporter, TqdmReporter
 from ..storage import Storage
 
@@ -47,17 +47,12 @@ def locked(storage: Storage, wait: bool, reporter: Reporter) -> Iterator[None]:
                            hint="pass the --storage that holds image/ and www/")
     held = contextlib.ExitStack()
     try:
-        try:
-            held.enter_context(storage.lock(wait=False))
-        except StorageError:
-            if not wait:
-                raise
-            reporter.info(f"waiting for the run holding {storage.root}/.lock to finish")
-            held.enter_context(storage.lock(wait=True))
-    except PermissionError as exc:
-        raise StorageError(f"cannot lock {storage.root}/.lock: {exc.strerror}",
-                           hint="run the check as a user who may write the storage "
-                                "directory") from exc
+        held.enter_context(storage.lock(wait=False))
+    except StorageBusyError:
+        if not wait:
+            raise
+        reporter.info(f"waiting for the run holding {storage.root}/.lock to finish")
+        held.enter_context(storage.lock(wait=True))
     with held:
         yield
 
