@@ -9,6 +9,7 @@ progress to BitBake's log and turn our error type into ``bb.fatal`` with its mes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,36 +23,14 @@ import bb.utils
 
 from .errors import LayoutError, SettingsError, SwupdRepoError
 from .osrelease import set_version_id
-from .settings import DEFAULTS_FILE, Settings, load_yaml, make_settings
+from .settings import Settings, load_settings
 from .storage import Storage
 from .versions import next_version
 
-#: Settings field -> BitBake variable (meta-swupd's naming: OS_VERSION, SWUPD_* for the rest).
+#: Settings field -> BitBake variable: ``SWUPD_REPO_<KEY>``, except meta-swupd's OS_VERSION.
 FIELD_VARIABLES: dict[str, str] = {
-    "storage_dir": "SWUPD_REPO_STORAGE_DIR",
-    "backend": "SWUPD_REPO_BACKEND",
-    "version_step": "SWUPD_REPO_VERSION_STEP",
-    "os_version": "OS_VERSION",
-    "disk_layout": "SWUPD_REPO_DISK_LAYOUT",
-    "disk_image": "SWUPD_REPO_DISK_IMAGE",
-    "partition": "SWUPD_REPO_PARTITION",
-    "deltapack_versions": "SWUPD_REPO_DELTAPACK_VERSIONS",
-    "compression": "SWUPD_REPO_COMPRESSION",
-    "jobs": "SWUPD_REPO_JOBS",
-    "signing_key": "SWUPD_REPO_SIGNING_KEY",
-    "signing_cert": "SWUPD_REPO_SIGNING_CERT",
-    "signing_chain": "SWUPD_REPO_SIGNING_CHAIN",
-    "signing_passphrase_file": "SWUPD_REPO_SIGNING_PASSPHRASE_FILE",
-    "docker_image": "SWUPD_REPO_DOCKER_IMAGE",
-    "docker_command": "SWUPD_REPO_DOCKER_COMMAND",
-    "docker_privileged": "SWUPD_REPO_DOCKER_PRIVILEGED",
-    "docker_volumes": "SWUPD_REPO_DOCKER_VOLUMES",
-    "docker_host": "SWUPD_REPO_DOCKER_HOST",
-    "content_url": "SWUPD_REPO_CONTENT_URL",
-    "version_url": "SWUPD_REPO_VERSION_URL",
-    "check": "SWUPD_REPO_CHECK",
-    "force": "SWUPD_REPO_FORCE",
-}
+    f.name: "OS_VERSION" if f.name == "os_version" else f"SWUPD_REPO_{f.name.upper()}"
+    for f in dataclasses.fields(Settings)}
 
 Datastore = Any  # bb.data_smart.DataSmart; kept loose so the module documents, not enforces
 
@@ -111,17 +90,12 @@ def settings_from_datastore(d: Datastore) -> Settings:
 
     The disk layout is not taken from here: :func:`find_layout` resolves it.
     """
-    values: dict[str, Any] = load_yaml(DEFAULTS_FILE) if DEFAULTS_FILE.is_file() else {}
-    for field, variable in FIELD_VARIABLES.items():
-        value = d.getVar(variable)
-        if field != "disk_layout" and value not in (None, ""):
-            values[field] = value
-    if not values.get("docker_host"):
-        host = docker_host_from_environment(d)
-        if host:
-            values["docker_host"] = host
+    overrides = {field: d.getVar(variable) or None
+                 for field, variable in FIELD_VARIABLES.items() if field != "disk_layout"}
+    if not overrides["docker_host"]:
+        overrides["docker_host"] = docker_host_from_environment(d) or None
     try:
-        return make_settings(values, source=_SOURCE)
+        return load_settings(overrides=overrides, overrides_source=_SOURCE)
     except SettingsError as exc:
         # Name the BitBake variable, not the YAML key the library knows it by.
         message = exc.message

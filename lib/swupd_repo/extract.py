@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from .errors import Ext4Error, ExtractError
 from .ext4 import Ext4Reader, Inode
 from .progress import Reporter
-from .storage import TEMP_PREFIX
+from .storage import remove_tree, temp_path
 
 _ROOT_INODE = 2
 _MAX_DEPTH = 400
@@ -74,12 +73,12 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
     except OSError as exc:
         raise ExtractError(f"cannot read disk image {dsk}: {exc.strerror}") from exc
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
-    tmp = dest.parent / f"{TEMP_PREFIX}{dest.name}.{os.getpid()}"
+    tmp = temp_path(dest.parent, dest.name)
     try:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if os.path.lexists(tmp):
-                _remove(tmp)
+                remove_tree(tmp)
             os.mkdir(tmp, 0o700)
         except OSError as exc:
             raise ExtractError(f"cannot create {tmp}: {exc.strerror}",
@@ -88,7 +87,8 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
         stats = _Writer(reader, tmp, reporter).run()
         os.rename(tmp, dest)
     except BaseException:
-        _remove(tmp)
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
         for directory in created:  # innermost first; only the ones we made, if still empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -100,20 +100,6 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
                   f"{stats.symlinks} symlinks, {stats.hardlinks} hard links "
                   f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s")
     return stats
-
-
-def _remove(path: Path) -> None:
-    """Remove a partial tree even where we made directories read-only."""
-    def retry(func, target, _exc):  # shutil's onerror signature
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=retry)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 @dataclass

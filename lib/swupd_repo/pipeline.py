@@ -83,27 +83,20 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         extent = find_partition(Path(settings.disk_image), part, reporter)
         dest = storage.os_core(version)
         image_existed = storage.image(version).exists()
-        # An existing tree is the published one (a forced rebuild of latest) or one a killed
-        # run left: either way it is set aside, and put back if this run fails.
-        aside = storage.temp_path(storage.image(version), "old-os-core") if dest.exists() else None
-        if aside is not None:
-            dest.rename(aside)
         try:
-            reporter.step(f"extracting partition {extent.number} ({part.name}) of "
-                          f"{settings.disk_image}")
-            extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest, reporter)
-            check_os_release(dest, version)
-            _build_and_mark(storage, version, settings, reporter)
+            # An existing tree is the published one (a forced rebuild of latest) or one a
+            # killed run left: either way it is put back if this run fails.
+            with storage.replacing(dest, "old-os-core"):
+                reporter.step(f"extracting partition {extent.number} ({part.name}) of "
+                              f"{settings.disk_image}")
+                extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
+                               reporter)
+                check_os_release(dest, version)
+                _build_and_mark(storage, version, settings, reporter)
         except BaseException:
-            # Loses nothing: this run's tree goes, earlier versions were never touched.
-            shutil.rmtree(dest, ignore_errors=True)
-            if aside is not None:
-                aside.rename(dest)
-            elif not image_existed:
+            if not image_existed:
                 shutil.rmtree(storage.image(version), ignore_errors=True)
             raise
-        if aside is not None:
-            shutil.rmtree(aside)
     return version
 
 
@@ -135,14 +128,10 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
                     reporter: Reporter) -> None:
     """Backend, optional check, then the markers; an existing www/<V> only with force."""
     www = storage.www(version)
-    aside: Path | None = None
-    if www.exists():
-        if not settings.force:
-            raise VersionError(f"{www} already exists",
-                               hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
-        aside = storage.temp_path(storage.www_dir, f"old-{version}")
-        www.rename(aside)
-    try:
+    if www.exists() and not settings.force:
+        raise VersionError(f"{www} already exists",
+                           hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
+    with storage.replacing(www, f"old-{version}"):
         get_backend(settings.backend).build(storage, version, settings, reporter)
         if not (www / "Manifest.MoM").is_file():
             raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")
@@ -152,13 +141,5 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
             # The gate also proves the signatures, against the certificate that made them.
             trusted = [settings.signing_cert] if settings.signing_cert is not None else None
             check_repository(storage, version, reporter=reporter, trusted_certs=trusted)
-    except BaseException:
-        if www.exists():
-            shutil.rmtree(www)
-        if aside is not None:
-            aside.rename(www)
-        raise
     storage.write_markers(version)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
     reporter.info(f"published version {version} in {www}")

@@ -48,8 +48,6 @@ class Settings:
     docker_privileged: bool = True
     docker_volumes: tuple[str, ...] = field(default_factory=tuple)
     docker_host: str | None = None
-    content_url: str | None = None
-    version_url: str | None = None
     check: bool = False
     force: bool = False
 
@@ -113,14 +111,21 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return str(value)
 
 
-def make_settings(values: dict[str, Any], source: str = "settings") -> Settings:
-    """Validate a mapping of YAML keys into :class:`Settings`; unknown keys are errors."""
+def make_settings(values: dict[str, Any], source: str = "settings",
+                  origins: dict[str, str] | None = None) -> Settings:
+    """Validate a mapping of YAML keys into :class:`Settings`; unknown keys are errors.
+
+    ``origins`` names where each key's value came from (a file, the command line, BitBake
+    variables) so an error points there; ``source`` names the rest.
+    """
+    origins = origins or {}
     names = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(unknown)} in {source}",
+        where = sorted({origins.get(k, source) for k in unknown})
+        raise SettingsError(f"unknown setting(s) {', '.join(unknown)} in {', '.join(where)}",
                             hint=f"known settings: {', '.join(sorted(names))}")
-    coerced = {k: _coerce(k, v, source) for k, v in values.items()}
+    coerced = {k: _coerce(k, v, origins.get(k, source)) for k, v in values.items()}
     settings = Settings(**coerced)
     if settings.backend not in BACKENDS:
         raise SettingsError(f"backend {settings.backend!r} in {source} is not one of "
@@ -156,16 +161,23 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Defaults file, then ``config``, then ``overrides`` (None values in overrides are ignored)."""
-    values: dict[str, Any] = {}
+def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None, *,
+                  overrides_source: str = "the command line") -> Settings:
+    """Defaults file, then ``config``, then ``overrides`` (None values in overrides are ignored).
+
+    Errors name the layer a bad value came from (``overrides_source`` for the overrides).
+    """
+    layers: list[tuple[dict[str, Any], str]] = []
     if DEFAULTS_FILE.is_file():
-        values.update(load_yaml(DEFAULTS_FILE))
-    source = str(DEFAULTS_FILE)
+        layers.append((load_yaml(DEFAULTS_FILE), str(DEFAULTS_FILE)))
     if config is not None:
-        values.update(load_yaml(config))
-        source = str(config)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
-    return make_settings(values, source=source)
+        layers.append((load_yaml(config), str(config)))
+    layers.append(({k: v for k, v in (overrides or {}).items() if v is not None},
+                   overrides_source))
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for layer, origin in layers:
+        values.update(layer)
+        origins.update(dict.fromkeys(layer, origin))
+    return make_settings(values, source=", ".join(origin for _, origin in layers),
+                         origins=origins)

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ from .errors import StorageBusyError, StorageError
 
 #: Prefix of every temporary name we create inside the storage; the next run removes them.
 TEMP_PREFIX = ".swupd-repo-tmp-"
+
+
+def temp_path(parent: Path, name: str) -> Path:
+    """A temporary name in ``parent`` that :meth:`Storage.clean_leftovers` recognises (when
+    ``parent`` is one of the places runs write) and that no other live run uses."""
+    return parent / f"{TEMP_PREFIX}{name}.{os.getpid()}"
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
@@ -42,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *,
     built skip that, because the tree is synced once before its own rename.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp = temp_path(path.parent, path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
@@ -56,6 +63,20 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *,
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or a whole tree, also where directories are read-only (an image's own
+    modes, or ours while extracting), which plain ``rmtree`` cannot do as a normal user."""
+    def retry(func, target, _exc):  # type: ignore[no-untyped-def]  # shutil's onerror
+        os.chmod(os.path.dirname(target), 0o700)
+        func(target)
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=retry)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def fsync_dir(directory: Path) -> None:
@@ -146,24 +167,40 @@ class Storage:
         atomic_write_text(self.latest_www_marker, f"{version}\n")
         atomic_write_text(self.latest_image_marker, f"{version}\n")
 
-    def temp_path(self, parent: Path, name: str) -> Path:
-        """A temporary sibling name that :meth:`clean_leftovers` will recognise."""
-        return parent / f"{TEMP_PREFIX}{name}.{os.getpid()}"
+    temp_path = staticmethod(temp_path)
 
     def clean_leftovers(self) -> list[Path]:
         """Remove temporary trees a failed or killed run left behind; returns what went.
 
         Only called with the lock held, so no live run owns them.
         """
-        import shutil
-
         removed = list(self.temporaries())
         for entry in removed:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            remove_tree(entry)
         return removed
+
+    @contextlib.contextmanager
+    def replacing(self, path: Path, label: str) -> Iterator[None]:
+        """Replace ``path`` (if it exists) with what the block writes there, or lose nothing.
+
+        The old tree is set aside under a temporary name first; if the block fails, what it
+        wrote at ``path`` goes and the old tree is put back; if it succeeds, the old tree goes.
+        A killed run leaves the copy for :meth:`clean_leftovers`.
+        """
+        aside = self.temp_path(path.parent, label) if os.path.lexists(path) else None
+        if aside is not None:
+            path.rename(aside)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+            if aside is not None:
+                aside.rename(path)
+            raise
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                remove_tree(aside)
 
     def temporaries(self) -> Iterator[Path]:
         """Every temporary name (:data:`TEMP_PREFIX`) where runs write them; the one list

@@ -14,7 +14,7 @@ from ..extract import extract_rootfs
 from ..gpt import find_partition
 from ..layout import load_layout
 from ..progress import TqdmReporter
-from ..storage import Storage
+from ..storage import Storage, remove_tree
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.force:
                 raise ExtractError(f"{dest} already exists",
                                    hint="pass --force to replace it")
-            import shutil
-
-            shutil.rmtree(dest)
+            remove_tree(dest)
         part = load_layout(args.layout).rootfs(args.partition)
         extent = find_partition(args.dsk, part, reporter)
         reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "

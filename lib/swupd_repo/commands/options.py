@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..settings import COMPRESSIONS, Settings, load_settings
+from ..settings import BACKENDS, COMPRESSIONS, Settings, load_settings
 
 
 def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: bool = True) -> None:
@@ -15,7 +16,7 @@ def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: b
                         help="settings YAML (defaults: conf/swupd-repo.yaml)")
     parser.add_argument("--storage", dest="storage_dir", type=Path, required=storage_required,
                         help="storage directory holding image/ and www/")
-    parser.add_argument("--backend", choices=("native", "docker"), help="backend (native)")
+    parser.add_argument("--backend", choices=BACKENDS, help="backend (native)")
     parser.add_argument("--compression", choices=COMPRESSIONS, help="fullfile compression")
     parser.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
                         help="earlier versions that get delta packs (2)")
@@ -47,10 +48,7 @@ def add_version_options(parser: argparse.ArgumentParser, verb: str) -> None:
                         help="version step (10)")
 
 
-_KEYS = ("storage_dir", "backend", "compression", "deltapack_versions", "jobs", "signing_key",
-         "signing_cert", "signing_chain", "signing_passphrase_file", "docker_image",
-         "docker_host", "docker_command", "docker_privileged", "docker_volumes", "check",
-         "force", "os_version", "disk_layout", "disk_image", "partition", "version_step")
+_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 from ..errors import BuildError
 from ..progress import Reporter
-from ..storage import TEMP_PREFIX, atomic_write_bytes, fsync_dir
+from ..storage import atomic_write_bytes, fsync_dir, temp_path
 from .fullfiles import END_OF_ARCHIVE, member_headers, padding
 from .workpool import bounded_map
 
@@ -295,9 +295,9 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
             todo.append(i)
     reporter.step(label, total=len(groups))
     reporter.advance(len(groups) - len(todo))
-    parts_dir = out.parent / f"{TEMP_PREFIX}{out.name}.parts.{os.getpid()}"
+    parts_dir = temp_path(out.parent, f"{out.name}.parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{TEMP_PREFIX}{out.name}.{os.getpid()}")
+    tmp = temp_path(out.parent, out.name)
     try:
         _compress_all(groups, todo, slots, parts_dir, workers, reporter)
         index = _assemble(tmp, slots, previous)
