@@ -33,18 +33,15 @@ from .errors import SettingsError
 
 NO_CACHE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
-_LATEST = re.compile(r"/version/[^/]+/latest\Z")
 _VERSION_DIR = re.compile(r"/[0-9]+/")
 BACKLOG = 1024
 
 
 def cache_control(url_path: str) -> str:
-    """The Cache-Control value for a request path (decoded, starting with ``/``)."""
-    if _LATEST.match(url_path):
-        return NO_CACHE
-    if _VERSION_DIR.match(url_path):
-        return IMMUTABLE
-    return NO_CACHE
+    """The Cache-Control value for a request path (decoded, starting with ``/``): version
+    directories never change once published; everything else (``version/format3/latest``
+    above all) must be revalidated."""
+    return IMMUTABLE if _VERSION_DIR.match(url_path) else NO_CACHE
 
 
 def resolve(www: Path, url_path: str) -> Path | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ClientError
 from ..swupd.manifest import Entry
 from .archive import copy_metadata, copy_object, needs_root, remove_any
-from .targetpath import inside_real_dirs, target_path
+from .targetpath import target_path
 
 
 def place(root: Path, entry: Entry, staged: Path) -> None:
@@ -54,9 +54,10 @@ def _place(root: Path, entry: Entry, staged: Path) -> None:
 
 def delete(root: Path, entry: Entry) -> bool:
     """Remove ``root/entry.path`` and everything under it; False if there was nothing."""
-    if not inside_real_dirs(root, entry.path):
+    try:
+        dest = target_path(root, entry.path)
+    except ClientError:
         return False  # its parent is now a link or file: the old path is already gone
-    dest = target_path(root, entry.path)
     if not os.path.lexists(dest):
         return False
     remove_any(dest)

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ClientError
 
@@ -38,7 +38,6 @@ class Fetcher:
     backoff: float = 0.2
     requests: int = 0
     bytes_received: int = 0
-    fetched: list[str] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
@@ -69,7 +68,6 @@ class Fetcher:
                 last = exc
                 continue
             self.bytes_received += len(data)
-            self.fetched.append(path)
             return data
         reason = getattr(last, "reason", None) or last
         if isinstance(last, http.client.HTTPException | ValueError):

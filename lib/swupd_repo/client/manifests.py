@@ -47,6 +47,12 @@ class ManifestSource:
     trusted_certs: Sequence[Any] | None = None
     check_time: bool = True
 
+    def __post_init__(self) -> None:
+        if self.trusted_certs:
+            from ..swupd.signing import load_trusted
+
+            self.trusted_certs = load_trusted(self.trusted_certs)
+
     def fetch(self, name: str, version: int, expected_hash: str | None = None) -> Manifest:
         """``<version>/Manifest.<name>.tar``, checked; ``expected_hash`` is the MoM's M hash."""
         path = f"{version}/Manifest.{name}.tar"

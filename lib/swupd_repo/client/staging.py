@@ -20,6 +20,7 @@ from ..errors import ClientError, SwupdRepoError
 from ..progress import Reporter
 from ..swupd.hashing import hash_path
 from ..swupd.manifest import Entry
+from ..swupd.names import delta_name, fullfile_relpath, pack_name
 from .archive import (
     ARCHIVE_ERRORS,
     needs_root,
@@ -34,14 +35,6 @@ from .state import StateDir
 
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 _DELTA = re.compile(r"[0-9]+-[0-9]+-[0-9a-f]{64}\Z")
-
-
-def fullfile_path(entry: Entry) -> str:
-    return f"{entry.last_change}/files/{entry.hash}.tar"
-
-
-def delta_name(old: Entry, new: Entry) -> str:
-    return f"{old.last_change}-{new.last_change}-{new.hash}"
 
 
 class Staging:
@@ -66,7 +59,7 @@ class Staging:
         Members other than ``staged/<H>`` and ``delta/<F>-<T>-<H>`` are ignored, so a pack
         cannot write anywhere else.
         """
-        path = f"{to_version}/pack-{bundle}-from-{from_version}.tar"
+        path = f"{to_version}/{pack_name(bundle, from_version)}"
         url = self.fetcher.url(path)
         data = self.fetcher.get(path) if required else self.fetcher.get_optional(path)
         if data is None:
@@ -110,7 +103,7 @@ class Staging:
         The result gets the delta's mode and owner and the old file's xattrs (the server makes
         deltas only when xattrs are unchanged), and counts only if its hash is ``new.hash``.
         """
-        delta = self.state.delta / delta_name(old, new)
+        delta = self.state.delta / delta_name(old.last_change, new.last_change, new.hash)
         if new.hash in self._verified or not delta.is_file():
             return False
         try:
@@ -177,7 +170,7 @@ class Staging:
         return dest
 
     def _stage_fullfile(self, entry: Entry, dest: Path) -> None:
-        path = fullfile_path(entry)
+        path = fullfile_relpath(entry.last_change, entry.hash)
         url = self.fetcher.url(path)
         data = self.fetcher.get(path)
         tmp = self.state.staged / f".full-{entry.hash}"

@@ -41,12 +41,3 @@ def target_path(root: Path, path: str, source: str = "manifest") -> Path:
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
             raise ClientError(f"{source}: cannot use {path!r}: {current} is {kind}")
     return root.joinpath(*parts)
-
-
-def inside_real_dirs(root: Path, path: str) -> bool:
-    """True when every parent of ``path`` below ``root`` is a real directory (deletion guard)."""
-    try:
-        target_path(root, path)
-    except ClientError:
-        return False
-    return True

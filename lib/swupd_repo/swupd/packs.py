@@ -37,6 +37,7 @@ from ..storage import atomic_write_bytes
 from .delta import delta_memory, delta_wanted, make_delta
 from .hashing import hash_bytes, read_xattrs
 from .manifest import Entry, Manifest, parse_manifest
+from .names import delta_name, fullfile_relpath
 from .packstream import PackMember, plan_groups, write_pack
 
 #: Sum of the estimated peaks of delta jobs running at once (one job always may run).
@@ -47,16 +48,8 @@ DELTA_KEEP_FACTOR = 1.05
 _MIN_DELTA = 8
 
 
-def pack_name(bundle: str, source: int) -> str:
-    return f"pack-{bundle}-from-{source}.tar"
-
-
-def delta_name(old_change: int, new_change: int, digest: str) -> str:
-    return f"{old_change}-{new_change}-{digest}"
-
-
 def fullfile_path(www: Path, entry: Entry) -> Path:
-    return www / str(entry.last_change) / "files" / f"{entry.hash}.tar"
+    return www / fullfile_relpath(entry.last_change, entry.hash)
 
 
 def _live(manifest: Manifest) -> list[Entry]:

@@ -36,6 +36,7 @@ from ..storage import Storage, fsync_dir
 from . import builder
 from .fullfiles import write_fullfiles
 from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
+from .names import pack_name
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
@@ -185,11 +186,11 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         old = previous.bundles.get(name)
         prev_pack = None
         if old is not None:
-            candidate = storage.www(old.version) / packs.pack_name(name, 0)
+            candidate = storage.www(old.version) / pack_name(name, 0)
             prev_pack = candidate if candidate.is_file() else None
         sources = packs.delta_pack_sources(view, name, built.version,
                                            settings.deltapack_versions)
-        out = staging / packs.pack_name(name, 0)
+        out = staging / pack_name(name, 0)
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
                               workers=settings.workers, reporter=reporter)
         _sign_file(signer, out)
@@ -205,7 +206,7 @@ def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
     from . import packs
 
     for src in sources:
-        out = staging / packs.pack_name(name, src)
+        out = staging / pack_name(name, src)
         old_manifest = (previous if previous is not None and previous.version == src
                         else builder.read_manifest(storage.www(src) / f"Manifest.{name}"))
         packs.write_delta_pack(view, name, old_manifest, manifest, out,

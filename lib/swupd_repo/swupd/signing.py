@@ -200,11 +200,17 @@ def _as_cert(c: x509.Certificate | str | Path) -> list[x509.Certificate]:
     return _certs(Path(c), "trusted certificate")
 
 
+def load_trusted(certs: Iterable[x509.Certificate | str | Path]) -> list[x509.Certificate]:
+    """Certificates and certificate files as loaded certificates: a run that verifies many
+    signatures reads the files once (and a bad file fails once, up front)."""
+    return [c for t in certs for c in _as_cert(t)]
+
+
 def verify(data: bytes, signature: bytes,
            trusted_certs: Iterable[x509.Certificate | str | Path], *,
            check_time: bool = True) -> None:
     """Check a detached PKCS#7 (PEM or DER) over ``data``; raise :class:`SigningError`."""
-    trusted = [c for t in trusted_certs for c in _as_cert(t)]
+    trusted = load_trusted(trusted_certs)
     try:
         content_info, _ = _tlv(_der(signature))
         ci = _children(content_info.body)
