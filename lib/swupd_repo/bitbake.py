@@ -24,7 +24,6 @@ import bb.utils
 from .errors import LayoutError, SettingsError, SwupdRepoError
 from .osrelease import set_version_id
 from .settings import Settings, load_settings
-from .storage import Storage
 from .versions import next_version
 
 #: Settings field -> BitBake variable: ``SWUPD_REPO_<KEY>``, except meta-swupd's OS_VERSION.
@@ -90,10 +89,19 @@ def settings_from_datastore(d: Datastore) -> Settings:
 
     The disk layout is not taken from here: :func:`find_layout` resolves it.
     """
-    overrides = {field: d.getVar(variable) or None
-                 for field, variable in FIELD_VARIABLES.items() if field != "disk_layout"}
+    fields = [field for field in FIELD_VARIABLES if field != "disk_layout"]
+    overrides = _variables(d, fields)
     if not overrides["docker_host"]:
         overrides["docker_host"] = docker_host_from_environment(d) or None
+    return _load(overrides)
+
+
+def _variables(d: Datastore, fields: list[str]) -> dict[str, Any]:
+    """The variables of ``fields``; empty ones are None (the YAML default then holds)."""
+    return {field: d.getVar(FIELD_VARIABLES[field]) or None for field in fields}
+
+
+def _load(overrides: dict[str, Any]) -> Settings:
     try:
         return load_settings(overrides=overrides, overrides_source=_SOURCE)
     except SettingsError as exc:
@@ -166,24 +174,19 @@ def find_layout(d: Datastore) -> tuple[Path | None, str | None]:
     )
 
 
-def storage_from_datastore(d: Datastore) -> Storage:
-    directory = d.getVar("SWUPD_REPO_STORAGE_DIR")
-    if not directory:
-        raise SettingsError("SWUPD_REPO_STORAGE_DIR is empty",
-                            hint="set it to the directory that holds image/ and www/")
-    return Storage(Path(directory))
+def _parse_time_settings(d: Datastore) -> Settings:
+    """Storage and step only: parse-time code must not read OS_VERSION, whose default is
+    computed from these (reading it would call :func:`next_os_version` again)."""
+    return _load(_variables(d, ["storage_dir", "version_step"]))
 
 
 @fatal_on_error
 def next_os_version(d: Datastore) -> int:
     """OS_VERSION's default: the storage's latest version + SWUPD_REPO_VERSION_STEP."""
-    step_text = d.getVar("SWUPD_REPO_VERSION_STEP") or "10"
-    try:
-        step = int(step_text)
-    except ValueError:
-        raise SettingsError(f"SWUPD_REPO_VERSION_STEP must be an integer, got {step_text!r}",
-                            hint="set it to e.g. 10") from None
-    return next_version(storage_from_datastore(d).latest(), step)
+    from .pipeline import storage_of
+
+    settings = _parse_time_settings(d)
+    return next_version(storage_of(settings).latest(), settings.version_step)
 
 
 @fatal_on_error
@@ -195,7 +198,9 @@ def setup_recipe(d: Datastore) -> None:
     dependencies of the recipe, so BitBake's parse cache is dropped when a build publishes,
     and the next build parses again and gets the next version.
     """
-    storage = storage_from_datastore(d)
+    from .pipeline import storage_of
+
+    storage = storage_of(_parse_time_settings(d))
     for marker in (storage.latest_image_marker, storage.latest_www_marker):
         bb.parse.mark_dependency(d, str(marker))
     text = (d.getVar("OS_VERSION") or "").strip()
@@ -249,8 +254,7 @@ def publish_image(d: Datastore) -> int:
         bb.note(f"disk layout: {layout_path}")
     else:
         bb.note("disk layout: the DSK_IMAGE_LAYOUT variable")
-    version = publish(settings, BitBakeReporter(d), layout_text=layout_text,
-                      layout_source="DSK_IMAGE_LAYOUT")
+    version = publish(settings, BitBakeReporter(d), layout_text=layout_text)
     storage = settings.storage_dir
     bb.plain(f"swupd-repo: published version {version} in {storage}/www; serve it with "
              f"`swupd-repo serve --storage {storage}`")

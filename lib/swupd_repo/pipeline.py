@@ -54,12 +54,11 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
     return version
 
 
-def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None = None,
-            layout_source: str = "DSK_IMAGE_LAYOUT") -> int:
+def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None = None) -> int:
     """Extract the rootfs of ``settings.disk_image`` and publish it; returns the version.
 
     The layout comes from ``settings.disk_layout`` or, when given, ``layout_text`` (the
-    ``DSK_IMAGE_LAYOUT`` variable's value; ``layout_source`` names it in errors).
+    ``DSK_IMAGE_LAYOUT`` variable's value, named so in errors).
     """
     from .extract import extract_rootfs
     from .gpt import find_partition
@@ -73,7 +72,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         _clean(storage, reporter)
         version = version_to_publish(settings, storage)
         if layout_text is not None:
-            layout = parse_layout(layout_text, layout_source)
+            layout = parse_layout(layout_text, "DSK_IMAGE_LAYOUT")
         elif settings.disk_layout is not None:
             layout = load_layout(Path(settings.disk_layout))
         else:

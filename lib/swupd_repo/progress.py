@@ -7,7 +7,6 @@ methods of :class:`Reporter`, so it never knows where the progress goes.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Protocol
 
@@ -66,37 +65,6 @@ class RecordingReporter:
         self.warnings.append(message)
 
 
-class LoggingReporter:
-    """Reports through :mod:`logging`, with a line every ``every_percent`` of a step."""
-
-    def __init__(self, logger: logging.Logger | None = None, every_percent: int = 10) -> None:
-        self._log = logger or logging.getLogger("swupd_repo")
-        self._every = max(1, every_percent)
-        self._name = ""
-        self._total: int | None = None
-        self._done = 0
-        self._last_pct = -1
-
-    def step(self, name: str, total: int | None = None) -> None:
-        self._name, self._total, self._done, self._last_pct = name, total, 0, -1
-        self._log.info("%s%s", name, f" ({total})" if total else "")
-
-    def advance(self, amount: int = 1) -> None:
-        self._done += amount
-        if not self._total:
-            return
-        pct = min(100, self._done * 100 // self._total)
-        if pct // self._every > self._last_pct // self._every or pct == 100 > self._last_pct:
-            self._last_pct = pct
-            self._log.info("%s: %d%% (%d/%d)", self._name, pct, self._done, self._total)
-
-    def info(self, message: str) -> None:
-        self._log.info("%s", message)
-
-    def warning(self, message: str) -> None:
-        self._log.warning("%s", message)
-
-
 class TqdmReporter:
     """Progress bars on a terminal (stderr); plain lines when stderr is not a TTY."""
 
@@ -129,9 +97,6 @@ class TqdmReporter:
     def warning(self, message: str) -> None:
         self._close()
         print(f"warning: {message}", file=sys.stderr)
-
-    def close(self) -> None:
-        self._close()
 
     def __enter__(self) -> TqdmReporter:
         return self

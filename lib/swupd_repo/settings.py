@@ -106,8 +106,6 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "docker_volumes":
         items = value.split() if isinstance(value, str) else list(value)
         return tuple(str(v) for v in items)
-    if key == "partition":
-        return str(value)
     return str(value)
 
 

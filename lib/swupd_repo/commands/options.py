@@ -10,11 +10,11 @@ from typing import Any
 from ..settings import BACKENDS, COMPRESSIONS, Settings, load_settings
 
 
-def add_settings_options(parser: argparse.ArgumentParser, *, storage_required: bool = True) -> None:
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """Flags that map 1:1 to settings keys (and so to SWUPD_REPO_* variables)."""
     parser.add_argument("--config", type=Path,
                         help="settings YAML (defaults: conf/swupd-repo.yaml)")
-    parser.add_argument("--storage", dest="storage_dir", type=Path, required=storage_required,
+    parser.add_argument("--storage", dest="storage_dir", type=Path, required=True,
                         help="storage directory holding image/ and www/")
     parser.add_argument("--backend", choices=BACKENDS, help="backend (native)")
     parser.add_argument("--compression", choices=COMPRESSIONS, help="fullfile compression")

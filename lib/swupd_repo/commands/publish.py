@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
         version = publish(settings, reporter)
-    www = Path(settings.storage_dir or ".") / "www"
+    www = Path(settings.storage_dir) / "www"
     print(f"published version {version}: serve {www} (swupd-repo serve --storage "
           f"{settings.storage_dir})")
     return 0

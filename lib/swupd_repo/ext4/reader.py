@@ -291,6 +291,3 @@ class Ext4Reader:
         ipg = self.sb.inodes_per_group
         raw = self.read_block(desc.inode_bitmap)[:(ipg + 7) // 8]
         return int.from_bytes(raw, "little") & ((1 << ipg) - 1)
-
-    def used_inode_count(self) -> int:
-        return sum(self.inode_bitmap(g).bit_count() for g in range(self.sb.group_count))

@@ -114,14 +114,6 @@ class Superblock:
         return self.first_data_block + 1 + index
 
 
-def feature_names(bits: int, table: dict[str, int]) -> list[str]:
-    names = [name for name, bit in table.items() if bits & bit]
-    unknown = bits & ~sum(table.values())
-    if unknown:
-        names.append(f"unknown-{unknown:#x}")
-    return names
-
-
 def parse_superblock(raw: bytes, partition_size: int, where: str) -> Superblock:
     """Validate and parse the 1024-byte superblock of a filesystem of ``partition_size`` bytes."""
     (magic,) = struct.unpack_from("<H", raw, 0x38)
