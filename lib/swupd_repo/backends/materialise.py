@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BuildError
 from ..progress import NullReporter
-from ..swupd.fullfiles import END_OF_ARCHIVE, padding, pax_record, ustar_header
+from ..swupd.fullfiles import END_OF_ARCHIVE, padding, record_member
 from ..swupd.scan import Record, walk
 from .storage_guard import deferred_signals
 
@@ -72,52 +71,9 @@ def under_pseudo(maps: Path = Path("/proc/self/maps")) -> bool:
     return any(line.rsplit("/", 1)[-1].startswith("libpseudo") for line in text.splitlines())
 
 
-def headers(name: bytes, *, mode: int, uid: int, gid: int, size: int, mtime: int,
-            typeflag: bytes, linkname: bytes = b"", rdev: int = 0,
-            xattrs: dict[bytes, bytes] | None = None) -> bytes:
-    """Pax header (when needed) plus ustar header of one member; any name length."""
-    records = [pax_record(b"SCHILY.xattr." + k, v) for k, v in sorted((xattrs or {}).items())]
-    fields = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
-    limits = {"uid": 8 ** 7, "gid": 8 ** 7, "size": 8 ** 11, "mtime": 8 ** 11}
-    for key, value in list(fields.items()):
-        if not 0 <= value < limits[key]:
-            records.append(pax_record(key.encode(), str(value).encode()))
-            fields[key] = 0
-    short_name, short_link = name, linkname
-    if len(name) > 100:
-        records.append(pax_record(b"path", name))
-        short_name = name[:100]
-    if len(linkname) > 100:
-        records.append(pax_record(b"linkpath", linkname))
-        short_link = linkname[:100]
-    out = b""
-    if records:
-        pax = b"".join(records)
-        out += ustar_header(b"PaxHeaders/" + short_name[:89], mode=0o644, uid=0, gid=0,
-                            size=len(pax), mtime=fields["mtime"], typeflag=b"x")
-        out += pax + padding(len(pax))
-    out += ustar_header(short_name, mode=mode, uid=fields["uid"], gid=fields["gid"],
-                        size=fields["size"], mtime=fields["mtime"], typeflag=typeflag,
-                        linkname=short_link,
-                        devmajor=os.major(rdev) if rdev else 0,
-                        devminor=os.minor(rdev) if rdev else 0)
-    return out
-
-
 def member(rec: Record) -> bytes:
     """Headers of one record, named relative to the tree root (``usr/bin/x``)."""
-    name = rec.path.lstrip("/").encode("utf-8", "surrogateescape")
-    mode = rec.mode
-    kw = dict(mode=stat.S_IMODE(mode), uid=rec.uid, gid=rec.gid, mtime=rec.mtime,
-              xattrs=rec.xattrs)
-    if stat.S_ISDIR(mode):
-        return headers(name + b"/", size=0, typeflag=b"5", **kw)
-    if stat.S_ISLNK(mode):
-        return headers(name, size=0, typeflag=b"2", linkname=rec.target, **kw)
-    if stat.S_ISREG(mode):
-        return headers(name, size=rec.size, typeflag=b"0", **kw)
-    flag = b"6" if stat.S_ISFIFO(mode) else b"3" if stat.S_ISCHR(mode) else b"4"
-    return headers(name, size=0, typeflag=flag, rdev=rec.rdev, **kw)
+    return record_member(rec, rec.path.lstrip("/"))
 
 
 def escapes(rec: Record) -> bool:

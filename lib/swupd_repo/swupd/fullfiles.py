@@ -99,16 +99,18 @@ def member_headers(name: bytes, *, mode: int, uid: int, gid: int, size: int, mti
     if len(linkname) > 100:
         records.append(pax_record(b"linkpath", linkname))
         link_field = b""
-    if len(name) > 100:
-        raise ValueError(f"member name too long: {name!r}")
+    name_field = name
+    if len(name) > 100:  # never for fullfiles and packs (hash names); a whole tree has them
+        records.append(pax_record(b"path", name))
+        name_field = name[:100]
     out = b""
     if records:
         pax = b"".join(records)
-        pax_name = (b"PaxHeaders/" + name.rstrip(b"/"))[:100]
+        pax_name = (b"PaxHeaders/" + name_field.rstrip(b"/"))[:100]
         out += ustar_header(pax_name, mode=0o644, uid=0, gid=0, size=len(pax),
                             mtime=max(0, min(mtime, 8 ** 11 - 1)), typeflag=b"x")
         out += pax + padding(len(pax))
-    out += ustar_header(name, mode=mode, uid=ids[0], gid=ids[1], size=size_field,
+    out += ustar_header(name_field, mode=mode, uid=ids[0], gid=ids[1], size=size_field,
                         mtime=mtime_field, typeflag=typeflag, linkname=link_field,
                         devmajor=os.major(rdev) if rdev else 0,
                         devminor=os.minor(rdev) if rdev else 0)
