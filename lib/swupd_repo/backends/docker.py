@@ -46,7 +46,6 @@ from ..errors import BackendError, SettingsError
 from .materialise import (
     copy_path,
     materialise,
-    remove_copies,
     stale_copies,
     under_pseudo,
     unknown_to_pseudo,
@@ -108,7 +107,7 @@ class DockerBackend:
                 before = Snapshot.take(storage, version)
                 copies = stale_copies(storage)  # of a killed run
                 try:
-                    remove_copies(client, settings.docker_image, storage, copies, reporter)
+                    remove_in_container(client, settings.docker_image, storage, copies, reporter)
                     if under_pseudo():
                         copies = [copy_path(storage, version)]
                         copy = materialise(client, settings.docker_image, storage, version,
@@ -134,7 +133,7 @@ class DockerBackend:
                                             reporter)
                     raise
                 finally:
-                    remove_copies(client, settings.docker_image, storage, copies, reporter)
+                    remove_in_container(client, settings.docker_image, storage, copies, reporter)
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise engine_error(exc, address) from exc
         finally:
@@ -310,16 +309,22 @@ def stop_and_remove(container: Any) -> None:
 
 def remove_in_container(client: Any, image: str, storage: Storage, paths: list[Path],
                         reporter: Reporter) -> None:
-    """Remove what a root container left and we may not (we are not root), as root again."""
+    """Remove files root owns under the storage (a failed container's output, our copies of
+    a tree under pseudo) that we may not remove as ourselves: ``rm`` in a root container
+    mounting the storage root."""
     import docker.errors
     import requests.exceptions
 
+    paths = [p for p in paths if os.path.lexists(p)]
+    if not paths:
+        return
     root = storage.root.resolve()
-    inside = [f"{CONTAINER_STATE}/{p.resolve().relative_to(root)}" for p in paths]
+    # the parent resolved, not the path: a symlink (image/<V>/full) goes, not its target
+    inside = [f"/storage/{(p.parent.resolve() / p.name).relative_to(root)}" for p in paths]
     try:
         with deferred_signals():
             client.containers.run(image, inside, entrypoint=["rm", "-rf", "--"], remove=True,
-                                  volumes=container_volumes(storage, ()))
+                                  volumes=[f"{root}:/storage:rw"])
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        reporter.warning(f"could not remove {', '.join(map(str, paths))} left by the failed "
-                         f"container ({exc}); remove them as root")
+        reporter.warning(f"could not remove {', '.join(map(str, paths))} ({exc}); "
+                         "remove them as root")

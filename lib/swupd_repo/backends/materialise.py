@@ -31,7 +31,6 @@ from ..errors import BackendError, BuildError
 from ..progress import NullReporter
 from ..swupd.fullfiles import END_OF_ARCHIVE, padding, record_member
 from ..swupd.scan import Record, walk
-from .storage_guard import deferred_signals
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -143,7 +142,7 @@ def materialise(client: Any, image: str, storage: Storage, version: int,
     created, never started, container of ``image``: ownership, device nodes, modes and xattrs
     (``security.*`` too) are set by the engine's own root process, so neither
     ``--privileged`` nor a tar program in the image is needed. Returns the copy; on failure
-    it is left for :func:`remove_copies` (the caller's cleanup).
+    it is left for :func:`~swupd_repo.backends.docker.remove_in_container` (the caller's cleanup).
     """
     import docker.errors
     import requests.exceptions
@@ -237,23 +236,3 @@ def unknown_to_pseudo(paths: list[Path], reporter: Reporter) -> None:
         except OSError as exc:
             reporter.warning(f"could not hide {path} from pseudo ({exc}); if the task aborts "
                              "with a pseudo path mismatch, build again")
-
-
-def remove_copies(client: Any, image: str, storage: Storage, copies: list[Path],
-                  reporter: Reporter) -> None:
-    """Remove copies (root's files) with a root container mounting the storage root."""
-    import docker.errors
-    import requests.exceptions
-
-    copies = [c for c in copies if c.exists()]
-    if not copies:
-        return
-    root = storage.root.resolve()
-    inside = [f"/storage/{c.relative_to(root)}" for c in copies]
-    try:
-        with deferred_signals():
-            client.containers.run(image, inside, entrypoint=["rm", "-rf", "--"], remove=True,
-                                  volumes=[f"{root}:/storage:rw"])
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        reporter.warning(f"could not remove {', '.join(map(str, copies))} ({exc}); "
-                         "remove them as root")
