@@ -26,13 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO.parent / "shared" / "vectors" / "basic"
 IMAGE = "swupd-repo/server:latest"
+sys.path.insert(0, str(REPO / "tests"))
 
-
-def extract_rootfs_tar(tar: Path, dest: Path) -> None:
-    """As tests/conftest.py's helper of the same name (benchmarks do not import the tests)."""
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(tar), "-C", str(dest)], check=True)
+from dsk import extract_rootfs_tar  # noqa: E402
 
 
 def make_tree(dest: Path, version: int, files: int) -> None:

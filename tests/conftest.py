@@ -11,6 +11,7 @@ import pytest
 from docker_fixtures import base_image, engine, server_image  # noqa: F401
 
 # Disk images shared by the layout/gpt/ext4/extract tests (built once per session).
+from dsk import extract_rootfs_tar
 from dsk_fixtures import ext4_image_copy, htree_image, rich_images, rich_tree  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,14 +27,6 @@ def vectors() -> Path:
     return VECTORS
 
 
-def extract_rootfs_tar(tar: Path, dest: Path) -> Path:
-    """Extract a vectors rootfs tar as the vectors' README says (as root: owners, modes, xattrs)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(tar), "-C", str(dest)], check=True)
-    return dest
-
-
 @pytest.fixture(scope="session")
 def rootfs_trees(tmp_path_factory, vectors) -> dict[int, Path]:
     """``{10: tree, 20: tree}``: the vectors' input trees, extracted once per session.
@@ -43,6 +36,17 @@ def rootfs_trees(tmp_path_factory, vectors) -> dict[int, Path]:
     """
     base = tmp_path_factory.mktemp("rootfs")
     return {v: extract_rootfs_tar(vectors / f"rootfs-{v}.tar", base / str(v)) for v in (10, 20)}
+
+
+@pytest.fixture(scope="session")
+def vector_images(tmp_path_factory, rootfs_trees) -> dict[int, tuple[Path, Path]]:
+    """``{10: (dsk, layout JSON), 20: ...}``: the vectors' trees as Ostro-style .dsk images."""
+    from dsk import make_dsk
+
+    work = tmp_path_factory.mktemp("dsk")
+    # mkfs.ext4 -d only reads the shared trees
+    return {v: make_dsk(rootfs_trees[v], work, f"ostro-image-{v}", rootfs_mb=32)
+            for v in (10, 20)}
 
 
 def copy_tree(src: Path, dest: Path) -> Path:

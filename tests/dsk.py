@@ -82,6 +82,14 @@ def copy_into(src: Path, dst: Path, offset: int) -> None:
             pos += len(data)
 
 
+def extract_rootfs_tar(tar: Path, dest: Path) -> Path:
+    """Extract a vectors rootfs tar as the vectors' README says (as root: owners, modes, xattrs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                    str(tar), "-C", str(dest)], check=True)
+    return dest
+
+
 def sparse_copy(src: Path, dest: Path) -> Path:
     """A private, writable copy of an image that costs only its allocated blocks."""
     subprocess.run(["cp", "--sparse=always", str(src), str(dest)], check=True)

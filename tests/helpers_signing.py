@@ -24,15 +24,16 @@ PASSPHRASE = b"correct horse"
 
 
 def certificate(subject: str, key: Any, issuer: str, issuer_key: Any, *,
-                ca: bool) -> x509.Certificate:
-    """A certificate for ``key`` signed by ``issuer_key``, valid from yesterday to tomorrow."""
+                ca: bool, days: tuple[int, int] = (-1, 1)) -> x509.Certificate:
+    """A certificate for ``key`` signed by ``issuer_key``, valid ``days`` around now (from
+    yesterday to tomorrow)."""
     now = datetime.datetime.now(datetime.UTC)
     return (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now + datetime.timedelta(days=days[0]))
+            .not_valid_after(now + datetime.timedelta(days=days[1]))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .sign(issuer_key, hashes.SHA256()))
 

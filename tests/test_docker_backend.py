@@ -20,6 +20,7 @@ import pytest
 
 from conftest import copy_tree
 from docker_fixtures import BASE_IMAGE
+from helpers_trees import snapshot
 from swupd_repo.backends.docker import DockerBackend, connect, remove_in_container
 from swupd_repo.errors import BackendError, SettingsError
 from swupd_repo.progress import RecordingReporter
@@ -69,23 +70,6 @@ def storage(tmp_path: Path) -> Storage:
     return store
 
 
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Every path under ``root`` with its type, mode and content (the .lock file aside)."""
-    state: dict[str, tuple] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if rel == ".lock":
-            continue
-        st = path.lstat()
-        if path.is_symlink():
-            state[rel] = ("link", os.readlink(path))
-        elif path.is_dir():
-            state[rel] = ("dir", st.st_mode)
-        else:
-            state[rel] = ("file", st.st_mode, path.read_bytes())
-    return state
-
-
 def leftover_containers(engine, pid: int | None = None) -> list:
     label = f"swupd-repo.pid={pid or os.getpid()}"
     return engine.containers.list(all=True, filters={"label": label})
@@ -99,7 +83,7 @@ def test_no_engine_names_docker_host(tmp_path, storage):
 
     socket = f"unix://{tmp_path}/no-engine.sock"
     settings = settings_for(storage, docker_host=socket)
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     with pytest.raises(BackendError) as caught:
         DockerBackend().build(storage, 20, settings, RecordingReporter())
     assert "cannot reach the Docker engine at " + socket in str(caught.value)
@@ -109,7 +93,7 @@ def test_no_engine_names_docker_host(tmp_path, storage):
     with pytest.raises(BackendError, match="SWUPD_REPO_DOCKER_HOST") as pinned:
         connect(socket, api_version="1.41")
     assert isinstance(pinned.value.__cause__, requests.exceptions.ConnectionError)
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 def test_bad_docker_volumes_are_settings_errors(tmp_path, storage):
@@ -123,22 +107,22 @@ def test_bad_docker_volumes_are_settings_errors(tmp_path, storage):
 
 def test_missing_image_is_reported_without_pulling(engine, storage):
     settings = settings_for(storage, docker_image="swupd-repo-test/absent:1")
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     started = time.monotonic()
     with pytest.raises(BackendError, match="has no image swupd-repo-test/absent:1") as caught:
         DockerBackend().build(storage, 20, settings, RecordingReporter())
     assert time.monotonic() - started < 10
     assert "SWUPD_REPO_DOCKER_IMAGE" in str(caught.value)
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 def test_missing_command_names_docker_command(engine, base_image, storage):
     settings = settings_for(storage, docker_command="/home/clrbuilder/projects/process_rootfs.sh")
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     with pytest.raises(BackendError, match="cannot run /home/clrbuilder") as caught:
         DockerBackend().build(storage, 20, settings, RecordingReporter())
     assert "SWUPD_REPO_DOCKER_COMMAND" in str(caught.value)
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
     assert leftover_containers(engine) == []
 
 
@@ -155,7 +139,7 @@ def test_failure_half_way_leaves_storage_as_before(engine, base_image, storage):
         exit 3
     """
     settings = settings_for(storage, docker_command=shell_command(half_way))
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     reporter = RecordingReporter()
     with pytest.raises(BackendError) as caught:
         DockerBackend().build(storage, 20, settings, reporter)
@@ -163,7 +147,7 @@ def test_failure_half_way_leaves_storage_as_before(engine, base_image, storage):
     assert "exited with status 3 while building version 20" in message
     assert "pack_maker failed for 20" in message and "line 30" in message
     assert "line 5\n" not in message  # only the last lines are quoted
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
     assert storage.latest() == 10
     assert leftover_containers(engine) == []
     assert "container: pack_maker failed for 20" in reporter.infos
@@ -172,13 +156,13 @@ def test_failure_half_way_leaves_storage_as_before(engine, base_image, storage):
 def test_first_build_failure_leaves_no_markers(engine, base_image, tmp_path):
     storage = Storage(tmp_path / "storage")
     storage.os_core(10).mkdir(parents=True)
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     fails = WRITES_VERSION.replace('echo "done $v"', "exit 1")
     with pytest.raises(BackendError, match="status 1"):
         DockerBackend().build(storage, 10, settings_for(
             storage, docker_command=shell_command(fails)), RecordingReporter())
     # Only the empty mount point www/ stays of the run.
-    after = tree_state(storage.root)
+    after = snapshot(storage.root)
     assert set(after) - set(before) == {"www"} and before.items() <= after.items()
     assert storage.latest() == 0
 
@@ -195,12 +179,12 @@ def test_forced_rebuild_failure_keeps_the_old_version(engine, base_image, storag
         rm -rf /var/lib/update/www/.swupd-repo-tmp-* /var/lib/update/image/.swupd-repo-tmp-*
         mkdir -p /var/lib/update/www/$1; exit 4
     """
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     settings = settings_for(storage, docker_command=shell_command(cleans_then_fails),
                             force=True)
     with pytest.raises(BackendError, match="status 4"):
         build_version(settings, RecordingReporter(), 20)
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 def test_remove_in_container(engine, base_image, storage):
@@ -275,11 +259,11 @@ def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path):
 def test_success_without_manifest_is_an_error(engine, base_image, storage):
     settings = settings_for(storage, docker_command=shell_command(
         "mkdir -p /var/lib/update/www/$1/files; echo 20 > /var/lib/update/image/latest.version"))
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     with pytest.raises(BackendError, match=r"wrote no .*/Manifest\.MoM") as caught:
         DockerBackend().build(storage, 20, settings, RecordingReporter())
     assert "SWUPD_REPO_DOCKER_COMMAND" in str(caught.value)
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 CHILD = """
@@ -313,7 +297,7 @@ def test_interrupt_stops_the_container(engine, base_image, storage, signum):
         echo started
         sleep 60 & wait
     """
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(storage.root), base_image, shell_command(slow)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -334,7 +318,7 @@ def test_interrupt_stops_the_container(engine, base_image, storage, signum):
     assert time.monotonic() - started < 12
     assert child.returncode == (143 if signum == signal.SIGTERM else -signal.SIGINT)
     assert leftover_containers(engine, child.pid) == []
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 # ---------------------------------------------------------------- the real generator in a container
@@ -457,13 +441,13 @@ def test_command_line_build_and_publish_through_the_container(tmp_path, rootfs_t
     assert storage.latest_www_marker.read_text() == "20\n"
 
     # --docker-privileged really reaches the engine: the same command now refuses.
-    before = tree_state(storage.root)
+    before = snapshot(storage.root)
     privileged = [*docker_flags[:-3], "--docker-privileged", *docker_flags[-2:]]
     done = swupd_repo_cli("build", "--storage", storage.root, *privileged, "--version", 20,
                           "--force")
     assert done.returncode != 0
     assert "exited with status 7" in done.stderr and "privileged" in done.stderr
-    assert tree_state(storage.root) == before
+    assert snapshot(storage.root) == before
 
 
 def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_history,

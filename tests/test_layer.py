@@ -14,11 +14,9 @@ next version is found whether or not the markers are dependencies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +29,7 @@ from conftest import REPO
 sys.path[0:0] = [str(REPO / "tests" / "bitbake"), str(REPO / "tests" / "bitbake" / "stubs")]
 import bed  # noqa: E402
 
+from helpers_trees import snapshot  # noqa: E402
 from swupd_repo.settings import load_settings  # noqa: E402
 from swupd_repo.storage import Storage  # noqa: E402
 
@@ -53,25 +52,6 @@ def parse(builddir: Path) -> dict:
 
 def storage_of(builddir: Path) -> Storage:
     return Storage(builddir / "swupd-repo" / bed.MACHINE)
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` with type, mode, size and content hash (the lock file aside)."""
-    found: dict[str, tuple] = {}
-    if not root.exists():
-        return found
-    for path in sorted(root.rglob("*")):
-        if path.name == ".lock" and path.parent == root:
-            continue
-        st = path.lstat()
-        digest = ""
-        if stat.S_ISREG(st.st_mode):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif stat.S_ISLNK(st.st_mode):
-            digest = os.readlink(path)
-        found[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_mode & 0o7777,
-                                              st.st_size, digest)
-    return found
 
 
 def task_log(builddir: Path, task: str) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dsk import make_dsk
+from helpers_cli import publish, swupd_repo
+from helpers_trees import snapshot
 from swupd_repo.storage import TEMP_PREFIX, Storage
 from swupd_repo.swupd.manifest import manifest_hash, parse_manifest
 
@@ -31,44 +32,11 @@ def _drop_hash(line: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory, rootfs_trees) -> dict[int, tuple[Path, Path]]:
-    """The vectors' rootfs-10/20 trees as Ostro-style .dsk images with their layouts."""
-    work = tmp_path_factory.mktemp("dsk")
-    # mkfs.ext4 -d only reads the shared trees
-    return {version: make_dsk(rootfs_trees[version], work, f"ostro-image-{version}",
-                              rootfs_mb=32) for version in (10, 20)}
-
-
-def swupd_repo(*args: str | os.PathLike) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "swupd_repo.cli", *map(str, args)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          check=False, timeout=600)
-
-
-def publish(storage: Path, image: tuple[Path, Path], *extra: str) -> subprocess.CompletedProcess:
-    dsk, layout = image
-    return swupd_repo("publish", "--dsk", dsk, "--layout", layout, "--storage", storage, *extra)
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under ``root`` with its type, size, mode and content digest."""
-    import hashlib
-
-    result = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and \
-            not path.is_symlink() else ""
-        result[path.relative_to(root).as_posix()] = (st.st_mode, st.st_size, digest)
-    return result
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory, images) -> Path:
+def published(tmp_path_factory, vector_images) -> Path:
     """A storage with versions 10 and 20 published from the two images."""
     storage = tmp_path_factory.mktemp("storage")
     for version in (10, 20):
-        done = publish(storage, images[version])
+        done = publish(storage, vector_images[version])
         assert done.returncode == 0, done.stderr
         assert f"published version {version}" in done.stdout
     return storage
@@ -96,20 +64,20 @@ def test_disk_images_give_the_real_servers_manifests(published, vectors) -> None
     assert not list(published.rglob(f"{TEMP_PREFIX}*"))
 
 
-def test_stale_image_and_old_version_are_refused_without_changes(published, images) -> None:
+def test_stale_image_and_old_version_are_refused_without_changes(published, vector_images) -> None:
     before = snapshot(published)
-    stale = publish(published, images[10])  # would become 30, but the image says 10
+    stale = publish(published, vector_images[10])  # would become 30, but the image says 10
     assert stale.returncode == 2
     assert "VERSION_ID=10" in stale.stderr and "OS_VERSION" in stale.stderr
-    old = publish(published, images[20], "--version", "20")
+    old = publish(published, vector_images[20], "--version", "20")
     assert old.returncode == 2
     assert "not greater than the latest published version 20" in old.stderr
     assert snapshot(published) == before
 
 
-def test_extract_refuses_a_published_versions_tree(published, images) -> None:
+def test_extract_refuses_a_published_versions_tree(published, vector_images) -> None:
     before = snapshot(published)
-    dsk, layout = images[20]
+    dsk, layout = vector_images[20]
     done = swupd_repo("extract", "--dsk", dsk, "--layout", layout, "--storage", published,
                       "--version", "10", "--force")
     assert done.returncode == 2
@@ -117,22 +85,22 @@ def test_extract_refuses_a_published_versions_tree(published, images) -> None:
     assert snapshot(published) == before
 
 
-def test_bad_layout_names_the_file(published, images, tmp_path) -> None:
+def test_bad_layout_names_the_file(published, vector_images, tmp_path) -> None:
     bad = tmp_path / "disk-layout.json"
     bad.write_text('{"partition_05_rootfs": {"name": "rootfs",,}}')
     before = snapshot(published)
-    done = publish(published, (images[20][0], bad))
+    done = publish(published, (vector_images[20][0], bad))
     assert done.returncode == 2
     assert str(bad) in done.stderr and "line 1" in done.stderr
     assert "Traceback" not in done.stderr
     assert snapshot(published) == before
 
 
-def test_killed_run_leaves_latest_and_is_cleaned_by_the_next(tmp_path, images) -> None:
+def test_killed_run_leaves_latest_and_is_cleaned_by_the_next(tmp_path, vector_images) -> None:
     storage = tmp_path / "storage"
-    assert publish(storage, images[10]).returncode == 0
+    assert publish(storage, vector_images[10]).returncode == 0
     before = snapshot(storage)
-    dsk, layout = images[20]
+    dsk, layout = vector_images[20]
     proc = subprocess.Popen([sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk,
                              "--layout", layout, "--storage", storage],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -152,7 +120,7 @@ def test_killed_run_leaves_latest_and_is_cleaned_by_the_next(tmp_path, images) -
     assert {k: v for k, v in snapshot(storage).items() if k.startswith(("www/10", "www/version",
             "image/10", "image/latest"))} == {k: v for k, v in before.items() if k.startswith(
             ("www/10", "www/version", "image/10", "image/latest"))}
-    again = publish(storage, images[20])
+    again = publish(storage, vector_images[20])
     assert again.returncode == 0, again.stderr
     assert st.latest() == 20
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))

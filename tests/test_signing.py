@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
+from helpers_signing import certificate
 from swupd_repo.errors import SigningError
 from swupd_repo.swupd import signing
 
 PASS = b"correct horse battery staple"
-
-
-def _cert(name: str, key, issuer_name: str, issuer_key, *, ca: bool,
-          days: tuple[int, int] = (-1, 365)) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0]))
-            .not_valid_after(now + datetime.timedelta(days=days[1]))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(issuer_key, hashes.SHA256()))
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -41,9 +27,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root_key = rsa.generate_private_key(65537, 2048)
     mid_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = rsa.generate_private_key(65537, 2048)
-    root = _cert("Test Root", root_key, "Test Root", root_key, ca=True)
-    mid = _cert("Test Intermediate", mid_key, "Test Root", root_key, ca=True)
-    leaf = _cert("R0-0", leaf_key, "Test Intermediate", mid_key, ca=False)
+    root = certificate("Test Root", root_key, "Test Root", root_key, ca=True)
+    mid = certificate("Test Intermediate", mid_key, "Test Root", root_key, ca=True)
+    leaf = certificate("R0-0", leaf_key, "Test Intermediate", mid_key, ca=False)
     # the key as swupd's test set has it: traditional PEM, AES-256-CBC
     (d / "leaf.key.pem").write_bytes(leaf_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -95,7 +81,7 @@ def test_verify_accepts_and_rejects(pki: dict[str, Path]) -> None:
         signing.verify(data, sig, [pki["root.pem"]])
         with pytest.raises(SigningError, match="message digest"):
             signing.verify(data + b"!", sig, [pki["root.pem"]])
-        other = _cert("Other Root", rsa.generate_private_key(65537, 2048), "Other Root",
+        other = certificate("Other Root", rsa.generate_private_key(65537, 2048), "Other Root",
                       rsa.generate_private_key(65537, 2048), ca=True)
         with pytest.raises(SigningError, match="trusted"):
             signing.verify(data, sig, [other])
@@ -120,7 +106,7 @@ def test_openssl_rejects_tampered_data(pki: dict[str, Path], tmp_path: Path) -> 
 def test_expired_chain_needs_no_check_time(pki: dict[str, Path], tmp_path: Path) -> None:
     """Like the swupd test certificates (expired 2015): verify only without the time check."""
     key = rsa.generate_private_key(65537, 2048)
-    old = _cert("Old", key, "Old", key, ca=True, days=(-800, -400))
+    old = certificate("Old", key, "Old", key, ca=True, days=(-800, -400))
     (tmp_path / "k").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))

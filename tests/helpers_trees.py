@@ -1,0 +1,34 @@
+"""One picture of a directory tree, for "a refused or failed run changed nothing" tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+
+def snapshot(root: Path, *, times: bool = False) -> dict[str, tuple]:
+    """Every entry under ``root``: type, mode, owner, size, content digest or link target;
+    with ``times`` also the mtime of everything but directories (a run may add and remove
+    entries beside them). Without: the markers a run restores are rewritten, same content.
+
+    The storage lock file (``root/.lock``) is left out: taking the lock creates it.
+    """
+    found: dict[str, tuple] = {}
+    if not root.exists():
+        return found
+    for path in sorted(root.rglob("*")):
+        if path.name == ".lock" and path.parent == root:
+            continue
+        st = path.lstat()
+        kind = stat.S_IFMT(st.st_mode)
+        content = ""
+        if stat.S_ISREG(st.st_mode):
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        mtime = st.st_mtime_ns if times and not stat.S_ISDIR(st.st_mode) else None
+        found[path.relative_to(root).as_posix()] = (
+            kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size, mtime, content)
+    return found
