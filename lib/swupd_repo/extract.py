@@ -126,6 +126,7 @@ class _Writer:
         self.buffer = bytearray(_COPY_CHUNK)
         self.pending_advance = 0
         self.used: list[int] = []
+        self.reserved: list[int] = []
         self.img_fd = fs.fd
         self._root = -1
         fs.on_ea_inode = self._mark
@@ -161,8 +162,8 @@ class _Writer:
     def run(self) -> ExtractStats:
         fs = self.fs
         self.used = [fs.inode_bitmap(g) for g in range(fs.sb.group_count)]
-        reserved = self._reserved_masks()
-        total = sum((u & ~r).bit_count() for u, r in zip(self.used, reserved, strict=True))
+        self.reserved = self._reserved_masks()
+        total = sum((u & ~r).bit_count() for u, r in zip(self.used, self.reserved, strict=True))
         self.reporter.step(f"extracting {fs.where}", total=total)
         root = fs.inode(_ROOT_INODE)
         if not stat.S_ISDIR(root.mode):
@@ -420,8 +421,7 @@ class _Writer:
         missing: list[int] = []
         dangling: list[int] = []
         reached_all = int.from_bytes(self.reached, "little")
-        for group, (used, reserved) in enumerate(zip(self.used, self._reserved_masks(),
-                                                     strict=True)):
+        for group, (used, reserved) in enumerate(zip(self.used, self.reserved, strict=True)):
             reached = (reached_all >> (group * ipg)) & ((1 << ipg) - 1)
             first = group * ipg + 1
             missing.extend(_bits(used & ~reached & ~reserved, first, 5 - len(missing)))

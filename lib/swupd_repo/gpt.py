@@ -39,24 +39,13 @@ class PartitionEntry:
 
 
 @dataclass(frozen=True)
-class PartitionExtent:
-    """Where the chosen partition's bytes are in the image file."""
-
-    number: int
-    name: str
-    offset: int
-    size: int
-    partuuid: str | None
-
-
-@dataclass(frozen=True)
 class PartitionTable:
     kind: str  # "gpt" or "mbr"
     sector_size: int
     entries: tuple[PartitionEntry, ...]
 
 
-def find_partition(dsk: Path, part: LayoutPartition, reporter: Reporter) -> PartitionExtent:
+def find_partition(dsk: Path, part: LayoutPartition, reporter: Reporter) -> PartitionEntry:
     """The byte range of ``part`` in ``dsk``, cross-checked against the table's name/PARTUUID."""
     table = read_partition_table(dsk, reporter)
     entry = next((e for e in table.entries if e.number == part.number), None)
@@ -83,8 +72,7 @@ def find_partition(dsk: Path, part: LayoutPartition, reporter: Reporter) -> Part
     if table.kind == "mbr":
         reporter.warning(f"{dsk} has a plain MBR partition table: partition {part.number} "
                          "is taken by number only (MBR has no partition names)")
-    return PartitionExtent(number=entry.number, name=entry.name, offset=entry.offset,
-                           size=entry.size, partuuid=entry.partuuid)
+    return entry
 
 
 def read_partition_table(dsk: Path, reporter: Reporter) -> PartitionTable:

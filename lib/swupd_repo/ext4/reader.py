@@ -163,14 +163,18 @@ class Ext4Reader:
 
     def inline_data(self, node: Inode) -> bytes:
         """Contents of an inline-data inode: ``i_block`` then the ``system.data`` value."""
-        tail = next((x.value for x in self._raw_xattrs(node)
-                     if x.name == xattrs_mod.INLINE_DATA_NAME), b"")
+        tail = self._inline_tail(node)
         data = (node.block + tail)[:node.size]
         if len(data) != node.size:
             raise Ext4Error(f"inode {node.number} in {self.where}: inline data holds "
                             f"{len(node.block) + len(tail)} bytes, its size is {node.size}",
                             hint="the filesystem is damaged: rebuild the image")
         return data
+
+    def _inline_tail(self, node: Inode) -> bytes:
+        """What does not fit in ``i_block`` of an inline-data inode: its ``system.data``."""
+        return next((x.value for x in self._raw_xattrs(node)
+                     if x.name == xattrs_mod.INLINE_DATA_NAME), b"")
 
     def read_data(self, node: Inode) -> bytes:
         """All data of a small inode (directory, symlink, ea_inode value), holes as zeros."""
@@ -193,9 +197,8 @@ class Ext4Reader:
         """(name, inode) of every entry of directory ``node``, ``.`` and ``..`` included."""
         filetype = self.sb.filetype
         if self.is_inline(node):
-            tail = next((x.value for x in self._raw_xattrs(node)
-                         if x.name == xattrs_mod.INLINE_DATA_NAME), b"")
-            yield from inline_entries(node.block, tail, filetype, node.number, self.where)
+            yield from inline_entries(node.block, self._inline_tail(node), filetype,
+                                      node.number, self.where)
             return
         if node.size % self.block_size:
             raise Ext4Error(f"directory inode {node.number} in {self.where} has size "
