@@ -3,7 +3,7 @@
 
     DOCKER_HOST=unix://... python3 benchmarks/bench_docker.py [--files N] [--repeat R] [--build]
 
-Publishes versions 10 and 20 (the reference rootfs trees of ../shared/vectors/basic plus N
+Publishes versions 10 and 20 (the reference rootfs trees of tests/data/vectors/basic plus N
 synthetic files, a tenth of them changed in 20) into fresh storage directories, once with each
 backend, and prints the times and the ratio docker / native. The docker backend runs our image
 (conf/docker/Dockerfile, the same generator), so the difference is what the container costs:
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO.parent / "shared" / "vectors" / "basic"
+VECTORS = REPO / "tests" / "data" / "vectors" / "basic"
 IMAGE = "swupd-repo/server:latest"
 sys.path.insert(0, str(REPO / "tests"))
 

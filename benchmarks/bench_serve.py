@@ -3,7 +3,7 @@
 
     python3 benchmarks/bench_serve.py [--clients 200] [--fullfiles 50] [--timeout 120]
 
-Serves ../shared/vectors/basic/www with each server in its own process on 127.0.0.1 and runs
+Serves tests/data/vectors/basic/www with each server in its own process on 127.0.0.1 and runs
 the same load against both: N concurrent clients, each on its own connection, fetching
 ``version/format3/latest``, a MoM and F fullfiles, every body compared with the file on disk.
 Prints one line per server: correct responses, failures (resets, timeouts, wrong bodies),
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO.parent / "shared" / "vectors" / "basic"
+VECTORS = REPO / "tests" / "data" / "vectors" / "basic"
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers_load import (  # noqa: E402

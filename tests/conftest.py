@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the project and to the shared reference vectors."""
+"""Shared fixtures: paths to the project and to the reference vectors in tests/data."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from dsk import extract_rootfs_tar
 from dsk_fixtures import ext4_image_copy, htree_image, rich_images, rich_tree  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-VECTORS = SHARED / "vectors" / "basic"
+# Real swupd-server output, kept inside the repository so a clone tests itself (see its README).
+VECTORS = REPO / "tests" / "data" / "vectors" / "basic"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    """``../shared/vectors/basic``: real swupd-server 2.53 output (see its README)."""
+    """``tests/data/vectors/basic``: real swupd-server 2.53 output (see its README)."""
     if not VECTORS.is_dir():
         pytest.fail(f"reference vectors missing at {VECTORS}")
     return VECTORS
