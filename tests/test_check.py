@@ -96,7 +96,7 @@ def test_mom_line_mismatch_is_named(storage: Storage) -> None:
 
 def test_missing_zero_pack_and_markers(storage: Storage) -> None:
     (storage.www(10) / "pack-os-core-from-0.tar").unlink()
-    storage.latest_image_marker.write_text("30\n")
+    storage.latest_www_marker.write_text("30\n")  # devices ahead of the last build
     with pytest.raises(CheckError) as err:
         check_repository(storage, 20, simulate=False)
     text = str(err.value)

@@ -7,7 +7,9 @@ Version V must ship ``VERSION_ID=V`` or devices never see the update as applied.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 OS_RELEASE_FILES = ("usr/lib/os-release", "etc/os-release")
@@ -43,3 +45,22 @@ def set_version_id(text: str, version: int) -> str:
     if re.search(r"^VERSION_ID=.*$", text, flags=re.M):
         return re.sub(r"^VERSION_ID=.*$", line, text, flags=re.M)
     return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+
+
+def stamp_version_id(root: Path, version: int) -> None:
+    """Make a tree say ``VERSION_ID=<version>``: ``usr/lib/os-release`` (created from a regular
+    ``etc/os-release`` when missing) and a regular ``etc/os-release``; a symlink between
+    them is left as it is. Files are rewritten, keeping their mode and owner.
+    """
+    usr_lib, etc = root / OS_RELEASE_FILES[0], root / OS_RELEASE_FILES[1]
+    if not usr_lib.exists() and not usr_lib.is_symlink():
+        base = etc.read_text() if etc.is_file() and not etc.is_symlink() else ""
+        usr_lib.parent.mkdir(parents=True, exist_ok=True)
+        usr_lib.write_text(set_version_id(base, version))
+        os.chmod(usr_lib, 0o644)
+    for path in (usr_lib, etc):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            path.write_text(set_version_id(path.read_text(), version))
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, stat.S_IMODE(st.st_mode))

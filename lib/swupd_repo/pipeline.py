@@ -135,10 +135,19 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
         if not (www / "Manifest.MoM").is_file():
             raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")
         if settings.check:
-            from .check import check_repository
+            run_gate(storage, version, settings, reporter)
+    storage.write_markers(version, release=settings.release)
+    if settings.release:
+        reporter.info(f"published version {version} in {www}")
+    else:
+        reporter.info(f"staged version {version} in {www}; devices stay on "
+                      f"{storage.released()} until `swupd-repo release {version}`")
 
-            # The gate also proves the signatures, against the certificate that made them.
-            trusted = [settings.signing_cert] if settings.signing_cert is not None else None
-            check_repository(storage, version, reporter=reporter, trusted_certs=trusted)
-    storage.write_markers(version)
-    reporter.info(f"published version {version} in {www}")
+
+def run_gate(storage: Storage, version: int, settings: Settings, reporter: Reporter) -> None:
+    """The release gate (``SWUPD_REPO_CHECK``): consistency and simulated updates to
+    ``version``; also proves the signatures, against the certificate that made them."""
+    from .check import check_repository
+
+    trusted = [settings.signing_cert] if settings.signing_cert is not None else None
+    check_repository(storage, version, reporter=reporter, trusted_certs=trusted)

@@ -50,6 +50,8 @@ class Settings:
     docker_host: str | None = None
     check: bool = False
     force: bool = False
+    release: bool = True
+    report: bool = True
 
     @property
     def signing(self) -> bool:
@@ -74,7 +76,7 @@ class Settings:
 _PATH_KEYS = {"storage_dir", "disk_layout", "disk_image", "signing_key", "signing_cert",
               "signing_chain", "signing_passphrase_file"}
 _INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "jobs": 0}
-_BOOL_KEYS = {"docker_privileged", "check", "force"}
+_BOOL_KEYS = {"docker_privileged", "check", "force", "release", "report"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -3,11 +3,11 @@
 Layout (kept identical to what the ostro-swupd-server container uses, so either backend can
 continue the other's history)::
 
-    STORAGE/image/latest.version      last published version ("V\\n")
+    STORAGE/image/latest.version      last published version ("V\\n"), staged or released
     STORAGE/image/<V>/os-core/        extracted rootfs of V
     STORAGE/image/<V>/full/           generator scratch
     STORAGE/www/<V>/...               what devices download
-    STORAGE/www/version/format3/latest
+    STORAGE/www/version/format3/latest   last released version (what devices run)
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ class Storage:
 
         ``image/latest.version`` is what the container's scripts read; ``www/.../latest`` is
         what devices read. They are written together; when they disagree (a run killed between
-        the two renames) the larger one is the truth, since www/<V> is complete before either.
+        the two renames, or a staged version not yet released) the larger one is the truth,
+        since www/<V> is complete before either: the next build goes above it and builds on it.
         """
         return max(read_version_file(self.latest_image_marker),
                    read_version_file(self.latest_www_marker))
@@ -162,10 +163,26 @@ class Storage:
                 found.append(int(entry.name))
         return sorted(found)
 
-    def write_markers(self, version: int) -> None:
-        """Point devices and the next build at ``version``: www marker first, then image."""
-        atomic_write_text(self.latest_www_marker, f"{version}\n")
+    def released(self) -> int:
+        """The version devices are told to run (``www/version/format3/latest``; 0 = none).
+
+        Below :meth:`latest` while newer versions are staged (see :mod:`.release`).
+        """
+        return read_version_file(self.latest_www_marker)
+
+    def write_markers(self, version: int, *, release: bool = True) -> None:
+        """Point devices and the next build at ``version``: www marker first, then image.
+
+        ``release=False`` (a staged version) moves only ``image/latest.version``, the version
+        the next build starts from; devices keep the ``latest`` they had.
+        """
+        if release:
+            atomic_write_text(self.latest_www_marker, f"{version}\n")
         atomic_write_text(self.latest_image_marker, f"{version}\n")
+
+    def write_release_marker(self, version: int) -> None:
+        """Point devices at ``version``, already built (``swupd-repo release``)."""
+        atomic_write_text(self.latest_www_marker, f"{version}\n")
 
     temp_path = staticmethod(temp_path)
 

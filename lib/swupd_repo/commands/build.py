@@ -23,5 +23,6 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
         version = build_version(settings, reporter, settings.os_version)
-    print(f"published version {version} in {settings.storage_dir}/www/{version}")
+    verb = "published" if settings.release else "staged"
+    print(f"{verb} version {version} in {settings.storage_dir}/www/{version}")
     return 0

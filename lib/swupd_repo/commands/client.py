@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     inst.add_argument("--bundle", dest="bundles", action="append",
                       help="bundle to install (repeatable; default: os-core)")
     upd = actions.add_parser("update", help="update ROOT to latest (or --to V)")
-    upd.add_argument("--to", dest="target_version", type=int,
-                     help="version to update to (default: version/format3/latest)")
+    upd.add_argument("--to", "--version", dest="target_version", type=int,
+                     help="version to update to (default: version/format3/latest); may be "
+                     "a staged version, not yet latest, for testing it on a device")
     ver = actions.add_parser("verify", help="hash-check ROOT; exit 1 on mismatches")
     ver.add_argument("--version", dest="target_version", type=int,
                      help="version to verify against (default: ROOT's os-release)")

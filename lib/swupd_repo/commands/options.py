@@ -38,6 +38,9 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                         help="check the repository and simulate updates before moving latest")
     parser.add_argument("--force", action="store_const", const=True, default=None,
                         help="rebuild an existing www/<version>")
+    parser.add_argument("--stage", dest="release", action="store_const", const=False,
+                        default=None, help="publish www/<version> without moving latest: "
+                        "devices see it after `swupd-repo release VERSION`")
 
 
 def add_version_options(parser: argparse.ArgumentParser, verb: str) -> None:

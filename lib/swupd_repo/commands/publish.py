@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     with TqdmReporter() as reporter:
         version = publish(settings, reporter)
     www = Path(settings.storage_dir) / "www"
-    print(f"published version {version}: serve {www} (swupd-repo serve --storage "
+    verb = "published" if settings.release else "staged"
+    print(f"{verb} version {version}: serve {www} (swupd-repo serve --storage "
           f"{settings.storage_dir})")
     return 0

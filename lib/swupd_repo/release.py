@@ -1,0 +1,115 @@
+"""Release management: move devices to a staged version, or back to an earlier version's tree.
+
+Two markers, two meanings (storage.py): ``image/latest.version`` is the last *built* version,
+the one the next build starts from; ``www/version/format3/latest`` is the last *released*
+version, the one devices update to. A normal publish moves both. A staged publish
+(``SWUPD_REPO_RELEASE = "0"``, ``--stage``) moves only the first, so:
+
+* the next build's version is still above every staged version (``Storage.latest`` is the
+  larger marker), and it is built on the newest staged version. The history has to stay one
+  chain: an entry's ``last_change`` is only meaningful against the version before it, and a
+  device on a staged version (one a tester pointed at it) must reach the next version by a
+  normal update. Delta packs come, as always, from the bundle's last change points walked
+  through the MoMs' ``previous:`` links, so they may be made from staged versions; a device
+  on a released version outside that window gets fullfiles (the report shows what it costs);
+* :func:`release` later moves ``latest`` to a staged version: only forward, under the lock,
+  after the gate when ``SWUPD_REPO_CHECK`` is on.
+
+:func:`revert` publishes a new version N (the next version, above everything built) whose
+tree is version V's with os-release saying N, through the normal build path: devices on any
+version move back to V's content by an ordinary update, since versions only ever go up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import StorageError, VersionError
+from .osrelease import stamp_version_id
+from .pipeline import (
+    _build_and_mark,
+    _clean,
+    check_os_release,
+    run_gate,
+    storage_of,
+    version_to_publish,
+)
+from .progress import Reporter
+from .settings import Settings
+from .storage import Storage, remove_tree
+
+
+def check_releasable(storage: Storage, version: int) -> None:
+    """Refuse a version devices cannot be moved to: not built, or not after the released one."""
+    if not (storage.www(version) / "Manifest.MoM").is_file():
+        raise VersionError(f"version {version} is not published ({storage.www(version)}/"
+                           "Manifest.MoM does not exist)",
+                           hint="stage it first: swupd-repo publish --stage (or build --stage)")
+    released = storage.released()
+    if version <= released:
+        raise VersionError(f"version {version} is not after the released version {released}: "
+                           "latest only moves forward",
+                           hint="to go back to an earlier version's content, use "
+                                f"swupd-repo revert --to {version}")
+
+
+def release(settings: Settings, version: int, reporter: Reporter) -> int:
+    """Point devices at the staged ``version``; returns the version released before it."""
+    storage = storage_of(settings)
+    with storage.lock():
+        _clean(storage, reporter)
+        check_releasable(storage, version)
+        before = storage.released()
+        if settings.check:
+            run_gate(storage, version, settings, reporter)
+        storage.write_release_marker(version)
+    reporter.info(f"released version {version} (devices were on {before})")
+    return before
+
+
+def revert(settings: Settings, to: int, reporter: Reporter) -> int:
+    """Publish version V's tree again as the next version N; returns N."""
+    storage = storage_of(settings)
+    with storage.lock():
+        _clean(storage, reporter)
+        if not (storage.www(to) / "Manifest.MoM").is_file():
+            raise VersionError(f"version {to} is not published ({storage.www(to)}/Manifest.MoM "
+                               "does not exist)",
+                               hint="pass --to one of the versions in STORAGE/www")
+        source = storage.os_core(to)
+        if not source.is_dir():
+            raise StorageError(f"{source} does not exist: version {to}'s tree is gone",
+                               hint="pass --to a version whose image/<V>/os-core is kept")
+        version = version_to_publish(settings, storage)
+        if storage.image(version).exists():
+            raise StorageError(f"{storage.image(version)} already exists",
+                               hint=f"remove it, or pass --version above {version}")
+        try:
+            reporter.step(f"copying the tree of version {to} as version {version}")
+            copy_tree(source, storage.os_core(version))
+            stamp_version_id(storage.os_core(version), version)
+            check_os_release(storage.os_core(version), version)
+            _build_and_mark(storage, version, settings, reporter)
+        except BaseException:
+            remove_tree(storage.image(version))
+            raise
+    return version
+
+
+def copy_tree(source: Path, dest: Path) -> None:
+    """A faithful copy of a stored tree: owners, modes, xattrs, times, hard links, devices.
+
+    ``cp -a`` does all of that (shutil.copytree keeps neither owners nor hard links), and a
+    copy, not hard links: the os-release file is rewritten, and shared inodes would tie the
+    two trees' metadata together.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cp = shutil.which("cp") or "cp"
+    done = subprocess.run([cp, "-a", "--", str(source), str(dest)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "cp failed"
+        raise StorageError(f"cannot copy {source} to {dest}: {why}",
+                           hint="check the free space and permissions of the storage")

@@ -1,0 +1,156 @@
+"""Stage, release and revert on a repository our generator builds from the vectors' trees,
+with devices simulated by our verifying client over real HTTP (``swupd-repo serve`` code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_tree
+from helpers_cli import swupd_repo
+from helpers_trees import snapshot
+from swupd_repo.check import check_repository
+from swupd_repo.client import compare_trees, install, update
+from swupd_repo.osrelease import read_version_id, stamp_version_id
+from swupd_repo.serve import serve_in_thread
+from swupd_repo.storage import Storage
+
+
+def is_os_release(path: str) -> bool:
+    return path in ("/usr/lib/os-release", "/etc/os-release")
+
+
+def build(storage: Path, tree: Path, version: int, *extra: str) -> None:
+    """``swupd-repo build`` of ``tree`` as ``version`` (the tree is copied into the storage)."""
+    copy_tree(tree, Storage(storage).os_core(version))
+    done = swupd_repo("build", "--storage", storage, "--version", str(version), *extra)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def tree30(rootfs_trees: dict[int, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 20's tree with one file changed, one added and one deleted."""
+    tree = copy_tree(rootfs_trees[20], tmp_path_factory.mktemp("tree30") / "30")
+    (tree / "usr/bin/prog01").write_bytes((tree / "usr/bin/prog01").read_bytes() + b"30")
+    (tree / "usr/share/added-in-30").write_text("new in 30\n")
+    (tree / "usr/bin/prog02").unlink()
+    stamp_version_id(tree, 30)
+    return tree
+
+
+@pytest.fixture
+def staged(tmp_path: Path, rootfs_trees: dict[int, Path]) -> Path:
+    """10 released, 20 staged (with the gate on: it must pass while latest stays 10)."""
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    build(storage, rootfs_trees[20], 20, "--stage", "--check")
+    return storage
+
+
+def test_stage_then_release(staged: Path, tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    st = Storage(staged)
+    assert st.latest_www_marker.read_text() == "10\n"
+    assert st.latest_image_marker.read_text() == "20\n"
+    assert st.latest() == 20 and st.released() == 10
+    root, state = tmp_path / "root", tmp_path / "state"
+    with serve_in_thread(st.www_dir) as url:
+        install(url, root, 10, state_dir=state)
+        stats = update(url, root, state_dir=state)
+        assert stats.to_version == 10 and stats.installed == 0  # 20 is not visible
+        assert read_version_id(root)[0] == 10
+        done = swupd_repo("release", "20", "--storage", staged, "--check")
+        assert done.returncode == 0, done.stderr
+        assert "released version 20 (devices were on 10)" in done.stdout
+        assert st.latest_www_marker.read_text() == "20\n"
+        stats = update(url, root, state_dir=state)
+        assert stats.to_version == 20 and stats.installed > 0
+    assert compare_trees(root, rootfs_trees[20], lambda p: p.startswith("/etc/")) == []
+
+
+def test_client_can_be_pointed_at_a_staged_version(staged: Path, tmp_path: Path,
+                                                   rootfs_trees: dict[int, Path]) -> None:
+    st = Storage(staged)
+    root = tmp_path / "root"
+    with serve_in_thread(st.www_dir) as url:
+        install(url, root, 10, state_dir=tmp_path / "state")
+        done = swupd_repo("client", "update", "--path", root, "--url", url, "--version", "20",
+                          "--state-dir", tmp_path / "state")
+        assert done.returncode == 0, done.stderr
+    assert read_version_id(root)[0] == 20
+    assert compare_trees(root, rootfs_trees[20], lambda p: p.startswith("/etc/")) == []
+    assert st.released() == 10
+
+
+def test_next_build_goes_above_the_staged_version_and_builds_on_it(
+        staged: Path, tree30: Path) -> None:
+    st = Storage(staged)
+    build(st.root, tree30, 30, "--stage")
+    mom = (st.www(30) / "Manifest.MoM").read_text()
+    assert "previous:\t20\n" in mom
+    assert st.released() == 10 and st.latest() == 30
+    # releasing the newest staged version skips 20 for devices; both paths are proven
+    check_repository(st, 30, from_versions=[10, 20])
+
+
+@pytest.mark.parametrize(("version", "message"), [
+    ("30", "version 30 is not published"),
+    ("10", "version 10 is not after the released version 10: latest only moves forward"),
+    ("5", "version 5 is not published"),
+])
+def test_release_of_missing_or_older_version_is_refused(staged: Path, version: str,
+                                                        message: str) -> None:
+    before = snapshot(staged)
+    done = swupd_repo("release", version, "--storage", staged)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert snapshot(staged) == before
+
+
+def test_release_cannot_go_back(staged: Path) -> None:
+    assert swupd_repo("release", "20", "--storage", staged).returncode == 0
+    before = snapshot(staged)
+    done = swupd_repo("release", "20", "--storage", staged)
+    assert done.returncode == 2 and "not after the released version 20" in done.stderr
+    assert "swupd-repo revert --to 20" in done.stderr
+    assert snapshot(staged) == before
+
+
+def test_revert_publishes_the_old_tree_as_a_new_version(
+        tmp_path: Path, rootfs_trees: dict[int, Path], tree30: Path) -> None:
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    build(storage, rootfs_trees[20], 20)
+    build(storage, tree30, 30)
+    st = Storage(storage)
+    root, state = tmp_path / "root", tmp_path / "state"
+    with serve_in_thread(st.www_dir) as url:
+        install(url, root, 30, state_dir=state)  # a device on N-10
+        done = swupd_repo("revert", "--to", "20", "--storage", storage, "--check")
+        assert done.returncode == 0, done.stderr
+        assert "published version 40 with the content of version 20" in done.stdout
+        assert st.latest_www_marker.read_text() == "40\n" and st.released() == 40
+        assert read_version_id(st.os_core(40)) == (40, st.os_core(40) / "usr/lib/os-release")
+        # the stored tree equals 20's apart from os-release
+        assert compare_trees(st.os_core(40), st.os_core(20), is_os_release) == []
+        assert compare_trees(st.os_core(40), st.os_core(20), lambda p: False) != []
+        stats = update(url, root, state_dir=state)
+    assert stats.from_version == 30 and stats.to_version == 40 and stats.deleted == 1
+    assert read_version_id(root)[0] == 40
+    assert compare_trees(root, rootfs_trees[20],
+                         lambda p: p.startswith("/etc/") or is_os_release(p)) == []
+    # every update path (install, 10, 20 and 30 -> 40) passes the simulation on its own too
+    report = check_repository(st, 40)
+    assert [(s.from_version, s.to_version) for s in report.simulations] == [
+        (0, 40), (10, 40), (20, 40), (30, 40)]
+
+
+def test_revert_to_a_missing_version_is_refused(tmp_path: Path,
+                                                rootfs_trees: dict[int, Path]) -> None:
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    before = snapshot(storage)
+    done = swupd_repo("revert", "--to", "20", "--storage", storage)
+    assert done.returncode == 2 and "version 20 is not published" in done.stderr
+    assert snapshot(storage) == before
