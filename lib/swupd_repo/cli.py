@@ -15,7 +15,7 @@ from . import __version__
 from .errors import SwupdRepoError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("publish", "extract", "build", "check", "release", "revert", "client",
+COMMANDS = ("publish", "extract", "build", "check", "release", "revert", "report", "client",
             "serve")
 
 
