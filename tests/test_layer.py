@@ -260,6 +260,11 @@ def test_two_builds_publish_10_then_20(published):
     # the task said where the repository is and reported progress to BitBake's UI
     assert f"published version 20 in {storage.root}/www" in published["second"].output
     assert "PROGRESS: do_swupd_repo: 100%" in published["second"].output
+    # SWUPD_REPO_REPORT (on by default): the report of both versions beside www/
+    report = json.loads((storage.root / "report.json").read_text())
+    assert [v["version"] for v in report["versions"]] == [10, 20]
+    assert [u["from_version"] for u in report["updates"]] == [10]
+    assert 'data-plot="download-to-latest"' in (storage.root / "report.html").read_text()
 
 
 def test_extracted_tree_keeps_owners_and_devices_through_pseudo(published):

@@ -256,6 +256,24 @@ def publish_image(d: Datastore) -> int:
         bb.note("disk layout: the DSK_IMAGE_LAYOUT variable")
     version = publish(settings, BitBakeReporter(d), layout_text=layout_text)
     storage = settings.storage_dir
-    bb.plain(f"swupd-repo: published version {version} in {storage}/www; serve it with "
+    verb = "published" if settings.release else "staged (swupd-repo release to release it)"
+    bb.plain(f"swupd-repo: {verb} version {version} in {storage}/www; serve it with "
              f"`swupd-repo serve --storage {storage}`")
+    if settings.report:
+        write_report(settings)
     return version
+
+
+def write_report(settings: Settings) -> None:
+    """SWUPD_REPO_REPORT: ``STORAGE/report.html`` and ``report.json`` after a publish. The
+    version is published by then, so a failure here is a warning, not a failed task."""
+    from .pipeline import storage_of
+    from .report import write_report_files
+
+    try:
+        html, _ = write_report_files(storage_of(settings))
+    except (SwupdRepoError, OSError) as exc:
+        bb.warn(f"swupd-repo: no report written ({exc}); set SWUPD_REPO_REPORT = \"0\" to "
+                "skip it")
+        return
+    bb.note(f"report: {html}")

@@ -86,6 +86,18 @@ SWUPD_REPO_CHECK ??= "0"
 # "1" allows rebuilding an existing www/<OS_VERSION> (never a version below the latest).
 SWUPD_REPO_FORCE ??= "0"
 
+# "0" stages the build: www/<OS_VERSION> is published (and checked, with SWUPD_REPO_CHECK)
+# but www/version/format3/latest stays where it was, so devices do not see it until
+# `swupd-repo release <OS_VERSION> --storage ${SWUPD_REPO_STORAGE_DIR}`. The next build still
+# gets the next version and is built on this one. Try a staged version on a device with
+# `swupd-repo client update --version <OS_VERSION>`.
+SWUPD_REPO_RELEASE ??= "1"
+
+# "1" writes ${SWUPD_REPO_STORAGE_DIR}/report.html (plots, works offline) and report.json
+# after each publish: per version sizes and changes, per earlier version the download to
+# latest (`swupd-repo report`). "0" skips it.
+SWUPD_REPO_REPORT ??= "1"
+
 # Everything do_swupd_repo reads: its signature changes when one of them does.
 SWUPD_REPO_TASK_VARIABLES = "\
     OS_VERSION SWUPD_REPO_STORAGE_DIR SWUPD_REPO_BACKEND SWUPD_REPO_VERSION_STEP \
@@ -94,7 +106,7 @@ SWUPD_REPO_TASK_VARIABLES = "\
     SWUPD_REPO_SIGNING_KEY SWUPD_REPO_SIGNING_CERT SWUPD_REPO_SIGNING_CHAIN \
     SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
     SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \
-    SWUPD_REPO_CHECK SWUPD_REPO_FORCE \
+    SWUPD_REPO_CHECK SWUPD_REPO_FORCE SWUPD_REPO_RELEASE SWUPD_REPO_REPORT \
     DSK_IMAGE_LAYOUT IMAGE_LINK_NAME MACHINE \
 "
 
