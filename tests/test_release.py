@@ -154,3 +154,26 @@ def test_revert_to_a_missing_version_is_refused(tmp_path: Path,
     done = swupd_repo("revert", "--to", "20", "--storage", storage)
     assert done.returncode == 2 and "version 20 is not published" in done.stderr
     assert snapshot(storage) == before
+
+
+def test_release_gate_refuses_a_broken_staged_version(staged: Path) -> None:
+    st = Storage(staged)
+    fullfile = next((st.www(20) / "files").iterdir())
+    fullfile.unlink()
+    done = swupd_repo("release", "20", "--storage", staged, "--check")
+    assert done.returncode == 2 and str(fullfile) in done.stderr
+    assert st.latest_www_marker.read_text() == "10\n"
+
+
+def test_revert_the_format_cannot_express_loses_nothing(tmp_path: Path,
+                                                        rootfs_trees: dict[int, Path]) -> None:
+    """The vectors' 20 turns a file of 10 into a directory: going back is refused by the
+    generator (format 3 cannot turn a directory into a file) and version 30 never appears."""
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    build(storage, rootfs_trees[20], 20)
+    before = snapshot(storage)
+    done = swupd_repo("revert", "--to", "10", "--storage", storage)
+    assert done.returncode == 2, done.stdout
+    assert "turns a directory into a file" in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(storage) == before
