@@ -214,6 +214,19 @@ def test_generate_0_builds_the_image_and_publishes_nothing(tmp_path):
     assert storage_of(builddir).latest() == 0
 
 
+def test_release_0_stages_the_build_and_report_0_writes_none(tmp_path):
+    builddir = bed.make_builddir(tmp_path, 'SWUPD_REPO_RELEASE = "0"\n'
+                                           'SWUPD_REPO_REPORT = "0"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10]
+    assert storage.latest_image_marker.read_text() == "10\n"
+    assert not storage.latest_www_marker.exists()  # devices see nothing until a release
+    assert "staged (swupd-repo release to release it) version 10" in result.output
+    assert not (storage.root / "report.html").exists()
+
+
 def version_id_text(text: str) -> str:
     return next((line.split("=", 1)[1] for line in text.splitlines()
                  if line.startswith("VERSION_ID=")), "")
