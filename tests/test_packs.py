@@ -219,5 +219,22 @@ def test_delta_pack_sources_walks_previous_links(tmp_path: Path) -> None:
     assert packs.delta_pack_sources(www, "os-core", 60, 0) == []
 
 
+def test_released_version_keeps_its_delta_pack_past_staged_versions(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    _mom(www, 10, 0, {"os-core": 10})
+    _mom(www, 20, 10, {"os-core": 20})
+    _mom(www, 30, 20, {"os-core": 30})
+    _mom(www, 40, 30, {"os-core": 40, "editors": 30})
+    sources = packs.delta_pack_sources(www, "os-core", 40, 2)
+    assert sources == [20, 30]
+    # devices on 10 (20 and 30 staged) get a pack too
+    assert packs.with_released_source(www, "os-core", 40, sources, 10) == [10, 20, 30]
+    # nothing staged: released is the previous version, already a source
+    assert packs.with_released_source(www, "os-core", 40, sources, 30) == [20, 30]
+    assert packs.with_released_source(www, "os-core", 40, [], 10) == []  # none wanted
+    assert packs.with_released_source(www, "os-core", 40, sources, 0) == [20, 30]
+    assert packs.with_released_source(www, "editors", 40, [], 10) == []  # unchanged in 40
+
+
 def test_vectors_delta_pack_sources(vectors: Path) -> None:
     assert packs.delta_pack_sources(vectors / "www", "os-core", 20, 2) == [10]

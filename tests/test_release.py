@@ -177,3 +177,26 @@ def test_revert_the_format_cannot_express_loses_nothing(tmp_path: Path,
     assert done.returncode == 2, done.stdout
     assert "turns a directory into a file" in done.stderr and "Traceback" not in done.stderr
     assert snapshot(storage) == before
+
+
+def test_devices_on_the_released_version_keep_a_delta_pack(staged: Path, tree30: Path,
+                                                           tmp_path: Path) -> None:
+    """10 released, 20 and 30 staged: 40's delta packs reach back two change points (20, 30)
+    and also to 10, where devices are."""
+    st = Storage(staged)
+    build(staged, tree30, 30, "--stage")
+    tree40 = copy_tree(tree30, tmp_path / "tree40")
+    (tree40 / "usr/share/added-in-40").write_text("new in 40\n")
+    stamp_version_id(tree40, 40)
+    build(staged, tree40, 40, "--stage")
+    assert sorted(p.name for p in st.www(40).glob("pack-*")) == [
+        "pack-os-core-from-0.tar", "pack-os-core-from-10.tar", "pack-os-core-from-20.tar",
+        "pack-os-core-from-30.tar"]
+    assert swupd_repo("release", "40", "--storage", staged, "--check").returncode == 0
+    root = tmp_path / "root"
+    with serve_in_thread(st.www_dir) as url:
+        install(url, root, 10, state_dir=tmp_path / "state")
+        stats = update(url, root, state_dir=tmp_path / "state")
+    assert stats.to_version == 40 and stats.packs == ["40/pack-os-core-from-10.tar"]
+    assert stats.from_fullfile == 0
+    assert compare_trees(root, tree40, lambda p: p.startswith("/etc/")) == []

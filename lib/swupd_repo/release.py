@@ -10,8 +10,10 @@ version, the one devices update to. A normal publish moves both. A staged publis
   chain: an entry's ``last_change`` is only meaningful against the version before it, and a
   device on a staged version (one a tester pointed at it) must reach the next version by a
   normal update. Delta packs come, as always, from the bundle's last change points walked
-  through the MoMs' ``previous:`` links, so they may be made from staged versions; a device
-  on a released version outside that window gets fullfiles (the report shows what it costs);
+  through the MoMs' ``previous:`` links (so they may be made from staged versions), and the
+  native generator adds one from the bundle's change point at the *released* version when
+  staged versions pushed it out of that window (``packs.with_released_source``): devices
+  are there, so their update stays a pack, not fullfiles;
 * :func:`release` later moves ``latest`` to a staged version: only forward, under the lock,
   after the gate when ``SWUPD_REPO_CHECK`` is on.
 

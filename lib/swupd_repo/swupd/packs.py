@@ -305,6 +305,24 @@ def delta_pack_sources(www: Path, bundle: str, version: int, count: int) -> list
     return found
 
 
+def with_released_source(www: Path, bundle: str, version: int, sources: list[int],
+                         released: int) -> list[int]:
+    """``sources`` plus the bundle's change point as of the *released* version (what devices
+    run) when staged versions after it pushed it out of the window (see :mod:`...release`).
+
+    Without staged versions the released version is the previous one, whose change point
+    :func:`delta_pack_sources` always finds, so the container's choice is unchanged; no
+    sources (no delta packs wanted, or the bundle unchanged) stay none.
+    """
+    if not sources or not 0 < released < version:
+        return sources
+    mom = _read_mom(www, released)
+    point = _bundle_version(mom, bundle) if mom is not None else None
+    if point is None or point in sources or point >= version:
+        return sources
+    return sorted([*sources, point])
+
+
 def _read_mom(www: Path, version: int) -> Manifest | None:
     path = www / str(version) / "Manifest.MoM"
     try:

@@ -190,6 +190,8 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
             prev_pack = candidate if candidate.is_file() else None
         sources = packs.delta_pack_sources(view, name, built.version,
                                            settings.deltapack_versions)
+        sources = packs.with_released_source(view, name, built.version, sources,
+                                             storage.released())
         out = staging / pack_name(name, 0)
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
                               workers=settings.workers, reporter=reporter)
