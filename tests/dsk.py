@@ -145,6 +145,29 @@ def make_dsk(source: Path | None, workdir: Path, name: str = "image", *, rootfs_
     return dsk, layout_path
 
 
+def debugfs(dsk: Path, offset: int, *requests: str) -> None:
+    """Change the filesystem at byte ``offset`` of ``dsk`` with ``debugfs -w``.
+
+    debugfs writes through libext2fs, so every checksum it touches is recomputed: the result
+    is damage a checksum cannot see (what a crafted image looks like), not a torn write.
+    """
+    for request in requests:
+        done = subprocess.run(["debugfs", "-w", "-R", request, f"{dsk}?offset={offset}"],
+                              capture_output=True, text=True, check=True)
+        complaints = [line for line in done.stderr.splitlines()
+                      if not line.startswith("debugfs ")]  # the version banner
+        assert not complaints, f"debugfs {request!r}: {done.stderr}"
+
+
+def e2fsck_finds_damage(dsk: Path, offset: int) -> str:
+    """``e2fsck -fn`` on the filesystem at ``offset``: its report, asserting it found errors
+    (exit status 4: "errors left uncorrected"; -n changes nothing)."""
+    done = subprocess.run(["e2fsck", "-fn", f"{dsk}?offset={offset}"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode & 4, f"e2fsck finds nothing wrong:\n{done.stdout}{done.stderr}"
+    return done.stdout + done.stderr
+
+
 def rootfs_offset(layout: dict) -> int:
     """Byte offset of the rootfs partition (what the GPT says, for tests that patch bytes)."""
     start = layout["gpt_initial_offset_mb"]

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset, sparse_copy
+from dsk import (
+    LONG_TARGET,
+    debugfs,
+    describe_tree,
+    hardlink_groups,
+    make_layout,
+    rootfs_offset,
+    sparse_copy,
+)
 from helpers_users import as_nobody
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
@@ -226,32 +234,36 @@ def _inode_offset(dsk: Path, path: str) -> int:
 
 def test_extent_pointing_outside_the_partition(damaged: tuple[Path, Path],
                                                tmp_path: Path) -> None:
+    """With valid checksums (debugfs recomputes them), as a crafted image would have."""
     at = _inode_offset(damaged[0], "usr/lib/random.bin")
     with open(damaged[0], "rb") as f:
         f.seek(at + 0x28)
         assert struct.unpack("<H", f.read(2))[0] == 0xF30A  # an extent header
-    patch(damaged[0], at + 0x28 + 12 + 8, struct.pack("<I", 0x7FFFFFF0))
+    # i_block[5] is ee_start_lo of the first extent
+    debugfs(damaged[0], OFFSET, f"sif usr/lib/random.bin block[5] {0x7FFFFFF0}")
     expect_clean_failure(*damaged, tmp_path, Ext4Error, "lie outside the filesystem")
 
 
-def test_directory_entry_escaping_the_target(damaged: tuple[Path, Path],
+@pytest.mark.parametrize(("flavour", "refusal"), [
+    ("ext3", "not a valid file name"),  # no metadata_csum: the name check refuses it
+    ("ext4", r"directory inode \d+ in .*: block \d+ \(directory block 0\) fails its "
+             "metadata_csum check"),
+])
+def test_directory_entry_escaping_the_target(flavour: str, refusal: str, rich_images: dict,
                                              tmp_path: Path) -> None:
-    dsk = damaged[0]
+    dsk = sparse_copy(rich_images[flavour][0], tmp_path / "image.dsk")
     data = dsk.read_bytes()
     hits = [i for i in range(len(data)) if data.startswith(b"patch-me-name", i)]
     assert hits, "the entry to patch is in the image"
     for hit in hits:
         patch(dsk, hit, b"..x/../../etc")
-    expect_clean_failure(*damaged, tmp_path, Ext4Error, "not a valid file name")
+    expect_clean_failure(dsk, rich_images[flavour][1], tmp_path, Ext4Error, refusal)
     assert not (tmp_path / "etc").exists()
 
 
 def test_unreachable_inode_is_an_error(damaged: tuple[Path, Path], tmp_path: Path) -> None:
     """An entry cleared (inode 0) leaves a used inode nobody reaches: never a silent miss."""
-    dsk = damaged[0]
-    data = dsk.read_bytes()
-    hit = data.index(b"patch-me-name", OFFSET)
-    patch(dsk, hit - 8, b"\0\0\0\0")  # the entry's inode field
+    debugfs(damaged[0], OFFSET, "unlink etc/patch-me-name")  # keeps the inode's link count
     expect_clean_failure(*damaged, tmp_path, Ext4Error, "not reachable")
 
 
