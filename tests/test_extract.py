@@ -287,3 +287,23 @@ def test_without_privileges_the_error_says_how(rich_images: dict) -> None:
         assert not (base / "s" / "image" / "10").exists()
     finally:
         shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("name", [b"comm\0nt", b"\0\0\0\0\0\0\0"])
+def test_xattr_name_with_nul_is_refused(name: bytes, rich_images: dict, tmp_path: Path) -> None:
+    """Not ``ValueError: embedded null byte`` from os.setxattr: one Ext4Error naming the inode.
+
+    On the ext3 flavour (no metadata_csum), where nothing but the name check can notice.
+    """
+    dsk = sparse_copy(rich_images["ext3"][0], tmp_path / "image.dsk")
+    with Ext4Reader.open(dsk, OFFSET, 32 << 20) as fs:
+        number = 2
+        for part in ("usr", "bin", "su"):
+            number = dict(fs.entries(fs.inode(number)))[part.encode()]
+    data = dsk.read_bytes()
+    hits = [i for i in range(OFFSET, len(data)) if data.startswith(b"comment", i)]
+    assert len(hits) == 1, "user.comment of usr/bin/su, stored once"
+    patch(dsk, hits[0], name)
+    expect_clean_failure(dsk, rich_images["ext3"][1], tmp_path, Ext4Error,
+                         rf"inode {number} in .* has damaged extended attributes: an attribute "
+                         r"is named b'user\.\S*', which is not a valid attribute name")
