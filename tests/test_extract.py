@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
@@ -23,10 +24,12 @@ from dsk import (
     debugfs,
     describe_tree,
     hardlink_groups,
+    make_dsk,
     make_layout,
     rootfs_offset,
     sparse_copy,
 )
+from helpers_cli import publish
 from helpers_users import as_nobody
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
@@ -307,3 +310,79 @@ def test_xattr_name_with_nul_is_refused(name: bytes, rich_images: dict, tmp_path
     expect_clean_failure(dsk, rich_images["ext3"][1], tmp_path, Ext4Error,
                          rf"inode {number} in .* has damaged extended attributes: an attribute "
                          r"is named b'user\.\S*', which is not a valid attribute name")
+
+
+# --- huge and sparse files: bounded extraction, and the max_file_size limit -------------------
+
+
+@pytest.fixture(scope="module")
+def sparse_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An 8 MiB rootfs holding a valid 20 GiB sparse file (4 bytes of data at 10 GiB): what
+    a ``truncate -s 20G`` in a recipe gives. e2fsck finds nothing wrong with it."""
+    base = tmp_path_factory.mktemp("sparse")
+    src = base / "src"
+    (src / "usr/lib").mkdir(parents=True)
+    (src / "usr/lib/os-release").write_text("VERSION_ID=10\n")
+    with open(src / "usr/huge", "wb") as f:
+        f.truncate(20 << 30)
+        f.seek(10 << 30)
+        f.write(b"data")
+    dsk, layout = make_dsk(src, base / "w", "sparse", rootfs_mb=8)
+    assert e2fsck_clean(dsk, OFFSET)
+    return dsk, layout
+
+
+def e2fsck_clean(dsk: Path, offset: int) -> bool:
+    return subprocess.run(["e2fsck", "-fn", f"{dsk}?offset={offset}"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def test_sparse_20_gib_file_is_refused_by_max_file_size(sparse_image: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """The issue's case: publish stalled for over 15 minutes; now one line naming the limit."""
+    storage = tmp_path / "storage"
+    done = publish(storage, sparse_image)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "/usr/huge (inode" in errors[0] and "21474836480 bytes" in errors[0]
+    assert "more than max_file_size (4294967296 bytes)" in errors[0]
+    assert "SWUPD_REPO_MAX_FILE_SIZE / --max-file-size" in errors[0]
+    assert not (storage / "image" / "10").exists() and not (storage / "www" / "10").exists()
+
+
+def test_sparse_file_extracts_in_bounded_space(sparse_image: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    """With the limit raised, extraction writes the data blocks only: holes stay holes."""
+    dest = tmp_path / "os-core"
+    reporter = RecordingReporter()
+    extent = find_partition(sparse_image[0], load_layout(sparse_image[1]).rootfs(), reporter)
+    extract_rootfs(sparse_image[0], extent.offset, extent.size, dest, reporter,
+                   max_file_size=20 << 30)
+    huge = os.stat(dest / "usr/huge")
+    assert huge.st_size == 20 << 30 and huge.st_blocks * 512 <= 64 << 10
+    with open(dest / "usr/huge", "rb") as f:
+        f.seek((10 << 30) - 2)
+        assert f.read(8) == b"\0\0data\0\0"
+
+
+def test_inode_claiming_1_tib_is_refused_by_max_file_size(damaged: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """e2fsck accepts a 1 TiB i_size over a few blocks (a sparse tail), so it is not damage:
+    the limit refuses it, and with the limit raised it extracts as a sparse file."""
+    dsk, layout = damaged
+    debugfs(dsk, OFFSET, "sif etc/os-release size 1099511627776")
+    assert e2fsck_clean(dsk, OFFSET)
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    extent = find_partition(dsk, load_layout(layout).rootfs(), RecordingReporter())
+    with pytest.raises(ExtractError, match=r"/etc/os-release \(inode \d+\) in .* is "
+                                           r"1099511627776 bytes \(1024\.0 GiB, holes "
+                                           r"included\), more than max_file_size"):
+        extract_rootfs(dsk, extent.offset, extent.size, storage / "a", RecordingReporter(),
+                       max_file_size=4 << 30)
+    assert list(storage.iterdir()) == []
+    extract_rootfs(dsk, extent.offset, extent.size, storage / "b", RecordingReporter(),
+                   max_file_size=1 << 40)
+    claimed = os.stat(storage / "b/etc/os-release")
+    assert claimed.st_size == 1 << 40 and claimed.st_blocks * 512 <= 64 << 10
