@@ -3,7 +3,10 @@
 The facade the extractor uses: inodes, their data runs, directory entries, symlink targets,
 extended attributes, and the inode bitmaps for the completeness check. Every read goes
 through :meth:`Ext4Reader.read`, which refuses anything outside the partition and turns a
-short read (a truncated image) into :class:`Ext4Error`.
+short read (a truncated image) into :class:`Ext4Error`. With ``metadata_csum`` each inode,
+directory/index block, extent block, xattr block and inode bitmap is checked against its
+checksum when it is read (the superblock and descriptors when the reader opens), so nothing
+unverified reaches the extractor.
 """
 
 from __future__ import annotations
