@@ -54,12 +54,21 @@ def make_layout(rootfs_mb: int, generation: str = "old",
 
 def mkfs(image: Path, source: Path | None, size_mb: int, fs_type: str = "ext4",
          options: tuple[str, ...] = ("-b", "4096")) -> Path:
-    """``mkfs.<fs_type> -d source`` into a fresh ``size_mb`` file."""
+    """``mkfs.<fs_type> -d source`` into a fresh ``size_mb`` file.
+
+    ``-E`` options given are merged with ``nodiscard`` (mke2fs keeps only its last ``-E``).
+    """
     if image.exists():
         image.unlink()
     with open(image, "wb") as f:
         f.truncate(size_mb * MIB)
-    cmd = [f"mkfs.{fs_type}", "-F", "-q", *options, "-E", "nodiscard"]
+    options = tuple(options)
+    extended = "nodiscard"
+    if "-E" in options:
+        at = options.index("-E")
+        extended = f"{options[at + 1]},nodiscard"
+        options = options[:at] + options[at + 2:]
+    cmd = [f"mkfs.{fs_type}", "-F", "-q", *options, "-E", extended]
     if source is not None:
         cmd += ["-d", str(source)]
     subprocess.run([*cmd, str(image)], check=True, capture_output=True)

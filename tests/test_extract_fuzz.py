@@ -9,8 +9,9 @@ damage reaches the parsers, and one with it, where the checksums must catch dama
 Runs are deterministic. Two profiles, chosen with ``SWUPD_REPO_FUZZ``:
 
 * ``ci`` (default): ``derandomize=True``, so every run (CI, a laptop, the lead's merge) tries
-  the same fixed set of ``SWUPD_REPO_FUZZ_EXAMPLES`` (default 400) mutation lists per image;
-  a failure is reproducible by simply running the test again.
+  the same fixed set of ``SWUPD_REPO_FUZZ_EXAMPLES`` (default 400) mutation lists per image,
+  and the images are the same bytes in every run (see ``FLAVOURS``); a failure is reproducible
+  by simply running the test again.
 * ``long``: for a run by hand, random seeds, as many examples as you like::
 
       SWUPD_REPO_FUZZ=long SWUPD_REPO_FUZZ_EXAMPLES=5000 python3 -m pytest \\
@@ -25,6 +26,7 @@ hypothesis reports the mutations as ``(region, offset, byte)`` triples.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import stat
 import struct
@@ -51,11 +53,14 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
 )
-#: mkfs options of both images; the second keeps ext4's default metadata_csum.
+#: mkfs options of both images; the second keeps ext4's default metadata_csum. Fixed UUID
+#: (the checksum seed) and htree hash seed, fixed contents and times (E2FSPROGS_FAKE_TIME for
+#: mkfs's own) make the images the same bytes in every run, so the examples are the same tests.
+_FIXED = ("-b", "1024", "-I", "256", "-U", "2f1a7c4e-0000-4000-8000-00000000f022",
+          "-E", "hash_seed=2f1a7c4e-0000-4000-8000-00000000f023")
 FLAVOURS = {
-    "no-csum": ("-b", "1024", "-I", "256",
-                "-O", "inline_data,^has_journal,^resize_inode,^metadata_csum"),
-    "csum": ("-b", "1024", "-I", "256", "-O", "^has_journal,^resize_inode"),
+    "no-csum": (*_FIXED, "-O", "inline_data,^has_journal,^resize_inode,^metadata_csum"),
+    "csum": (*_FIXED, "-O", "^has_journal,^resize_inode"),
 }
 
 
@@ -77,7 +82,7 @@ def _small_tree(root: Path) -> None:
     (root / "usr/bin").mkdir(parents=True)
     for i in range(12):
         (root / "etc" / f"file{i}").write_bytes(b"x" * (i * 37))
-    (root / "usr/bin/big").write_bytes(os.urandom(40_000))
+    (root / "usr/bin/big").write_bytes(random.Random(7).randbytes(40_000))
     os.link(root / "usr/bin/big", root / "usr/bin/big-link")
     os.symlink("../etc/file1", root / "usr/bin/rel")
     os.symlink("/" + "long/" * 30, root / "usr/bin/long")
@@ -88,6 +93,8 @@ def _small_tree(root: Path) -> None:
         for i in range(8):
             f.seek(i * 8192)
             f.write(b"s" * 1024)
+    for path in (root, *root.rglob("*")):
+        os.utime(path, (1_500_000_000, 1_500_000_000), follow_symlinks=False)
 
 
 def _regions(image: Path) -> tuple[tuple[str, int, int], ...]:
@@ -128,7 +135,9 @@ def _regions(image: Path) -> tuple[tuple[str, int, int], ...]:
 def pristine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pristine:
     base = tmp_path_factory.mktemp("fuzz")
     _small_tree(base / "src")
-    image = mkfs(base / "fs.img", base / "src", SIZE_MB, "ext4", FLAVOURS[request.param])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("E2FSPROGS_FAKE_TIME", "1500000000")
+        image = mkfs(base / "fs.img", base / "src", SIZE_MB, "ext4", FLAVOURS[request.param])
     regions = _regions(image)
     assert any(name.startswith("extent block") for name, _, _ in regions)
     return Pristine(request.param, image.read_bytes(), regions)
