@@ -386,3 +386,11 @@ def test_inode_claiming_1_tib_is_refused_by_max_file_size(damaged: tuple[Path, P
                    max_file_size=1 << 40)
     claimed = os.stat(storage / "b/etc/os-release")
     assert claimed.st_size == 1 << 40 and claimed.st_blocks * 512 <= 64 << 10
+
+
+def test_symlink_claiming_a_huge_target_is_refused_before_reading(damaged: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """A 256 MiB symlink target was read into memory before its length was judged."""
+    debugfs(damaged[0], OFFSET, f"sif usr/lib/long-link size {256 << 20}")
+    expect_clean_failure(*damaged, tmp_path, Ext4Error,
+                         r"symlink inode \d+ in .* claims a target of 268435456 bytes")

@@ -40,6 +40,8 @@ _DIR_CHUNK_BLOCKS = 16
 _XATTR_BLOCK_CACHE = 64
 #: Directories and symlinks are read whole; a larger one is damage, not a rootfs.
 MAX_METADATA_BYTES = 256 << 20
+_PATH_MAX = 4096  # a symlink target is shorter (Linux PATH_MAX, NUL included)
+_XATTR_SIZE_MAX = 65536  # the largest value setxattr(2) accepts
 
 
 class Ext4Reader:
@@ -269,13 +271,16 @@ class Ext4Reader:
                             f"({problem})", hint=DAMAGED_HINT)
 
     def symlink_target(self, node: Inode) -> bytes:
+        if not 0 < node.size < _PATH_MAX:  # checked before reading: never a huge buffer
+            raise Ext4Error(f"symlink inode {node.number} in {self.where} claims a target of "
+                            f"{node.size} bytes", hint="the filesystem is damaged")
         if self.is_inline(node):
             target = self.inline_data(node)
         elif self._is_fast_symlink(node):
             target = node.block[:node.size]
         else:
             target = self.read_data(node)
-        if not target or b"\0" in target or len(target) >= 4096:
+        if not target or b"\0" in target or len(target) >= _PATH_MAX:
             raise Ext4Error(f"symlink inode {node.number} in {self.where} has an invalid "
                             f"target {target[:64]!r}", hint="the filesystem is damaged")
         return target
@@ -336,6 +341,10 @@ class Ext4Reader:
             raise Ext4Error(f"inode {owner.number} in {self.where}: the value of {x.name} "
                             f"should be in inode {x.value_inum}, which does not hold it",
                             hint="the filesystem is damaged: rebuild the image")
+        if x.value_size > _XATTR_SIZE_MAX:
+            raise Ext4Error(f"inode {owner.number} in {self.where}: the value of {x.name} is "
+                            f"{x.value_size} bytes, more than setxattr can write "
+                            f"({_XATTR_SIZE_MAX})", hint="build the rootfs without it")
         self.on_ea_inode(x.value_inum)
         return self.read_data(node)
 
