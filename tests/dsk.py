@@ -54,12 +54,21 @@ def make_layout(rootfs_mb: int, generation: str = "old",
 
 def mkfs(image: Path, source: Path | None, size_mb: int, fs_type: str = "ext4",
          options: tuple[str, ...] = ("-b", "4096")) -> Path:
-    """``mkfs.<fs_type> -d source`` into a fresh ``size_mb`` file."""
+    """``mkfs.<fs_type> -d source`` into a fresh ``size_mb`` file.
+
+    ``-E`` options given are merged with ``nodiscard`` (mke2fs keeps only its last ``-E``).
+    """
     if image.exists():
         image.unlink()
     with open(image, "wb") as f:
         f.truncate(size_mb * MIB)
-    cmd = [f"mkfs.{fs_type}", "-F", "-q", *options, "-E", "nodiscard"]
+    options = tuple(options)
+    extended = "nodiscard"
+    if "-E" in options:
+        at = options.index("-E")
+        extended = f"{options[at + 1]},nodiscard"
+        options = options[:at] + options[at + 2:]
+    cmd = [f"mkfs.{fs_type}", "-F", "-q", *options, "-E", extended]
     if source is not None:
         cmd += ["-d", str(source)]
     subprocess.run([*cmd, str(image)], check=True, capture_output=True)
@@ -143,6 +152,30 @@ def make_dsk(source: Path | None, workdir: Path, name: str = "image", *, rootfs_
     layout_path = workdir / f"{name}-disk-layout.json"
     layout_path.write_text(json.dumps(layout, indent=4))
     return dsk, layout_path
+
+
+def debugfs(dsk: Path, offset: int, *requests: str) -> None:
+    """Change the filesystem at byte ``offset`` of ``dsk`` with ``debugfs -w``.
+
+    debugfs writes through libext2fs, so every checksum it touches is recomputed: the result
+    is damage a checksum cannot see (what a crafted image looks like), not a torn write.
+    """
+    for request in requests:
+        done = subprocess.run(["debugfs", "-w", "-R", request, f"{dsk}?offset={offset}"],
+                              capture_output=True, text=True, check=True)
+        complaints = [line for line in done.stderr.splitlines()
+                      if not line.startswith("debugfs ")]  # the version banner
+        assert not complaints, f"debugfs {request!r}: {done.stderr}"
+
+
+def e2fsck_finds_damage(dsk: Path, offset: int) -> str:
+    """``e2fsck -fn`` on the filesystem at ``offset``: its report, asserting it found errors
+    (exit status 4: "errors left uncorrected", or 8 when it cannot even open the filesystem,
+    as with a bad superblock checksum; -n changes nothing)."""
+    done = subprocess.run(["e2fsck", "-fn", f"{dsk}?offset={offset}"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode & (4 | 8), f"e2fsck finds nothing wrong:\n{done.stdout}{done.stderr}"
+    return done.stdout + done.stderr
 
 
 def rootfs_offset(layout: dict) -> int:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from dsk import MIB, make_layout, mkfs, rootfs_offset
+from dsk import MIB, e2fsck_finds_damage, make_layout, mkfs, rootfs_offset, sparse_copy
+from helpers_cli import publish
 from swupd_repo.errors import Ext4Error
 from swupd_repo.ext4 import Ext4Reader
 from swupd_repo.ext4.blockmap import MapContext, extent_runs
 from swupd_repo.ext4.directory import parse_entries
 from swupd_repo.ext4.inode import FL_EXTENTS, FL_INDEX, FL_INLINE_DATA, parse_inode
 from swupd_repo.ext4.xattr import acl_to_xattr
+from swupd_repo.extract import extract_rootfs
+from swupd_repo.progress import NullReporter
 
 OFFSET = rootfs_offset(make_layout(32))
 
@@ -168,3 +171,122 @@ def test_filesystem_larger_than_partition(tmp_path: Path) -> None:
     image = mkfs(tmp_path / "fs.img", None, 8)
     with pytest.raises(Ext4Error, match="partition has only"):
         Ext4Reader.open(image, 0, 4 * MIB)
+
+
+# --- metadata_csum: damage only a checksum can see is refused, as e2fsck -fn refuses it -------
+
+
+def _node_at(fs: Ext4Reader, path: str) -> tuple[int, int]:
+    """(inode number, byte offset of its slot in the partition) of ``path``."""
+    number = 2
+    for name in path.split("/"):
+        number = dict(fs.entries(fs.inode(number)))[name.encode()]
+    group, index = divmod(number - 1, fs.sb.inodes_per_group)
+    return number, fs.groups[group].inode_table * fs.block_size + index * fs.sb.inode_size
+
+
+def _flip(path: Path, offset: int, mask: int = 0x01) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
+def _target(fs: Ext4Reader, what: str) -> tuple[int, str]:
+    """Where to damage the rich ext4 image for ``what``: (partition offset, expected error)."""
+    bs = fs.block_size
+    if what == "superblock":
+        return 1024 + 0x30, r"superblock in .* is damaged: metadata_csum mismatch"  # s_wtime
+    if what == "group descriptor":
+        return (fs.sb.descriptor_block(0) * bs + 0x0C,  # bg_free_blocks_count_lo of group 0
+                r"group descriptor 0 of the filesystem in .* fails its metadata_csum check")
+    if what == "inode mode 04755":
+        number, slot = _node_at(fs, "usr/bin/ping")
+        assert fs.inode(number).permissions == 0o755
+        return slot + 1, rf"^inode {number} in .* fails its metadata_csum check"
+    if what == "directory block":
+        number, _slot = _node_at(fs, "etc")
+        (_logical, physical, _count), = fs.runs(fs.inode(number))
+        block = fs.read_block(physical)
+        at = physical * bs + block.index(b"patch-me-name") + 12  # "...nam[e]" -> another name
+        return at, (rf"directory inode {number} in .*: block {physical} \(directory block 0\) "
+                    "fails its metadata_csum check")
+    if what == "extent tree block":
+        number, _slot = _node_at(fs, "var/sparse.img")
+        (leaf,) = struct.unpack_from("<I", fs.inode(number).block, 12 + 4)  # ei_leaf_lo
+        return (leaf * bs + 12 + 8,  # ee_start_lo of the first leaf extent
+                rf"inode {number} in .*: extent tree block {leaf} fails its metadata_csum")
+    if what == "xattr block":
+        number, _slot = _node_at(fs, "etc/shadow")
+        block = fs.inode(number).file_acl
+        return (block * bs + bs - 100,  # inside the value of trusted.big
+                rf"inode {number} in .*: its xattr block {block} fails its metadata_csum")
+    if what == "inode bitmap":
+        last = fs.sb.inodes_per_group - 1  # an unused inode marked in use
+        return (fs.groups[0].inode_bitmap * bs + last // 8,
+                r"the inode bitmap of group 0 \(block \d+\) fails its metadata_csum check")
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("what", ["superblock", "group descriptor", "inode mode 04755",
+                                  "directory block", "extent tree block", "xattr block",
+                                  "inode bitmap"])
+def test_metadata_csum_damage_is_refused_with_one_line(what: str, rich_images: dict,
+                                                       tmp_path: Path) -> None:
+    dsk = sparse_copy(rich_images["ext4"][0], tmp_path / "image.dsk")
+    with _open(dsk) as fs:
+        assert fs.sb.csum_seed is not None, "mkfs.ext4 made the image with metadata_csum"
+        at, expected = _target(fs, what)
+    mask = 0x08 if what == "inode mode 04755" else 0x01  # mode high byte 0o0755 -> 0o4755
+    _flip(dsk, OFFSET + at, mask)
+    if what == "inode mode 04755":
+        with open(dsk, "rb") as f:
+            f.seek(OFFSET + at - 1)
+            assert struct.unpack("<H", f.read(2))[0] == 0o104755
+    e2fsck_finds_damage(dsk, OFFSET)
+    dest = tmp_path / "storage" / "os-core"
+    with pytest.raises(Ext4Error, match=expected) as info:
+        extract_rootfs(dsk, OFFSET, 32 * MIB, dest, NullReporter())
+    assert "\n" not in str(info.value) and info.value.hint
+    assert not (tmp_path / "storage").exists(), "nothing is left behind"
+
+
+def test_htree_index_block_damage_is_refused(htree_image: tuple, tmp_path: Path) -> None:
+    dsk = sparse_copy(htree_image[1], tmp_path / "htree.dsk")
+    offset = 3 * MIB
+    with Ext4Reader.open(dsk, offset, 16 * MIB) as fs:
+        number, _slot = _node_at(fs, "usr/share")
+        number = dict(fs.entries(fs.inode(number)))[b"many"]
+        node = fs.inode(number)
+        assert node.flags & FL_INDEX
+        root = next(iter(fs.runs(node)))[1]
+    _flip(dsk, offset + root * 4096 + 0x28)  # the hash of the second index entry
+    e2fsck_finds_damage(dsk, offset)
+    with pytest.raises(Ext4Error, match=rf"directory inode {number} in .*: htree index block "
+                                        rf"{root} \(directory block 0\) fails"):
+        extract_rootfs(dsk, offset, 16 * MIB, tmp_path / "out", NullReporter())
+
+
+def test_setuid_flip_is_not_published(rich_images: dict, tmp_path: Path) -> None:
+    """The issue's case end to end: ``publish`` exits 2 with one line and publishes nothing."""
+    dsk = sparse_copy(rich_images["ext4"][0], tmp_path / "image.dsk")
+    with _open(dsk) as fs:
+        number, slot = _node_at(fs, "usr/bin/ping")
+    _flip(dsk, OFFSET + slot + 1, 0x08)
+    storage = tmp_path / "storage"
+    done = publish(storage, (dsk, rich_images["ext4"][1]))
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: inode {number} in {dsk}" in errors[0] and "metadata_csum" in errors[0]
+    assert not (storage / "www").exists() or list((storage / "www").iterdir()) == []
+    assert not (storage / "image" / "10").exists()
+
+
+def test_checksums_of_every_flavour_verify(rich_images: dict) -> None:
+    """Every structure of the pristine images passes (no false alarms), and the flavours
+    that should carry checksums do."""
+    for flavour, (dsk, _layout) in rich_images.items():
+        with _open(dsk) as fs:
+            assert (fs.sb.csum_seed is not None) == (flavour != "ext3"), flavour

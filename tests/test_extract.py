@@ -12,13 +12,24 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
 import pytest
 
-from dsk import LONG_TARGET, describe_tree, hardlink_groups, make_layout, rootfs_offset, sparse_copy
+from dsk import (
+    LONG_TARGET,
+    debugfs,
+    describe_tree,
+    hardlink_groups,
+    make_dsk,
+    make_layout,
+    rootfs_offset,
+    sparse_copy,
+)
+from helpers_cli import publish
 from helpers_users import as_nobody
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import DiskImageError, Ext4Error, ExtractError
@@ -226,32 +237,36 @@ def _inode_offset(dsk: Path, path: str) -> int:
 
 def test_extent_pointing_outside_the_partition(damaged: tuple[Path, Path],
                                                tmp_path: Path) -> None:
+    """With valid checksums (debugfs recomputes them), as a crafted image would have."""
     at = _inode_offset(damaged[0], "usr/lib/random.bin")
     with open(damaged[0], "rb") as f:
         f.seek(at + 0x28)
         assert struct.unpack("<H", f.read(2))[0] == 0xF30A  # an extent header
-    patch(damaged[0], at + 0x28 + 12 + 8, struct.pack("<I", 0x7FFFFFF0))
+    # i_block[5] is ee_start_lo of the first extent
+    debugfs(damaged[0], OFFSET, f"sif usr/lib/random.bin block[5] {0x7FFFFFF0}")
     expect_clean_failure(*damaged, tmp_path, Ext4Error, "lie outside the filesystem")
 
 
-def test_directory_entry_escaping_the_target(damaged: tuple[Path, Path],
+@pytest.mark.parametrize(("flavour", "refusal"), [
+    ("ext3", "not a valid file name"),  # no metadata_csum: the name check refuses it
+    ("ext4", r"directory inode \d+ in .*: block \d+ \(directory block 0\) fails its "
+             "metadata_csum check"),
+])
+def test_directory_entry_escaping_the_target(flavour: str, refusal: str, rich_images: dict,
                                              tmp_path: Path) -> None:
-    dsk = damaged[0]
+    dsk = sparse_copy(rich_images[flavour][0], tmp_path / "image.dsk")
     data = dsk.read_bytes()
     hits = [i for i in range(len(data)) if data.startswith(b"patch-me-name", i)]
     assert hits, "the entry to patch is in the image"
     for hit in hits:
         patch(dsk, hit, b"..x/../../etc")
-    expect_clean_failure(*damaged, tmp_path, Ext4Error, "not a valid file name")
+    expect_clean_failure(dsk, rich_images[flavour][1], tmp_path, Ext4Error, refusal)
     assert not (tmp_path / "etc").exists()
 
 
 def test_unreachable_inode_is_an_error(damaged: tuple[Path, Path], tmp_path: Path) -> None:
     """An entry cleared (inode 0) leaves a used inode nobody reaches: never a silent miss."""
-    dsk = damaged[0]
-    data = dsk.read_bytes()
-    hit = data.index(b"patch-me-name", OFFSET)
-    patch(dsk, hit - 8, b"\0\0\0\0")  # the entry's inode field
+    debugfs(damaged[0], OFFSET, "unlink etc/patch-me-name")  # keeps the inode's link count
     expect_clean_failure(*damaged, tmp_path, Ext4Error, "not reachable")
 
 
@@ -275,3 +290,107 @@ def test_without_privileges_the_error_says_how(rich_images: dict) -> None:
         assert not (base / "s" / "image" / "10").exists()
     finally:
         shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("name", [b"comm\0nt", b"\0\0\0\0\0\0\0"])
+def test_xattr_name_with_nul_is_refused(name: bytes, rich_images: dict, tmp_path: Path) -> None:
+    """Not ``ValueError: embedded null byte`` from os.setxattr: one Ext4Error naming the inode.
+
+    On the ext3 flavour (no metadata_csum), where nothing but the name check can notice.
+    """
+    dsk = sparse_copy(rich_images["ext3"][0], tmp_path / "image.dsk")
+    with Ext4Reader.open(dsk, OFFSET, 32 << 20) as fs:
+        number = 2
+        for part in ("usr", "bin", "su"):
+            number = dict(fs.entries(fs.inode(number)))[part.encode()]
+    data = dsk.read_bytes()
+    hits = [i for i in range(OFFSET, len(data)) if data.startswith(b"comment", i)]
+    assert len(hits) == 1, "user.comment of usr/bin/su, stored once"
+    patch(dsk, hits[0], name)
+    expect_clean_failure(dsk, rich_images["ext3"][1], tmp_path, Ext4Error,
+                         rf"inode {number} in .* has damaged extended attributes: an attribute "
+                         r"is named b'user\.\S*', which is not a valid attribute name")
+
+
+# --- huge and sparse files: bounded extraction, and the max_file_size limit -------------------
+
+
+@pytest.fixture(scope="module")
+def sparse_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An 8 MiB rootfs holding a valid 20 GiB sparse file (4 bytes of data at 10 GiB): what
+    a ``truncate -s 20G`` in a recipe gives. e2fsck finds nothing wrong with it."""
+    base = tmp_path_factory.mktemp("sparse")
+    src = base / "src"
+    (src / "usr/lib").mkdir(parents=True)
+    (src / "usr/lib/os-release").write_text("VERSION_ID=10\n")
+    with open(src / "usr/huge", "wb") as f:
+        f.truncate(20 << 30)
+        f.seek(10 << 30)
+        f.write(b"data")
+    dsk, layout = make_dsk(src, base / "w", "sparse", rootfs_mb=8)
+    assert e2fsck_clean(dsk, OFFSET)
+    return dsk, layout
+
+
+def e2fsck_clean(dsk: Path, offset: int) -> bool:
+    return subprocess.run(["e2fsck", "-fn", f"{dsk}?offset={offset}"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def test_sparse_20_gib_file_is_refused_by_max_file_size(sparse_image: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """The issue's case: publish stalled for over 15 minutes; now one line naming the limit."""
+    storage = tmp_path / "storage"
+    done = publish(storage, sparse_image)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "/usr/huge (inode" in errors[0] and "21474836480 bytes" in errors[0]
+    assert "more than max_file_size (4294967296 bytes)" in errors[0]
+    assert "SWUPD_REPO_MAX_FILE_SIZE / --max-file-size" in errors[0]
+    assert not (storage / "image" / "10").exists() and not (storage / "www" / "10").exists()
+
+
+def test_sparse_file_extracts_in_bounded_space(sparse_image: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    """With the limit raised, extraction writes the data blocks only: holes stay holes."""
+    dest = tmp_path / "os-core"
+    reporter = RecordingReporter()
+    extent = find_partition(sparse_image[0], load_layout(sparse_image[1]).rootfs(), reporter)
+    extract_rootfs(sparse_image[0], extent.offset, extent.size, dest, reporter,
+                   max_file_size=20 << 30)
+    huge = os.stat(dest / "usr/huge")
+    assert huge.st_size == 20 << 30 and huge.st_blocks * 512 <= 64 << 10
+    with open(dest / "usr/huge", "rb") as f:
+        f.seek((10 << 30) - 2)
+        assert f.read(8) == b"\0\0data\0\0"
+
+
+def test_inode_claiming_1_tib_is_refused_by_max_file_size(damaged: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """e2fsck accepts a 1 TiB i_size over a few blocks (a sparse tail), so it is not damage:
+    the limit refuses it, and with the limit raised it extracts as a sparse file."""
+    dsk, layout = damaged
+    debugfs(dsk, OFFSET, "sif etc/os-release size 1099511627776")
+    assert e2fsck_clean(dsk, OFFSET)
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    extent = find_partition(dsk, load_layout(layout).rootfs(), RecordingReporter())
+    with pytest.raises(ExtractError, match=r"/etc/os-release \(inode \d+\) in .* is "
+                                           r"1099511627776 bytes \(1024\.0 GiB, holes "
+                                           r"included\), more than max_file_size"):
+        extract_rootfs(dsk, extent.offset, extent.size, storage / "a", RecordingReporter(),
+                       max_file_size=4 << 30)
+    assert list(storage.iterdir()) == []
+    extract_rootfs(dsk, extent.offset, extent.size, storage / "b", RecordingReporter(),
+                   max_file_size=1 << 40)
+    claimed = os.stat(storage / "b/etc/os-release")
+    assert claimed.st_size == 1 << 40 and claimed.st_blocks * 512 <= 64 << 10
+
+
+def test_symlink_claiming_a_huge_target_is_refused_before_reading(damaged: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """A 256 MiB symlink target was read into memory before its length was judged."""
+    debugfs(damaged[0], OFFSET, f"sif usr/lib/long-link size {256 << 20}")
+    expect_clean_failure(*damaged, tmp_path, Ext4Error,
+                         r"symlink inode \d+ in .* claims a target of 268435456 bytes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dsk import ROOTFS_PARTUUID
+from helpers_cli import swupd_repo
 from swupd_repo.errors import DiskImageError
 from swupd_repo.gpt import find_partition, read_partition_table
 from swupd_repo.layout import LayoutPartition, load_layout
@@ -80,6 +82,25 @@ def test_not_a_disk_image(tmp_path: Path) -> None:
     zeros.write_bytes(bytes(4096))
     with pytest.raises(DiskImageError, match="no valid MBR"):
         read_partition_table(zeros, RecordingReporter())
+
+
+def test_a_directory_or_fifo_is_not_a_disk_image(tmp_path: Path) -> None:
+    """IsADirectoryError was a traceback; a FIFO would block the open waiting for a writer."""
+    with pytest.raises(DiskImageError, match=r"disk image .* is a directory \(set "):
+        read_partition_table(tmp_path, RecordingReporter())
+    os.mkfifo(tmp_path / "fifo.dsk")
+    with pytest.raises(DiskImageError, match="is not a regular file"):
+        read_partition_table(tmp_path / "fifo.dsk", RecordingReporter())
+
+
+def test_cli_dsk_naming_a_directory_is_one_line(image: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    done = swupd_repo("publish", "--dsk", tmp_path, "--layout", image[1],
+                      "--storage", tmp_path / "storage")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"swupd-repo: error: disk image {tmp_path} is a directory (set SWUPD_REPO_DISK_IMAGE "
+        "/ --dsk to the built .dsk file)"]
 
 
 def _mbr_record(ptype: int, start: int, count: int) -> bytes:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsk import ROOTFS_PARTUUID, make_layout
+from helpers_cli import swupd_repo
 from swupd_repo.errors import LayoutError
 from swupd_repo.layout import load_layout, parse_layout
 
@@ -83,3 +84,20 @@ def test_layout_errors(layout: object, message: str) -> None:
     with pytest.raises(LayoutError, match=message) as info:
         parse_layout(json.dumps(layout), "DSK_IMAGE_LAYOUT").rootfs()
     assert "DSK_IMAGE_LAYOUT" in str(info.value) and info.value.hint
+
+
+def test_deeply_nested_json_is_one_line(tmp_path: Path) -> None:
+    """100,000 levels raised RecursionError from the json module: now a LayoutError, and the
+    CLI's one line with exit status 2."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LayoutError, match="nests JSON arrays or objects too deeply"):
+        load_layout(deep)
+    nested = '{"partition_01_rootfs": ' + '{"a": ' * 100_000 + "1" + "}" * 100_001
+    with pytest.raises(LayoutError, match="DSK_IMAGE_LAYOUT nests"):
+        parse_layout(nested, "DSK_IMAGE_LAYOUT")
+    done = swupd_repo("publish", "--dsk", tmp_path / "x.dsk", "--layout", deep,
+                      "--storage", tmp_path / "storage")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"swupd-repo: error: {deep} nests"), lines

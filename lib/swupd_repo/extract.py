@@ -54,11 +54,13 @@ class ExtractStats:
     warnings: list[str] = field(default_factory=list)
 
 
-def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
-                   reporter: Reporter) -> ExtractStats:
+def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Reporter, *,
+                   max_file_size: int | None = None) -> ExtractStats:
     """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``.
 
-    ``dest`` must not exist. On any error nothing is left behind.
+    ``dest`` must not exist. On any error nothing is left behind. A regular file larger than
+    ``max_file_size`` (apparent size) is refused: extracting it is cheap (holes stay holes),
+    but every later step reads all of its bytes.
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -84,7 +86,7 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path,
             raise ExtractError(f"cannot create {tmp}: {exc.strerror}",
                                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
                                     "directory with free space") from exc
-        stats = _Writer(reader, tmp, reporter).run()
+        stats = _Writer(reader, tmp, reporter, max_file_size).run()
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -114,8 +116,10 @@ class _Frame:
 class _Writer:
     """One extraction: depth-first over directories, one open fd per level."""
 
-    def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter) -> None:
+    def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter,
+                 max_file_size: int | None = None) -> None:
         self.fs = fs
+        self.max_file_size = max_file_size
         self.root = root
         self.root_b = os.fsencode(root)
         self.reporter = reporter
@@ -312,6 +316,13 @@ class _Writer:
         return None
 
     def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
+        if self.max_file_size is not None and node.size > self.max_file_size:
+            raise ExtractError(
+                f"{_show(rel)} (inode {node.number}) in {self.fs.where} is {node.size} bytes "
+                f"({node.size / (1 << 30):.1f} GiB, holes included), more than max_file_size "
+                f"({self.max_file_size} bytes)",
+                hint="publishing reads every byte of it several times; raise "
+                     "SWUPD_REPO_MAX_FILE_SIZE / --max-file-size if it is meant to ship")
         try:
             fd = os.open(name, _O_NEW, 0o600, dir_fd=dfd)
         except FileExistsError:

@@ -9,6 +9,7 @@ truncated copy of an image shows up.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import uuid
 import zlib
@@ -78,14 +79,20 @@ def find_partition(dsk: Path, part: LayoutPartition, reporter: Reporter) -> Part
 def read_partition_table(dsk: Path, reporter: Reporter) -> PartitionTable:
     """Parse the MBR and, when it is protective, the GPT of ``dsk``."""
     try:
-        fd = os.open(dsk, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named as the image must be refused below, not wait for a writer
+        fd = os.open(dsk, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise DiskImageError(f"disk image {dsk} does not exist",
                              hint="set SWUPD_REPO_DISK_IMAGE / --dsk to the built .dsk") from None
     except OSError as exc:
         raise DiskImageError(f"cannot open disk image {dsk}: {exc.strerror}") from exc
     try:
-        file_size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise DiskImageError(f"disk image {dsk} is {what}",
+                                 hint="set SWUPD_REPO_DISK_IMAGE / --dsk to the built .dsk file")
+        file_size = info.st_size
         table = _Reader(fd, file_size, dsk, reporter).table()
     finally:
         os.close(fd)
@@ -104,7 +111,10 @@ class _Reader:
         self.fd, self.file_size, self.dsk, self.reporter = fd, file_size, dsk, reporter
 
     def read(self, offset: int, size: int) -> bytes:
-        data = os.pread(self.fd, size, offset)
+        try:
+            data = os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise DiskImageError(f"cannot read disk image {self.dsk}: {exc.strerror}") from exc
         if len(data) != size:
             raise DiskImageError(f"{self.dsk} ends at byte {self.file_size}, inside its "
                                  "partition table", hint="the image is truncated: copy it again")

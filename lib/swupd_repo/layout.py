@@ -123,6 +123,10 @@ def parse_layout(text: str, source: str) -> DiskLayout:
     except json.JSONDecodeError as exc:
         raise LayoutError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} "
                           f"column {exc.colno}", hint="fix the JSON syntax") from None
+    except RecursionError:
+        # A disk layout is two levels deep; Python's parser gives up near 1,000 levels.
+        raise LayoutError(f"{source} nests JSON arrays or objects too deeply to be a disk "
+                          "layout", hint=_HINT) from None
     if not isinstance(data, dict):
         raise LayoutError(f"{source} must hold a JSON object of partitions, not "
                           f"{type(data).__name__}", hint=_HINT)

@@ -89,7 +89,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
                 reporter.step(f"extracting partition {extent.number} ({part.name}) of "
                               f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
-                               reporter)
+                               reporter, max_file_size=settings.max_file_size)
                 check_os_release(dest, version)
                 _build_and_mark(storage, version, settings, reporter)
         except BaseException:

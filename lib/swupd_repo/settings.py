@@ -39,6 +39,7 @@ class Settings:
     deltapack_versions: int = 2
     compression: str = "gzip"
     jobs: int = 0
+    max_file_size: int = 4 << 30
     signing_key: Path | None = None
     signing_cert: Path | None = None
     signing_chain: Path | None = None
@@ -75,7 +76,8 @@ class Settings:
 
 _PATH_KEYS = {"storage_dir", "disk_layout", "disk_image", "signing_key", "signing_cert",
               "signing_chain", "signing_passphrase_file"}
-_INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "jobs": 0}
+_INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "jobs": 0,
+             "max_file_size": 1}
 _BOOL_KEYS = {"docker_privileged", "check", "force", "release", "report"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

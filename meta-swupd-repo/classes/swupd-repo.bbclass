@@ -57,6 +57,11 @@ SWUPD_REPO_COMPRESSION ??= "gzip"
 # Worker processes for hashing, compression and deltas; "0" = all usable cores.
 SWUPD_REPO_JOBS ??= "0"
 
+# Largest regular file in the rootfs, in bytes (apparent size: holes count); a larger one stops
+# the task naming this variable. Publishing reads every byte of a file several times (hash,
+# compressed fullfiles, packs), about half a minute per GiB, so the default (4 GiB) bounds it.
+SWUPD_REPO_MAX_FILE_SIZE ??= "4294967296"
+
 # Signing material (PEM). Key and certificate together sign Manifest.MoM; empty = unsigned.
 SWUPD_REPO_SIGNING_KEY ??= ""
 SWUPD_REPO_SIGNING_CERT ??= ""
@@ -102,7 +107,7 @@ SWUPD_REPO_REPORT ??= "1"
 SWUPD_REPO_TASK_VARIABLES = "\
     OS_VERSION SWUPD_REPO_STORAGE_DIR SWUPD_REPO_BACKEND SWUPD_REPO_VERSION_STEP \
     SWUPD_REPO_DISK_LAYOUT SWUPD_REPO_DISK_IMAGE SWUPD_REPO_PARTITION \
-    SWUPD_REPO_DELTAPACK_VERSIONS SWUPD_REPO_COMPRESSION \
+    SWUPD_REPO_DELTAPACK_VERSIONS SWUPD_REPO_COMPRESSION SWUPD_REPO_MAX_FILE_SIZE \
     SWUPD_REPO_SIGNING_KEY SWUPD_REPO_SIGNING_CERT SWUPD_REPO_SIGNING_CHAIN \
     SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
     SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \

@@ -14,6 +14,7 @@ from ..extract import extract_rootfs
 from ..gpt import find_partition
 from ..layout import load_layout
 from ..progress import TqdmReporter
+from ..settings import Settings
 from ..storage import Storage, remove_tree
 
 
@@ -28,12 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, required=True, help="version to extract as (V)")
     p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing image/<V>/os-core")
+    p.add_argument("--max-file-size", type=int, default=Settings.max_file_size,
+                   help="largest file of the rootfs in bytes, holes included (4 GiB)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.version <= 0:
         raise ExtractError(f"version {args.version} is invalid", hint="pass --version N, N > 0")
+    if args.max_file_size < 1:
+        raise ExtractError(f"--max-file-size {args.max_file_size} is invalid",
+                           hint="pass a size in bytes, at least 1")
     storage = Storage(args.storage)
     with TqdmReporter() as reporter, storage.lock():
         for path in storage.clean_leftovers():
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         extent = find_partition(args.dsk, part, reporter)
         reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
                       f"{args.dsk}: {extent.size} bytes at {extent.offset}")
-        stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter)
+        stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter,
+                               max_file_size=args.max_file_size)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
     return 0

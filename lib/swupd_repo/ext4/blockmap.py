@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from ..errors import Ext4Error
+from .checksum import extent_tail_mismatch
 
 Run = tuple[int, int, int]
 ReadBlock = Callable[[int], bytes]
@@ -49,13 +50,15 @@ class MapContext:
                                     f"{self.blocks_count - 1})")
 
 
-def extent_runs(ctx: MapContext, inode: int, root: bytes, limit: int) -> Iterator[Run]:
+def extent_runs(ctx: MapContext, inode: int, root: bytes, limit: int,
+                csum_seed: int | None = None) -> Iterator[Run]:
     """Runs of an extent-mapped inode whose ``i_block`` is ``root``; logical blocks < ``limit``.
 
-    Adjacent runs are merged, which keeps the copy loop short.
+    Adjacent runs are merged, which keeps the copy loop short. With ``csum_seed`` (the inode's
+    metadata_csum seed) every tree block below the root must carry a matching checksum tail.
     """
     pending: Run | None = None
-    for run in _extent_node(ctx, inode, root, None, 0, limit, set()):
+    for run in _extent_node(ctx, inode, root, None, 0, limit, set(), csum_seed):
         if pending and pending[0] + pending[2] == run[0] and pending[1] + pending[2] == run[1]:
             pending = (pending[0], pending[1], pending[2] + run[2])
             continue
@@ -67,7 +70,9 @@ def extent_runs(ctx: MapContext, inode: int, root: bytes, limit: int) -> Iterato
 
 
 def _extent_node(ctx: MapContext, inode: int, node: bytes, depth_expected: int | None,
-                 next_logical: int, limit: int, seen: set[int]) -> Iterator[Run]:
+                 next_logical: int, limit: int, seen: set[int],
+                 csum_seed: int | None, block: int | None = None) -> Iterator[Run]:
+    """Runs under one node: the root in ``i_block`` (``block`` None) or tree block ``block``."""
     magic, entries, maximum, depth = _HEADER.unpack_from(node, 0)
     if magic != EXTENT_MAGIC:
         raise ctx.error(inode, f"extent header magic {magic:#06x} is not 0xf30a")
@@ -78,6 +83,11 @@ def _extent_node(ctx: MapContext, inode: int, node: bytes, depth_expected: int |
     if entries > maximum or 12 + 12 * maximum > len(node):
         raise ctx.error(inode, f"extent node claims {entries} of {maximum} entries in "
                                f"{len(node)} bytes")
+    if csum_seed is not None and block is not None:
+        problem = extent_tail_mismatch(csum_seed, node, maximum)
+        if problem:
+            raise ctx.error(inode, f"extent tree block {block} fails its metadata_csum check "
+                                   f"({problem})")
     if depth == 0:
         last_end = next_logical
         for i in range(entries):
@@ -106,7 +116,7 @@ def _extent_node(ctx: MapContext, inode: int, node: bytes, depth_expected: int |
             raise ctx.error(inode, f"extent tree block {leaf} is used twice")
         seen.add(leaf)
         yield from _extent_node(ctx, inode, ctx.read_block(leaf), depth - 1,
-                                max(next_logical, logical), limit, seen)
+                                max(next_logical, logical), limit, seen, csum_seed, leaf)
 
 
 def blockmap_runs(ctx: MapContext, inode: int, root: bytes, limit: int) -> Iterator[Run]:

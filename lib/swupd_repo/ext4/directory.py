@@ -22,7 +22,7 @@ Entry = tuple[bytes, int]  # (name, inode number)
 _DIRENT = struct.Struct("<IHBB")
 
 
-def _rec_len(raw: int, block_size: int) -> int:
+def decode_rec_len(raw: int, block_size: int) -> int:
     """Only 64 KiB blocks need the wider encoding of ``rec_len`` (as in the kernel)."""
     if block_size < 65536:
         return raw
@@ -47,7 +47,7 @@ def parse_entries(data: bytes | memoryview, filetype: bool, region: int, inode: 
             if end - pos < 8:
                 raise _bad(inode, where, f"directory record at byte {pos} is cut short")
             number, raw_len, name_len, _ftype = _DIRENT.unpack_from(data, pos)
-            rec_len = _rec_len(raw_len, region)
+            rec_len = decode_rec_len(raw_len, region)
             if not filetype:
                 name_len |= _ftype << 8
             if rec_len < 8 or rec_len % 4 or pos + rec_len > end or 8 + name_len > rec_len:

@@ -44,6 +44,7 @@ class Inode:
     mtime_ns: int
     ctime_ns: int
     extra: bytes  # in-inode xattr area (after i_extra_isize), may be empty
+    generation: int = 0  # i_generation: part of the seed of its metadata checksums
 
     @property
     def type(self) -> int:
@@ -76,7 +77,7 @@ def _time_ns(seconds: int, extra: int | None) -> int:
 def parse_inode(raw: bytes, number: int, huge_file: bool, block_size: int, where: str) -> Inode:
     """Parse the inode slot ``raw`` of inode ``number``; refuses what cannot be extracted."""
     (mode, uid_lo, size_lo, atime, ctime, mtime, _dtime, gid_lo, links, blocks_lo, flags,
-     block, _gen, acl_lo, size_hi, _faddr, blocks_hi, acl_hi, uid_hi,
+     block, generation, acl_lo, size_hi, _faddr, blocks_hi, acl_hi, uid_hi,
      gid_hi) = _BASE.unpack_from(raw, 0)
     if flags & sum(_REFUSED_FLAGS):
         what = ", ".join(v for k, v in _REFUSED_FLAGS.items() if flags & k)
@@ -106,5 +107,5 @@ def parse_inode(raw: bytes, number: int, huge_file: bool, block_size: int, where
         size=size_lo | (size_hi << 32), links=links, flags=flags, blocks_512=blocks, block=block,
         file_acl=acl_lo | (acl_hi << 32),
         atime_ns=_time_ns(atime, extra_times[2]), mtime_ns=_time_ns(mtime, extra_times[1]),
-        ctime_ns=_time_ns(ctime, extra_times[0]), extra=extra,
+        ctime_ns=_time_ns(ctime, extra_times[0]), extra=extra, generation=generation,
     )

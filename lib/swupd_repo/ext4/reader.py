@@ -3,23 +3,29 @@
 The facade the extractor uses: inodes, their data runs, directory entries, symlink targets,
 extended attributes, and the inode bitmaps for the completeness check. Every read goes
 through :meth:`Ext4Reader.read`, which refuses anything outside the partition and turns a
-short read (a truncated image) into :class:`Ext4Error`.
+short read (a truncated image) into :class:`Ext4Error`. With ``metadata_csum`` each inode,
+directory/index block, extent block, xattr block and inode bitmap is checked against its
+checksum when it is read (the superblock and descriptors when the reader opens), so nothing
+unverified reaches the extractor.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import Ext4Error
+from . import checksum
 from . import xattr as xattrs_mod
 from .blockmap import MapContext, Run, blockmap_runs, extent_runs, max_blocks
-from .directory import Entry, inline_entries, parse_entries
-from .inode import FL_EA_INODE, FL_EXTENTS, FL_INLINE_DATA, Inode, parse_inode
+from .directory import Entry, decode_rec_len, inline_entries, parse_entries
+from .inode import FL_EA_INODE, FL_EXTENTS, FL_INDEX, FL_INLINE_DATA, Inode, parse_inode
 from .superblock import (
     BG_INODE_UNINIT,
+    DAMAGED_HINT,
     INCOMPAT_INLINE_DATA,
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
@@ -34,6 +40,8 @@ _DIR_CHUNK_BLOCKS = 16
 _XATTR_BLOCK_CACHE = 64
 #: Directories and symlinks are read whole; a larger one is damage, not a rootfs.
 MAX_METADATA_BYTES = 256 << 20
+_PATH_MAX = 4096  # a symlink target is shorter (Linux PATH_MAX, NUL included)
+_XATTR_SIZE_MAX = 65536  # the largest value setxattr(2) accepts
 
 
 class Ext4Reader:
@@ -139,7 +147,20 @@ class Ext4Reader:
                                                 length))
         off = byte - chunk_index * chunk_bytes
         raw = self._table_chunk[1][off:off + sb.inode_size]
+        if sb.inode_csums and sb.csum_seed is not None:
+            (generation,) = struct.unpack_from("<I", raw, 0x64)
+            problem = checksum.inode_mismatch(
+                checksum.inode_seed(sb.csum_seed, number, generation), raw)
+            if problem:
+                raise Ext4Error(f"inode {number} in {self.where} fails its metadata_csum check "
+                                f"({problem})", hint=DAMAGED_HINT)
         return parse_inode(raw, number, sb.huge_file, self.block_size, self.where)
+
+    def _csum_seed(self, node: Inode) -> int | None:
+        """Seed of the checksums of ``node``'s tree, directory and index blocks (or None)."""
+        if self.sb.csum_seed is None:
+            return None
+        return checksum.inode_seed(self.sb.csum_seed, node.number, node.generation)
 
     def runs(self, node: Inode) -> Iterator[Run]:
         """Data runs of a file, directory or slow symlink (not of inline-data inodes)."""
@@ -149,7 +170,7 @@ class Ext4Reader:
             raise Ext4Error(f"inode {node.number} in {self.where} claims {node.size} bytes, "
                             "more than it can address", hint="the filesystem is damaged")
         if extents:
-            return extent_runs(self._map, node.number, node.block, limit)
+            return extent_runs(self._map, node.number, node.block, limit, self._csum_seed(node))
         return blockmap_runs(self._map, node.number, node.block, limit)
 
     def is_inline(self, node: Inode) -> bool:
@@ -205,6 +226,8 @@ class Ext4Reader:
                             f"{node.size}, not a multiple of the block size",
                             hint="the filesystem is damaged: rebuild the image")
         bs = self.block_size
+        seed = self._csum_seed(node)
+        indexed = self.sb.dir_index and bool(node.flags & FL_INDEX)
         expected = 0
         for logical, physical, count in self.runs(node):
             if logical != expected:
@@ -214,19 +237,50 @@ class Ext4Reader:
             for i in range(0, count, _DIR_CHUNK_BLOCKS):
                 n = min(_DIR_CHUNK_BLOCKS, count - i)
                 data = self.read((physical + i) * bs, n * bs)
+                if seed is not None:
+                    view = memoryview(data)
+                    for j in range(n):
+                        self._check_dir_block(node, seed, indexed, logical + i + j,
+                                              physical + i + j, view[j * bs:(j + 1) * bs])
                 yield from parse_entries(data, filetype, bs, node.number, self.where)
         if expected * bs != node.size:
             raise Ext4Error(f"directory inode {node.number} in {self.where} has a hole at "
                             f"block {expected}", hint="the filesystem is damaged")
 
+    def _check_dir_block(self, node: Inode, seed: int, indexed: bool, logical: int,
+                         physical: int, block: memoryview) -> None:
+        """metadata_csum of one directory block: an htree index block (the root is block 0,
+        an interior node starts with an empty entry spanning the block) or a leaf block."""
+        count_offset = None
+        if indexed:
+            if logical == 0:
+                count_offset = 0x18 + block[0x1D]  # after dx_root_info (its info_length)
+            else:
+                number, raw_len = struct.unpack_from("<IH", block, 0)
+                if number == 0 and decode_rec_len(raw_len, len(block)) == len(block):
+                    count_offset = 8
+        if count_offset is not None:
+            kind, problem = "htree index block", checksum.dx_mismatch(seed, block, count_offset)
+        elif checksum.has_dirent_tail(block):
+            kind, problem = "block", checksum.dirent_tail_mismatch(seed, block)
+        else:
+            kind, problem = "block", "it has no checksum tail"
+        if problem:
+            raise Ext4Error(f"directory inode {node.number} in {self.where}: {kind} {physical} "
+                            f"(directory block {logical}) fails its metadata_csum check "
+                            f"({problem})", hint=DAMAGED_HINT)
+
     def symlink_target(self, node: Inode) -> bytes:
+        if not 0 < node.size < _PATH_MAX:  # checked before reading: never a huge buffer
+            raise Ext4Error(f"symlink inode {node.number} in {self.where} claims a target of "
+                            f"{node.size} bytes", hint="the filesystem is damaged")
         if self.is_inline(node):
             target = self.inline_data(node)
         elif self._is_fast_symlink(node):
             target = node.block[:node.size]
         else:
             target = self.read_data(node)
-        if not target or b"\0" in target or len(target) >= 4096:
+        if not target or b"\0" in target or len(target) >= _PATH_MAX:
             raise Ext4Error(f"symlink inode {node.number} in {self.where} has an invalid "
                             f"target {target[:64]!r}", hint="the filesystem is damaged")
         return target
@@ -249,8 +303,14 @@ class Ext4Reader:
                     raise Ext4Error(f"inode {node.number} in {self.where}: its xattr block "
                                     f"{block} lies outside the filesystem",
                                     hint="the filesystem is damaged: rebuild the image")
-                cached = list(xattrs_mod.block_entries(self.read_block(block), node.number,
-                                                       self.where))
+                data = self.read_block(block)
+                if self.sb.csum_seed is not None:
+                    problem = checksum.xattr_block_mismatch(self.sb.csum_seed, block, data)
+                    if problem:
+                        raise Ext4Error(f"inode {node.number} in {self.where}: its xattr block "
+                                        f"{block} fails its metadata_csum check ({problem})",
+                                        hint=DAMAGED_HINT)
+                cached = list(xattrs_mod.block_entries(data, node.number, self.where))
                 if len(self._xattr_blocks) >= _XATTR_BLOCK_CACHE:
                     self._xattr_blocks.clear()
                 self._xattr_blocks[block] = cached
@@ -281,6 +341,10 @@ class Ext4Reader:
             raise Ext4Error(f"inode {owner.number} in {self.where}: the value of {x.name} "
                             f"should be in inode {x.value_inum}, which does not hold it",
                             hint="the filesystem is damaged: rebuild the image")
+        if x.value_size > _XATTR_SIZE_MAX:
+            raise Ext4Error(f"inode {owner.number} in {self.where}: the value of {x.name} is "
+                            f"{x.value_size} bytes, more than setxattr can write "
+                            f"({_XATTR_SIZE_MAX})", hint="build the rootfs without it")
         self.on_ea_inode(x.value_inum)
         return self.read_data(node)
 
@@ -293,4 +357,12 @@ class Ext4Reader:
             return 0
         ipg = self.sb.inodes_per_group
         raw = self.read_block(desc.inode_bitmap)[:(ipg + 7) // 8]
+        if self.sb.csum_seed is not None:
+            problem = checksum.bitmap_mismatch(self.sb.csum_seed, raw[:ipg // 8],
+                                               desc.inode_bitmap_csum,
+                                               32 if self.sb.desc_size >= 64 else 16)
+            if problem:
+                raise Ext4Error(f"{self.where}: the inode bitmap of group {group} (block "
+                                f"{desc.inode_bitmap}) fails its metadata_csum check "
+                                f"({problem})", hint=DAMAGED_HINT)
         return int.from_bytes(raw, "little") & ((1 << ipg) - 1)

@@ -8,16 +8,21 @@ instead of a confusing failure deeper down.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Ext4Error
+from . import checksum
 
 SUPERBLOCK_OFFSET = 1024
 SUPERBLOCK_SIZE = 1024
 MAGIC = 0xEF53
 
+DAMAGED_HINT = "the image is damaged: e2fsck -fn on the partition shows where; rebuild it"
+
 # s_feature_compat
 COMPAT_EXT_ATTR = 0x8
+COMPAT_DIR_INDEX = 0x20
 COMPAT_SPARSE_SUPER2 = 0x200
 COMPAT_ORPHAN_FILE = 0x1000
 
@@ -32,6 +37,7 @@ INCOMPAT_FILETYPE = 0x2
 INCOMPAT_META_BG = 0x10
 INCOMPAT_64BIT = 0x80
 INCOMPAT_INLINE_DATA = 0x8000
+INCOMPAT_CSUM_SEED = 0x2000
 _INCOMPAT_REFUSED = {
     "compression": "ext2 compression is not supported",
     "journal_dev": "this is an external journal device, not a filesystem",
@@ -50,6 +56,7 @@ RO_COMPAT = {
 }
 RO_COMPAT_SPARSE_SUPER = 0x1
 RO_COMPAT_HUGE_FILE = 0x8
+RO_COMPAT_METADATA_CSUM = 0x400
 #: uninit_bg or metadata_csum: group flags and itable_unused are meaningful
 RO_COMPAT_GROUP_CSUM = 0x10 | 0x400
 _RO_COMPAT_REFUSED = {
@@ -80,10 +87,18 @@ class Superblock:
     first_meta_bg: int
     special_inodes: frozenset[int]
     group_count: int
+    #: seed of every metadata checksum; None without ``metadata_csum`` (nothing to verify)
+    csum_seed: int | None = None
+    #: whether inodes carry checksums (metadata_csum on a Linux-created filesystem)
+    inode_csums: bool = False
 
     @property
     def filetype(self) -> bool:
         return bool(self.feature_incompat & INCOMPAT_FILETYPE)
+
+    @property
+    def dir_index(self) -> bool:
+        return bool(self.feature_compat & COMPAT_DIR_INDEX)
 
     @property
     def huge_file(self) -> bool:
@@ -137,6 +152,12 @@ def parse_superblock(raw: bytes, partition_size: int, where: str) -> Superblock:
     if rev_level == 0:
         first_ino, inode_size, compat, incompat, ro_compat = 11, 128, 0, 0, 0
 
+    def bad(what: str) -> Ext4Error:
+        return Ext4Error(f"the superblock in {where} is damaged: {what}",
+                         hint="rebuild the image, or check it with e2fsck -fn")
+
+    # First, so that a damaged feature or geometry field is reported as the damage it is.
+    csum_seed = _checksum_seed(raw, incompat, ro_compat, bad)
     refused = [f"{name} ({why})" for name, why in _INCOMPAT_REFUSED.items()
                if incompat & INCOMPAT[name]]
     refused += [f"{name} ({why})" for name, why in _RO_COMPAT_REFUSED.items()
@@ -148,10 +169,6 @@ def parse_superblock(raw: bytes, partition_size: int, where: str) -> Superblock:
         raise Ext4Error(f"the filesystem in {where} uses features this reader refuses: "
                         + "; ".join(refused),
                         hint="build the rootfs without them (mkfs.ext4 -O ^feature)")
-
-    def bad(what: str) -> Ext4Error:
-        return Ext4Error(f"the superblock in {where} is damaged: {what}",
-                         hint="rebuild the image, or check it with e2fsck -fn")
 
     if log_block > 6:
         raise bad(f"block size 2^(10+{log_block}) is impossible")
@@ -192,8 +209,23 @@ def parse_superblock(raw: bytes, partition_size: int, where: str) -> Superblock:
         inodes_per_group=inodes_per_group, first_ino=first_ino, inode_size=inode_size,
         feature_compat=compat, feature_incompat=incompat, feature_ro_compat=ro_compat,
         desc_size=desc_size, first_meta_bg=first_meta_bg, special_inodes=specials,
-        group_count=group_count,
+        group_count=group_count, csum_seed=csum_seed,
+        inode_csums=csum_seed is not None and checksum.inode_checksums_apply(raw),
     )
+
+
+def _checksum_seed(raw: bytes, incompat: int, ro_compat: int,
+                   bad: Callable[[str], Ext4Error]) -> int | None:
+    """Verify the superblock's own checksum; the seed of all others (None: no metadata_csum)."""
+    if not ro_compat & RO_COMPAT_METADATA_CSUM:
+        return None
+    kind = checksum.checksum_type(raw)
+    if kind != checksum.CHECKSUM_TYPE_CRC32C:
+        raise bad(f"metadata_csum with checksum type {kind}, not crc32c (1)")
+    mismatch = checksum.superblock_mismatch(raw)
+    if mismatch:
+        raise bad(f"metadata_csum mismatch: {mismatch}")
+    return checksum.filesystem_seed(raw, bool(incompat & INCOMPAT_CSUM_SEED))
 
 
 @dataclass(frozen=True)
@@ -202,20 +234,31 @@ class GroupDescriptor:
     inode_table: int
     flags: int
     itable_unused: int
+    #: the inode bitmap's checksum (low 16 bits only with 32-byte descriptors)
+    inode_bitmap_csum: int = 0
 
 
 def parse_descriptor(raw: bytes, offset: int, sb: Superblock, group: int,
                      where: str) -> GroupDescriptor:
-    """Parse descriptor ``group`` at ``offset`` in ``raw``; checks its blocks lie in the fs."""
-    (_bb, ib_lo, it_lo, _fb, _fi, _ud, flags, _ex, _bbc, _ibc,
+    """Parse descriptor ``group`` at ``offset`` in ``raw``; checks its checksum (with
+    metadata_csum) and that its blocks lie in the filesystem."""
+    if sb.csum_seed is not None:
+        mismatch = checksum.descriptor_mismatch(sb.csum_seed, group,
+                                                raw[offset:offset + sb.desc_size])
+        if mismatch:
+            raise Ext4Error(f"group descriptor {group} of the filesystem in {where} fails its "
+                            f"metadata_csum check ({mismatch})", hint=DAMAGED_HINT)
+    (_bb, ib_lo, it_lo, _fb, _fi, _ud, flags, _ex, _bbc, ibc_lo,
      unused_lo) = struct.unpack_from("<IIIHHHHIHHH", raw, offset)
-    ib, it, unused = ib_lo, it_lo, unused_lo
+    ib, it, unused, bitmap_csum = ib_lo, it_lo, unused_lo, ibc_lo
     if sb.desc_size >= 64:
         _bbh, ib_hi, it_hi = struct.unpack_from("<III", raw, offset + 0x20)
         (unused_hi,) = struct.unpack_from("<H", raw, offset + 0x32)
+        (ibc_hi,) = struct.unpack_from("<H", raw, offset + 0x3A)
         ib |= ib_hi << 32
         it |= it_hi << 32
         unused = unused_lo | (unused_hi << 16)
+        bitmap_csum |= ibc_hi << 16
     if not sb.feature_ro_compat & RO_COMPAT_GROUP_CSUM:
         # Without uninit_bg / metadata_csum the kernel ignores these fields.
         flags, unused = 0, 0
@@ -229,4 +272,5 @@ def parse_descriptor(raw: bytes, offset: int, sb: Superblock, group: int,
                         f"block {ib}, outside the filesystem",
                         hint="the image is damaged: rebuild it")
     return GroupDescriptor(inode_bitmap=ib, inode_table=it, flags=flags,
-                           itable_unused=min(unused, sb.inodes_per_group))
+                           itable_unused=min(unused, sb.inodes_per_group),
+                           inode_bitmap_csum=bitmap_csum)

@@ -23,6 +23,8 @@ _PREFIXES = {
     6: "security.", 7: "system.", 8: "system.richacl",
 }
 _ACL_INDEXES = (2, 3)
+#: namespaces whose prefix is the whole name (every other one needs a suffix)
+_WHOLE_NAMES = (2, 3, 8)
 _ENTRY = struct.Struct("<BBHIII")
 
 # ACL tags
@@ -60,6 +62,11 @@ def parse_entries(region: bytes, first: int, value_base: int, inode: int,
                             hint="build the rootfs without it")
         if index in _ACL_INDEXES and suffix:
             raise _bad(inode, where, f"an ACL attribute carries a name {suffix!r}")
+        if b"\0" in suffix or (not suffix and index not in _WHOLE_NAMES):
+            # the kernel never stores these, and setxattr cannot recreate them
+            full = prefix.encode() + suffix
+            raise _bad(inode, where, f"an attribute is named {full!r}, which is not a valid "
+                                     "attribute name")
         name = prefix + suffix.decode("utf-8", "surrogateescape")
         if value_inum:
             value = b""
