@@ -103,7 +103,9 @@ def test_lock_is_exclusive(tmp_path) -> None:
         p = ctx.Process(target=_try_lock, args=(str(tmp_path), queue))
         p.start()
         p.join()
-    assert "in use by another run" in queue.get(timeout=5)
+    # The child was forked while the lock was held: it holds no copy of it, and the message
+    # names the holder.
+    assert f"in use by another run: pid {os.getpid()} (" in queue.get(timeout=5)
 
 
 def test_versions() -> None:
