@@ -3,6 +3,18 @@ gate's refusals are in test_builder and test_check)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from helpers_cli import publish
 from helpers_trees import snapshot
 from swupd_repo.storage import TEMP_PREFIX, Storage
@@ -25,4 +37,148 @@ def test_failed_forced_rebuild_keeps_the_published_tree(tmp_path, vector_images)
     again = publish(storage, vector_images[10], "--version", "10", "--force")
     assert again.returncode == 0, again.stderr
     assert st.latest() == 10 and (st.www(10) / "Manifest.MoM").is_file()
+    assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+
+
+# --------------------------------------------------------------------------- killed and full
+#
+# A run is stopped at a chosen step through the pipeline's test pause point
+# (SWUPD_REPO_TEST_PAUSE, see swupd_repo.runreporter): the run prints "paused at <step>" and
+# waits, so the test kills it, or fills its filesystem and lets it go on, at exactly that
+# step. "|workers" pauses at the step's first progress while pool workers are alive (the
+# processes that used to inherit the lock).
+
+#: Step -> pause point. Hashing, fullfiles and manifests run in one pool; the packs and the
+#: deltas start their own.
+KILL_POINTS = {
+    "extraction": "extracting partition",
+    "hashing": "hashing files|workers",
+    "manifests": "writing manifests",
+    "fullfiles": "writing fullfiles|workers",
+    "zero pack": "zero pack|workers",
+    "delta packs": "delta pack|workers",
+    "markers": "moving latest",
+}
+
+
+@pytest.fixture(scope="module")
+def image_30(tmp_path_factory, rootfs_trees) -> tuple[Path, Path]:
+    """Version 20's tree with VERSION_ID=30, changed programs (deltas) and 40 new files of
+    random bytes, so every pool of the run has more than one job."""
+    from conftest import copy_tree
+    from dsk import make_dsk
+
+    work = tmp_path_factory.mktemp("v30")
+    tree = copy_tree(rootfs_trees[20], work / "tree")
+    (tree / "usr/lib/os-release").write_text('NAME="Oracle Test OS"\nVERSION_ID=30\n')
+    rng = random.Random(30)
+    for prog in sorted((tree / "usr/bin").glob("prog*"))[:8]:
+        with prog.open("ab") as f:
+            f.write(rng.randbytes(4096))
+    new = tree / "usr/share/new"
+    new.mkdir()
+    for i in range(40):
+        (new / f"blob{i}").write_bytes(rng.randbytes(rng.randrange(20_000, 200_000)))
+    return make_dsk(tree, work, "ostro-image-30", rootfs_mb=48)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory, vector_images) -> Path:
+    """A storage with versions 10 and 20 published (copy it before changing it)."""
+    storage = tmp_path_factory.mktemp("history") / "storage"
+    for v in (10, 20):
+        done = publish(storage, vector_images[v], "--jobs", "2")
+        assert done.returncode == 0, done.stderr
+    return storage
+
+
+def _earlier(storage: Path) -> dict[str, tuple]:
+    """Every file and symlink of versions 10 and 20 (directories grow: deltas are added)."""
+    found = {}
+    for top in ("www/10", "www/20", "image/10", "image/20"):
+        for path, entry in snapshot(storage / top).items():
+            if entry[0] != stat.S_IFDIR:
+                found[f"{top}/{path}"] = entry
+    found["markers"] = Storage(storage).latest()
+    return found
+
+
+def _earlier_intact(before: dict[str, tuple], storage: Path) -> None:
+    after = _earlier(storage)
+    changed = [k for k in before if k != "markers" and after.get(k) != before[k]]
+    assert not changed, changed
+
+
+def _start_paused(storage: Path, image: tuple[Path, Path], pause: str,
+                  resume: Path | None = None) -> subprocess.Popen:
+    """``swupd-repo publish`` of ``image``, in its own process group, stopped at ``pause``."""
+    env = {**os.environ, "SWUPD_REPO_TEST_PAUSE": pause}
+    if resume is not None:
+        env["SWUPD_REPO_TEST_RESUME"] = str(resume)
+    dsk, layout = image
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk, "--layout", layout,
+         "--storage", storage, "--jobs", "2"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            proc.wait()
+            pytest.fail(f"the run ended before pausing at {pause!r}: {''.join(seen)}")
+        seen.append(line)
+        if line.startswith("paused at "):
+            return proc
+    _kill_group(proc.pid)
+    pytest.fail(f"no pause at {pause!r} in 300 s")
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("step", list(KILL_POINTS))
+def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, history,
+                                                                 image_30) -> None:
+    from conftest import copy_tree
+
+    storage = copy_tree(history, tmp_path / "storage")
+    before = _earlier(storage)
+    proc = _start_paused(storage, image_30, KILL_POINTS[step])
+    try:
+        if "|workers" in KILL_POINTS[step] or step == "manifests":
+            assert len(_group(proc.pid)) > 1, "the pause point should have workers alive"
+        proc.kill()  # what `kill -9 <pid of swupd-repo publish>` does: the workers stay
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group(proc.pid) == [], f"processes of the killed run are left at {step}"
+        assert Storage(storage).latest() == 20
+        _earlier_intact(before, storage)
+        # The lock is free at once: a run that refuses to wait gets it.
+        again = publish(storage, image_30, "--no-wait", "--jobs", "2")
+        assert again.returncode == 0, again.stderr
+    finally:
+        _kill_group(proc.pid)  # whatever a failing run left, for the next tests
+    assert Storage(storage).latest() == 30
+    _earlier_intact(before, storage)
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
