@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,95 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
     assert Storage(storage).latest() == 30
     _earlier_intact(before, storage)
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+
+
+#: Step -> pause point where the storage's filesystem is filled (every writing step).
+FULL_POINTS = {
+    "extraction": "extracting partition",
+    "hash cache": "hashing files",
+    "manifests": "writing manifests",
+    "fullfiles": "writing fullfiles",
+    "zero pack": "zero pack",
+    "delta packs": "delta pack",
+    "markers": "moving latest",
+}
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[Path]:
+    """A real, size-limited filesystem (tmpfs, 200 MiB) to hold the storage; root only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(fs: Path) -> Path:
+    """Take every free byte of ``fs`` (the kernel says ENOSPC, as on a full disk)."""
+    filler = fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096):  # big writes, then the last pages
+            data = b"\xff" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, data)
+    finally:
+        os.close(fd)
+    assert os.statvfs(fs).f_bavail == 0
+    return filler
+
+
+def _one_line_error(stderr: str, storage: Path) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("swupd-repo: error:")]
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
+    assert str(storage) in errors[0] and "No space left on device" in errors[0], errors[0]
+    assert "free space" in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("step", list(FULL_POINTS))
+def test_full_disk_at_each_writing_step_is_one_line(step, tmp_path, small_fs, history,
+                                                    image_30) -> None:
+    from conftest import copy_tree
+
+    storage = copy_tree(history, small_fs / "storage")
+    before = _earlier(storage)
+    resume = tmp_path / "resume"
+    proc = _start_paused(storage, image_30, FULL_POINTS[step], resume)
+    try:
+        filler = _fill(small_fs)
+        resume.touch()
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        _kill_group(proc.pid)
+    assert proc.returncode == 2, rest
+    _one_line_error(rest, storage)
+    assert Storage(storage).latest() == 20 and not (storage / "www/30").exists()
+    _earlier_intact(before, storage)
+    # Once there is space again, the same publish goes through.
+    filler.unlink()
+    again = publish(storage, image_30, "--no-wait", "--jobs", "2")
+    assert again.returncode == 0, again.stderr
+    assert Storage(storage).latest() == 30
+    _earlier_intact(before, storage)
+    assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_storage_too_small_for_the_image(tmp_path, small_fs, vector_images) -> None:
+    """A storage that cannot even hold the extracted rootfs: one line, nothing left."""
+    subprocess.run(["mount", "-o", "remount,size=2m", str(small_fs)], check=True)
+    storage = small_fs / "storage"
+    done = publish(storage, vector_images[10], "--jobs", "2")
+    assert done.returncode == 2
+    _one_line_error(done.stderr, storage)
+    assert Storage(storage).latest() == 0 and not (storage / "image/10").exists()
