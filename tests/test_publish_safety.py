@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers_cli import publish
+from helpers_runs import group, kill_group, start_paused
 from helpers_trees import snapshot
 from swupd_repo.storage import TEMP_PREFIX, Storage
 
@@ -110,52 +109,6 @@ def _earlier_intact(before: dict[str, tuple], storage: Path) -> None:
     assert not changed, changed
 
 
-def _start_paused(storage: Path, image: tuple[Path, Path], pause: str,
-                  resume: Path | None = None) -> subprocess.Popen:
-    """``swupd-repo publish`` of ``image``, in its own process group, stopped at ``pause``."""
-    env = {**os.environ, "SWUPD_REPO_TEST_PAUSE": pause}
-    if resume is not None:
-        env["SWUPD_REPO_TEST_RESUME"] = str(resume)
-    dsk, layout = image
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk, "--layout", layout,
-         "--storage", storage, "--jobs", "2"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
-    seen: list[str] = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            proc.wait()
-            pytest.fail(f"the run ended before pausing at {pause!r}: {''.join(seen)}")
-        seen.append(line)
-        if line.startswith("paused at "):
-            return proc
-    _kill_group(proc.pid)
-    pytest.fail(f"no pause at {pause!r} in 300 s")
-
-
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 @pytest.mark.parametrize("step", list(KILL_POINTS))
 def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, history,
                                                                  image_30) -> None:
@@ -163,23 +116,23 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
 
     storage = copy_tree(history, tmp_path / "storage")
     before = _earlier(storage)
-    proc = _start_paused(storage, image_30, KILL_POINTS[step])
+    proc = start_paused(storage, image_30, KILL_POINTS[step])
     try:
         if "|workers" in KILL_POINTS[step] or step == "manifests":
-            assert len(_group(proc.pid)) > 1, "the pause point should have workers alive"
+            assert len(group(proc.pid)) > 1, "the pause point should have workers alive"
         proc.kill()  # what `kill -9 <pid of swupd-repo publish>` does: the workers stay
         proc.wait()
         deadline = time.monotonic() + 10
-        while _group(proc.pid) and time.monotonic() < deadline:
+        while group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _group(proc.pid) == [], f"processes of the killed run are left at {step}"
+        assert group(proc.pid) == [], f"processes of the killed run are left at {step}"
         assert Storage(storage).latest() == 20
         _earlier_intact(before, storage)
         # The lock is free at once: a run that refuses to wait gets it.
         again = publish(storage, image_30, "--no-wait", "--jobs", "2")
         assert again.returncode == 0, again.stderr
     finally:
-        _kill_group(proc.pid)  # whatever a failing run left, for the next tests
+        kill_group(proc.pid)  # whatever a failing run left, for the next tests
     assert Storage(storage).latest() == 30
     _earlier_intact(before, storage)
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
@@ -247,13 +200,13 @@ def test_full_disk_at_each_writing_step_is_one_line(step, tmp_path, small_fs, hi
     storage = copy_tree(history, small_fs / "storage")
     before = _earlier(storage)
     resume = tmp_path / "resume"
-    proc = _start_paused(storage, image_30, FULL_POINTS[step], resume)
+    proc = start_paused(storage, image_30, FULL_POINTS[step], resume)
     try:
         filler = _fill(small_fs)
         resume.touch()
         _, rest = proc.communicate(timeout=300)
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
     assert proc.returncode == 2, rest
     _one_line_error(rest, storage)
     assert Storage(storage).latest() == 20 and not (storage / "www/30").exists()

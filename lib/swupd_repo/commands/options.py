@@ -34,8 +34,10 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signing-passphrase-file", dest="signing_passphrase_file",
                         type=Path, metavar="FILE",
                         help="file holding the passphrase of an encrypted --signing-key")
-    parser.add_argument("--docker-image", dest="docker_image")
-    parser.add_argument("--docker-host", dest="docker_host")
+    parser.add_argument("--docker-image", dest="docker_image",
+                        help="image of the docker backend (ostroproject/ostro-swupd-server)")
+    parser.add_argument("--docker-host", dest="docker_host",
+                        help="Docker engine of the docker backend (default: DOCKER_HOST)")
     parser.add_argument("--docker-command", dest="docker_command",
                         help="command run in the image; the version is appended")
     parser.add_argument("--docker-privileged", dest="docker_privileged",
