@@ -91,7 +91,8 @@ def die_with_parent(parent_pid: int) -> None:
 
     A worker blocked on its job queue never notices its parent is gone (the other workers
     hold the queue's write end), so without this a killed run leaves them behind forever.
-    If the parent died before the request took effect, exit now.
+    If the parent died before the request took effect, exit now. (The kernel signals when
+    the *thread* that forked exits: our pools are started from the run's main thread.)
     """
     prctl()(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
