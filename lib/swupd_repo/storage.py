@@ -315,7 +315,8 @@ class Storage:
             _guard_forks()
             _HELD_LOCKS[fd] = os.getpid()
             held = HeldLock(fd, LockRecord(os.getpid(), _command_line(), time.time()))
-            held.write()
+            with contextlib.suppress(OSError):  # a full disk fails the run's first real write
+                held.write()
             yield held
         finally:
             _HELD_LOCKS.pop(fd, None)
