@@ -228,3 +228,44 @@ def test_storage_too_small_for_the_image(tmp_path, small_fs, vector_images) -> N
     assert done.returncode == 2
     _one_line_error(done.stderr, storage)
     assert Storage(storage).latest() == 0 and not (storage / "image/10").exists()
+
+
+def test_read_only_storage_mid_run_is_one_line(tmp_path, history, image_30) -> None:
+    """``www/`` turns read-only while fullfiles are written (as a filesystem does after an
+    I/O error): one line saying so, and after a remount read-write the next publish works.
+    ``www/`` is its own tmpfs here: the lock file, open for writing, keeps the storage's
+    root from being remounted."""
+    from conftest import copy_tree
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    storage = copy_tree(history, tmp_path / "storage")
+    www = storage / "www"
+    www.rename(tmp_path / "www.orig")
+    www.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(www)], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"{tmp_path}/www.orig/.", str(www)], check=True)
+        before = _earlier(storage)
+        resume = tmp_path / "resume"
+        proc = start_paused(storage, image_30, "writing fullfiles", resume)
+        try:
+            subprocess.run(["mount", "-o", "remount,ro", str(www)], check=True)
+            resume.touch()
+            _, rest = proc.communicate(timeout=300)
+        finally:
+            kill_group(proc.pid)
+            subprocess.run(["mount", "-o", "remount,rw", str(www)], check=True)
+        assert proc.returncode == 2, rest
+        assert "Traceback" not in rest, rest
+        error = rest.rstrip().splitlines()[-1]
+        assert error.startswith("swupd-repo: error: ") and "Read-only file system" in error
+        assert str(storage) in error and "read-write" in error, error
+        assert Storage(storage).latest() == 20 and not (storage / "www/30").exists()
+        _earlier_intact(before, storage)
+        again = publish(storage, image_30, "--no-wait", "--jobs", "2")
+        assert again.returncode == 0, again.stderr
+        _earlier_intact(before, storage)
+        assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+    finally:
+        subprocess.run(["umount", "-l", str(www)], check=False)

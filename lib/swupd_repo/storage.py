@@ -209,7 +209,7 @@ class Storage:
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a flag left is cleaned like a killed run's
                 flag.unlink()
 
     def write_error(self, exc: OSError, doing: str | None = None) -> StorageError | None:
