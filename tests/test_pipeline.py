@@ -124,3 +124,77 @@ def test_killed_run_leaves_latest_and_is_cleaned_by_the_next(tmp_path, vector_im
     assert again.returncode == 0, again.stderr
     assert st.latest() == 20
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_bad_input_creates_nothing_in_the_storage(vector_images, tmp_path) -> None:
+    """A wrong --layout, --partition or --dsk is refused before the storage (or its lock
+    file) is created."""
+    storage = tmp_path / "storage"
+    dsk, layout = vector_images[10]
+    bad = tmp_path / "disk-layout.json"
+    bad.write_text("[1, 2")
+    for args in ((dsk, bad), (dsk, tmp_path / "missing.json"), (tmp_path / "missing.dsk", layout)):
+        done = publish(storage, args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    done = publish(storage, vector_images[10], "--partition", "99")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert not storage.exists()
+
+
+def test_a_waiting_publish_says_whom_it_waits_for(vector_images, tmp_path) -> None:
+    """While another run holds the storage: --no-wait fails at once naming the holder; a
+    plain publish says whom it waits for and what that run is doing, then goes on."""
+    storage = Storage(tmp_path / "storage")
+    with storage.lock() as held:
+        held.status("writing fullfiles")
+        refused = publish(storage.root, vector_images[10], "--no-wait")
+        assert refused.returncode == 2
+        assert (f"in use by another run: pid {os.getpid()} (" in refused.stderr
+                and "now writing fullfiles" in refused.stderr), refused.stderr
+        assert not (storage.root / "image").exists()
+
+        dsk, layout = vector_images[10]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk, "--layout",
+             layout, "--storage", storage.root], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            first = proc.stderr.readline()
+            assert f"pid {os.getpid()}" in first and "now writing fullfiles" in first, first
+            assert "waiting" in first, first
+            held.status("zero pack os-core")  # the waiting run follows the holder's progress
+            second = proc.stderr.readline()
+            assert "still waiting" in second and "now zero pack os-core" in second, second
+            assert proc.poll() is None and not (storage.root / "image").exists()
+        except BaseException:
+            proc.kill()
+            raise
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 0, rest
+    assert storage.latest() == 10
+
+
+def test_jobs_beyond_the_cores_start_one_worker_per_core(tmp_path, vector_images) -> None:
+    """``--jobs 100000`` starts no more worker processes than there are usable cores."""
+    from helpers_runs import group, kill_group, start_paused
+    from swupd_repo.swupd.workpool import usable_cores
+
+    storage = tmp_path / "storage"
+    proc = start_paused(storage, vector_images[10], "hashing files|workers", jobs=100000)
+    try:
+        assert 1 < len(group(proc.pid)) <= 1 + usable_cores()
+    finally:
+        kill_group(proc.pid)
+        proc.wait()
+
+
+def test_every_option_has_help() -> None:
+    """``--help`` explains every flag of the commands that publish (the signing ones too)."""
+    from swupd_repo.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "publish" in a.choices)
+    for name in ("publish", "build", "extract"):
+        missing = [a.option_strings for a in subparsers.choices[name]._actions
+                   if a.option_strings and not a.help]
+        assert not missing, (name, missing)

@@ -49,3 +49,19 @@ def test_bad_yaml_names_line(tmp_path) -> None:
     cfg.write_text("backend: [native\n")
     with pytest.raises(SettingsError, match=r"c\.yaml at line"):
         load_settings(cfg)
+
+
+def test_jobs_are_bounded_by_cores_and_memory() -> None:
+    """The rule: jobs (0 = cores), at most the usable cores, at most one per WORKER_MEMORY
+    of available memory, at least one."""
+    from swupd_repo.swupd.workpool import WORKER_MEMORY, usable_cores, worker_count
+
+    plenty = 64 * WORKER_MEMORY
+    assert worker_count(0, 8, plenty) == 8
+    assert worker_count(3, 8, plenty) == 3
+    assert worker_count(100000, 8, plenty) == 8
+    assert worker_count(0, 8, 3 * WORKER_MEMORY + 1) == 3
+    assert worker_count(0, 8, 0) == 1
+    assert worker_count(100000, 8, None) == 8
+    assert 1 <= Settings(jobs=100000).workers <= usable_cores()
+    assert Settings(jobs=1).workers == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from pathlib import Path
@@ -103,7 +104,9 @@ def test_lock_is_exclusive(tmp_path) -> None:
         p = ctx.Process(target=_try_lock, args=(str(tmp_path), queue))
         p.start()
         p.join()
-    assert "in use by another run" in queue.get(timeout=5)
+    # The child was forked while the lock was held: it holds no copy of it, and the message
+    # names the holder.
+    assert f"in use by another run: pid {os.getpid()} (" in queue.get(timeout=5)
 
 
 def test_versions() -> None:
@@ -117,3 +120,44 @@ def test_versions() -> None:
         validate_new_version(10, 20, force=True)
     with pytest.raises(VersionError):
         validate_new_version(0, 0)
+
+
+def test_a_killed_runs_unreleased_version_is_cleaned(tmp_path) -> None:
+    """www/<V> left with its run's publishing flag goes when V is above latest (never
+    released); a version the markers already name stays."""
+    st = Storage(tmp_path)
+    for v in (10, 20, 30):
+        (st.www(v)).mkdir(parents=True)
+        (st.www(v) / "Manifest.MoM").write_text(f"{v}")
+    st.write_markers(20)
+    (st.www_dir / f"{TEMP_PREFIX}publishing-30.77").touch()
+    (st.www_dir / f"{TEMP_PREFIX}publishing-20.76").touch()
+    st.clean_leftovers()
+    assert st.published_versions() == [10, 20]
+    assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*"))
+    # A run that ends normally (released or not) leaves no flag behind.
+    with st.publishing(40):
+        assert list(st.www_dir.glob(f"{TEMP_PREFIX}publishing-40.*"))
+    assert not list(st.www_dir.glob(f"{TEMP_PREFIX}publishing-*"))
+
+
+def _lock_fds_of_child(root: str, queue) -> None:
+    lock = os.stat(Path(root) / ".lock")
+    mine = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/self/fd/{fd}")
+            if (st.st_dev, st.st_ino) == (lock.st_dev, lock.st_ino):
+                mine.append(fd)
+    queue.put(mine)
+
+
+def test_children_forked_under_the_lock_do_not_hold_it(tmp_path) -> None:
+    st = Storage(tmp_path)
+    queue = multiprocessing.get_context("fork").Queue()
+    with st.lock():
+        p = multiprocessing.get_context("fork").Process(target=_lock_fds_of_child,
+                                                        args=(str(tmp_path), queue))
+        p.start()
+        p.join()
+    assert queue.get(timeout=5) == []

@@ -10,13 +10,16 @@ are exactly as they were.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from .backends import get_backend
 from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
 from .osrelease import read_version_id
 from .progress import Reporter
+from .runreporter import RunReporter
 from .settings import Settings
 from .storage import Storage
 from .versions import next_version, validate_new_version
@@ -37,11 +40,15 @@ def version_to_publish(settings: Settings, storage: Storage) -> int:
     return version
 
 
-def build_version(settings: Settings, reporter: Reporter, version: int | None = None) -> int:
-    """Publish ``www/<V>`` from an existing ``image/<V>/os-core``; returns V."""
+def build_version(settings: Settings, reporter: Reporter, version: int | None = None, *,
+                  wait: bool = True) -> int:
+    """Publish ``www/<V>`` from an existing ``image/<V>/os-core``; returns V.
+
+    ``wait`` False: fail at once when another run holds the storage.
+    """
     storage = storage_of(settings)
-    with storage.lock():
-        _clean(storage, reporter)
+    with locked_run(storage, reporter, wait=wait) as run:
+        _clean(storage, run)
         if version is not None:
             settings = settings.replace(os_version=version)
         version = version_to_publish(settings, storage)
@@ -50,15 +57,17 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
                 f"{storage.os_core(version)} does not exist",
                 hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
             )
-        _build_and_mark(storage, version, settings, reporter)
+        _build_and_mark(storage, version, settings, run)
     return version
 
 
-def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None = None) -> int:
+def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None = None,
+            wait: bool = True) -> int:
     """Extract the rootfs of ``settings.disk_image`` and publish it; returns the version.
 
     The layout comes from ``settings.disk_layout`` or, when given, ``layout_text`` (the
-    ``DSK_IMAGE_LAYOUT`` variable's value, named so in errors).
+    ``DSK_IMAGE_LAYOUT`` variable's value, named so in errors). Layout and image are
+    validated before anything is created in the storage (not even its lock file).
     """
     from .extract import extract_rootfs
     from .gpt import find_partition
@@ -68,35 +77,55 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
     if settings.disk_image is None:
         raise SettingsError("no disk image given",
                             hint="set SWUPD_REPO_DISK_IMAGE or pass --dsk IMAGE.dsk")
-    with storage.lock():
-        _clean(storage, reporter)
+    if layout_text is not None:
+        layout = parse_layout(layout_text, "DSK_IMAGE_LAYOUT")
+    elif settings.disk_layout is not None:
+        layout = load_layout(Path(settings.disk_layout))
+    else:
+        raise SettingsError("no disk layout given",
+                            hint="set SWUPD_REPO_DISK_LAYOUT or pass --layout JSON")
+    part = layout.rootfs(settings.partition)
+    extent = find_partition(Path(settings.disk_image), part, reporter)
+    with locked_run(storage, reporter, wait=wait) as run:
+        _clean(storage, run)
         version = version_to_publish(settings, storage)
-        if layout_text is not None:
-            layout = parse_layout(layout_text, "DSK_IMAGE_LAYOUT")
-        elif settings.disk_layout is not None:
-            layout = load_layout(Path(settings.disk_layout))
-        else:
-            raise SettingsError("no disk layout given",
-                                hint="set SWUPD_REPO_DISK_LAYOUT or pass --layout JSON")
-        part = layout.rootfs(settings.partition)
-        extent = find_partition(Path(settings.disk_image), part, reporter)
         dest = storage.os_core(version)
         image_existed = storage.image(version).exists()
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
             # killed run left: either way it is put back if this run fails.
             with storage.replacing(dest, "old-os-core"):
-                reporter.step(f"extracting partition {extent.number} ({part.name}) of "
-                              f"{settings.disk_image}")
+                run.step(f"extracting partition {extent.number} ({part.name}) of "
+                         f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
-                               reporter, max_file_size=settings.max_file_size)
+                               run, max_file_size=settings.max_file_size)
                 check_os_release(dest, version)
-                _build_and_mark(storage, version, settings, reporter)
+                _build_and_mark(storage, version, settings, run)
         except BaseException:
             if not image_existed:
                 shutil.rmtree(storage.image(version), ignore_errors=True)
             raise
     return version
+
+
+@contextlib.contextmanager
+def locked_run(storage: Storage, reporter: Reporter, *, wait: bool = True
+               ) -> Iterator[RunReporter]:
+    """The storage lock for one run, and the reporter the run passes down.
+
+    A write the storage's filesystem refuses (full, over quota, read-only) anywhere in the
+    run, in this process or a pool worker, ends as one :class:`StorageError` naming the
+    storage and the step; the run's own cleanup has already put everything back.
+    """
+    with storage.lock(wait=wait, notify=reporter.info) as held:
+        run = RunReporter(reporter, held)
+        try:
+            yield run
+        except OSError as exc:
+            error = storage.write_error(exc, run.current)
+            if error is None:
+                raise
+            raise error from exc
 
 
 def check_os_release(root: Path, version: int) -> None:
@@ -130,13 +159,18 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
     if www.exists() and not settings.force:
         raise VersionError(f"{www} already exists",
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
-    with storage.replacing(www, f"old-{version}"):
+    if settings.jobs > settings.workers:
+        reporter.info(f"using {settings.workers} worker processes, not {settings.jobs}: "
+                      "at most one per usable core and per 256 MiB of available memory")
+    # A failure up to and including the markers removes www/<V>; a kill leaves the flag.
+    with storage.publishing(version), storage.replacing(www, f"old-{version}"):
         get_backend(settings.backend).build(storage, version, settings, reporter)
         if not (www / "Manifest.MoM").is_file():
             raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")
         if settings.check:
             run_gate(storage, version, settings, reporter)
-    storage.write_markers(version, release=settings.release)
+        reporter.step(f"moving latest to {version}")
+        storage.write_markers(version, release=settings.release)
     if settings.release:
         reporter.info(f"published version {version} in {www}")
     else:

@@ -34,6 +34,7 @@ from .pipeline import (
     _build_and_mark,
     _clean,
     check_os_release,
+    locked_run,
     run_gate,
     storage_of,
     version_to_publish,
@@ -57,25 +58,26 @@ def check_releasable(storage: Storage, version: int) -> None:
                                 f"swupd-repo revert --to {version}")
 
 
-def release(settings: Settings, version: int, reporter: Reporter) -> int:
+def release(settings: Settings, version: int, reporter: Reporter, *, wait: bool = True) -> int:
     """Point devices at the staged ``version``; returns the version released before it."""
     storage = storage_of(settings)
-    with storage.lock():
-        _clean(storage, reporter)
+    with locked_run(storage, reporter, wait=wait) as run:
+        _clean(storage, run)
         check_releasable(storage, version)
         before = storage.released()
         if settings.check:
-            run_gate(storage, version, settings, reporter)
+            run_gate(storage, version, settings, run)
+        run.step(f"moving latest to {version}")
         storage.write_release_marker(version)
     reporter.info(f"released version {version} (devices were on {before})")
     return before
 
 
-def revert(settings: Settings, to: int, reporter: Reporter) -> int:
+def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True) -> int:
     """Publish version V's tree again as the next version N; returns N."""
     storage = storage_of(settings)
-    with storage.lock():
-        _clean(storage, reporter)
+    with locked_run(storage, reporter, wait=wait) as run:
+        _clean(storage, run)
         if not (storage.www(to) / "Manifest.MoM").is_file():
             raise VersionError(f"version {to} is not published ({storage.www(to)}/Manifest.MoM "
                                "does not exist)",
@@ -89,11 +91,11 @@ def revert(settings: Settings, to: int, reporter: Reporter) -> int:
             raise StorageError(f"{storage.image(version)} already exists",
                                hint=f"remove it, or pass --version above {version}")
         try:
-            reporter.step(f"copying the tree of version {to} as version {version}")
+            run.step(f"copying the tree of version {to} as version {version}")
             copy_tree(source, storage.os_core(version))
             stamp_version_id(storage.os_core(version), version)
             check_os_release(storage.os_core(version), version)
-            _build_and_mark(storage, version, settings, reporter)
+            _build_and_mark(storage, version, settings, run)
         except BaseException:
             remove_tree(storage.image(version))
             raise

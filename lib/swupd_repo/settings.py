@@ -61,13 +61,11 @@ class Settings:
 
     @property
     def workers(self) -> int:
-        """Worker processes to use: ``jobs``, or the usable cores when 0."""
-        if self.jobs > 0:
-            return self.jobs
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - non-Linux
-            return max(1, os.cpu_count() or 1)
+        """Worker processes to use: ``jobs`` (0 = cores), never more than the usable cores
+        nor than available memory allows (:func:`~.swupd.workpool.worker_count`)."""
+        from .swupd.workpool import available_memory, usable_cores, worker_count
+
+        return worker_count(self.jobs, usable_cores(), available_memory())
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""

@@ -15,17 +15,33 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorageBusyError, StorageError
+from .swupd.workpool import die_with_parent, prctl
 
 #: Prefix of every temporary name we create inside the storage; the next run removes them.
 TEMP_PREFIX = ".swupd-repo-tmp-"
+#: ``www/<TEMP_PREFIX>publishing-<V>.<pid>``: www/<V> is this run's until the markers name it.
+_PUBLISHING = re.compile(re.escape(TEMP_PREFIX) + r"publishing-(\d+)\.\d+$")
+
+#: Write errors that mean "the storage's filesystem cannot take more", with what to do.
+SPACE_ERRORS = {
+    errno.ENOSPC: "free space on the filesystem holding {root} (df {root}) or point "
+                  "SWUPD_REPO_STORAGE_DIR / --storage at a larger one, then run again",
+    errno.EDQUOT: "raise the disk quota of this user on {root} or free space in it, then run "
+                  "again",
+    errno.EROFS: "remount the filesystem holding {root} read-write or point "
+                 "SWUPD_REPO_STORAGE_DIR / --storage at a writable one",
+}
 
 
 def temp_path(parent: Path, name: str) -> Path:
@@ -50,16 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *,
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path.parent, path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_file(tmp, data, mode, sync=durable)
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
@@ -174,11 +181,59 @@ class Storage:
         """Point devices and the next build at ``version``: www marker first, then image.
 
         ``release=False`` (a staged version) moves only ``image/latest.version``, the version
-        the next build starts from; devices keep the ``latest`` they had.
+        the next build starts from; devices keep the ``latest`` they had. Both new files are
+        written (and synced) before either is renamed, so a full disk fails before anything
+        moved; renames need no space.
         """
-        if release:
-            atomic_write_text(self.latest_www_marker, f"{version}\n")
-        atomic_write_text(self.latest_image_marker, f"{version}\n")
+        text = f"{version}\n".encode()
+        markers = ((self.latest_www_marker,) if release else ()) + (self.latest_image_marker,)
+        staged: list[Path] = []
+        try:
+            for marker in markers:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                tmp = temp_path(marker.parent, f"new-{marker.name}")
+                staged.append(tmp)
+                _write_file(tmp, text, 0o644, sync=True)
+            for tmp, marker in zip(staged, markers, strict=True):
+                os.replace(tmp, marker)
+            for marker in markers:
+                fsync_dir(marker.parent)
+        finally:
+            for tmp in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    @contextlib.contextmanager
+    def publishing(self, version: int) -> Iterator[None]:
+        """Mark ``www/<version>`` as this run's until the block ends.
+
+        The markers are the commit point: a run killed after its ``www/<V>`` is in place but
+        before they name V leaves the flag, and the next run removes that never-published
+        ``www/<V>`` (:meth:`clean_leftovers`) instead of refusing it as already there. A
+        version the block leaves unreleased on purpose (it ended normally) stays.
+        """
+        self.www_dir.mkdir(parents=True, exist_ok=True)
+        flag = temp_path(self.www_dir, f"publishing-{version}")
+        flag.touch()
+        fsync_dir(self.www_dir)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # a flag left is cleaned like a killed run's
+                flag.unlink()
+
+    def write_error(self, exc: OSError, doing: str | None = None) -> StorageError | None:
+        """The one-line error for a write the storage's filesystem refused for lack of
+        space, quota or writability (None for any other error: that one is not the user's)."""
+        hint = SPACE_ERRORS.get(exc.errno or 0)
+        if hint is None:
+            return None
+        where = f" at step '{doing}'" if doing else ""
+        name = f" ({exc.filename})" if exc.filename else ""
+        return StorageError(
+            f"storage {self.root}: {exc.strerror or os.strerror(exc.errno or 0)}{where}"
+            f"{name}; nothing was published and earlier versions are unchanged",
+            hint=hint.format(root=self.root))
 
     def write_release_marker(self, version: int) -> None:
         """Point devices at ``version``, already built (``swupd-repo release``)."""
@@ -189,9 +244,16 @@ class Storage:
     def clean_leftovers(self) -> list[Path]:
         """Remove temporary trees a failed or killed run left behind; returns what went.
 
-        Only called with the lock held, so no live run owns them.
+        Only called with the lock held, so no live run owns them. A ``www/<V>`` that a killed
+        run put in place but never released (its :meth:`publishing` flag is left, V above
+        latest) goes too.
         """
         removed = list(self.temporaries())
+        latest = self.latest()
+        for flag in list(removed):
+            match = _PUBLISHING.match(flag.name) if flag.parent == self.www_dir else None
+            if match and int(match.group(1)) > latest and self.www(int(match.group(1))).exists():
+                removed.append(self.www(int(match.group(1))))
         for entry in removed:
             remove_tree(entry)
         return removed
@@ -240,8 +302,16 @@ class Storage:
                             yield entry / "delta"
 
     @contextlib.contextmanager
-    def lock(self, wait: bool = True) -> Iterator[None]:
-        """One writer per storage directory (``flock`` on ``STORAGE/.lock``)."""
+    def lock(self, wait: bool = True, notify: Callable[[str], None] | None = None
+             ) -> Iterator[HeldLock]:
+        """One writer per storage directory (``flock`` on ``STORAGE/.lock``).
+
+        The holder writes who it is into the file (:class:`LockRecord`), so a run that must
+        wait can say for whom (through ``notify``, again whenever the holder's step changes
+        and every :data:`WAIT_REPORT_SECONDS`); with ``wait`` False it fails at once.
+        Processes forked while the lock is held never hold it themselves and die with the
+        run (:func:`_after_fork_in_child`).
+        """
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -255,15 +325,176 @@ class Storage:
             raise StorageError(f"cannot lock {self.root}/.lock: {exc.strerror}",
                                hint="run as a user who may write the storage directory") from exc
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise StorageBusyError(
-                        f"storage {self.root} is in use by another run",
-                        hint="wait for it to finish",
-                    ) from exc
-                raise
-            yield
+            self._acquire(fd, wait, notify)
+            _guard_forks()
+            _HELD_LOCKS[fd] = os.getpid()
+            held = HeldLock(fd, LockRecord(os.getpid(), _command_line(), time.time()))
+            with contextlib.suppress(OSError):  # a full disk fails the run's first real write
+                held.write()
+            yield held
         finally:
+            _HELD_LOCKS.pop(fd, None)
             os.close(fd)
+
+    def lock_holder(self) -> LockRecord | None:
+        """Who holds (or last held) the lock, as it wrote itself; None when unknown."""
+        try:
+            return LockRecord.parse((self.root / ".lock").read_bytes())
+        except OSError:
+            return None
+
+    def _acquire(self, fd: int, wait: bool, notify: Callable[[str], None] | None) -> None:
+        if _try_flock(fd):
+            return
+        holder = self.lock_holder()
+        if not wait:
+            raise StorageBusyError(
+                f"storage {self.root} is in use by {_describe(holder)}",
+                hint="wait for it to finish, or run without --no-wait to wait for it")
+        say = notify or (lambda _message: None)
+        say(f"storage {self.root} is in use by {_describe(holder)}; waiting for it to finish "
+            "(--no-wait fails instead)")
+        start = last = time.monotonic()
+        step = holder.step if holder else None
+        while not _try_flock(fd):
+            time.sleep(WAIT_POLL_SECONDS)
+            now = time.monotonic()
+            holder = self.lock_holder()
+            new_step = holder.step if holder else None
+            if new_step != step or now - last >= WAIT_REPORT_SECONDS:
+                say(f"still waiting for {_describe(holder)} ({now - start:.0f} s)")
+                step, last = new_step, now
+
+
+#: How often a waiting run tries the lock again, and reports that it still waits.
+WAIT_POLL_SECONDS = 0.2
+WAIT_REPORT_SECONDS = 30.0
+
+
+@dataclass
+class LockRecord:
+    """What the holder of ``STORAGE/.lock`` says about itself (one JSON line in the file)."""
+
+    pid: int
+    command: str
+    since: float
+    step: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"pid": self.pid, "command": self.command, "since": self.since,
+                            "step": self.step}) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> LockRecord | None:
+        """The record, or None for an empty, older-format or half-written file."""
+        try:
+            raw = json.loads(data)
+            return cls(int(raw["pid"]), str(raw["command"]), float(raw["since"]),
+                       None if raw.get("step") is None else str(raw["step"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass
+class HeldLock:
+    """The held lock: :meth:`status` tells waiting runs what this run is doing."""
+
+    fd: int
+    record: LockRecord
+
+    def status(self, step: str) -> None:
+        self.record.step = step
+        with contextlib.suppress(OSError):  # informative only: a full disk must not fail us
+            self.write()
+
+    def write(self) -> None:
+        data = self.record.to_bytes()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _command_line() -> str:
+    """What a user would recognise the run by: ``swupd-repo publish ...``, ``bitbake ...``."""
+    argv = sys.argv if sys.argv and sys.argv[0] else ["python3"]
+    if argv[0].endswith(os.path.join("swupd_repo", "cli.py")):
+        args = ["swupd-repo", *argv[1:]]
+    elif os.path.basename(argv[0]) == "__main__.py":
+        args = list(getattr(sys, "orig_argv", argv))
+    else:
+        args = [os.path.basename(argv[0]), *argv[1:]]
+    text = " ".join(args)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _describe(holder: LockRecord | None) -> str:
+    """``another run: pid N (its command, since HH:MM:SS, now <step>)``."""
+    if holder is None:
+        return "another run"
+    since = time.strftime("%H:%M:%S", time.localtime(holder.since))
+    doing = f", now {holder.step}" if holder.step else ""
+    if not os.path.exists(f"/proc/{holder.pid}"):
+        return (f"another run: a process left by pid {holder.pid} ({holder.command}, started "
+                f"{since}), which has exited (`fuser -v .lock` in the storage names it)")
+    return f"another run: pid {holder.pid} ({holder.command}, since {since}{doing})"
+
+
+# --------------------------------------------------------------------------- forked children
+#
+# A forked process shares the parent's open file description of STORAGE/.lock, and with it
+# the flock: pool workers that outlive a SIGKILLed run would keep the storage locked forever.
+# Every pool (hashing, fullfiles, packs, deltas) is forked while the lock is held, so the fix
+# sits here, once, for all of them: the child closes its copy of the lock at once (the
+# parent's lock is untouched: it belongs to the description, which the parent still holds)
+# and asks the kernel to kill it when the run dies. Process-wide by nature (fork is).
+
+#: Lock fds this process holds -> its pid.
+_HELD_LOCKS: dict[int, int] = {}
+_FORK_STATE = {"registered": False, "parent": 0, "guarded": False}
+
+
+def _guard_forks() -> None:
+    if _FORK_STATE["registered"]:
+        return
+    prctl()  # looked up now: not in a child forked from threads
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _FORK_STATE["registered"] = True
+
+
+def _before_fork() -> None:
+    _FORK_STATE["parent"] = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked while a lock is held (or from such a child): drop the lock, die
+    with the parent."""
+    if not _HELD_LOCKS and not _FORK_STATE["guarded"]:
+        return
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+    _FORK_STATE["guarded"] = True
+    die_with_parent(int(_FORK_STATE["parent"]))
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, sync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

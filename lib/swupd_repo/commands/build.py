@@ -6,7 +6,7 @@ import argparse
 
 from ..pipeline import build_version
 from ..progress import TqdmReporter
-from .options import add_settings_options, add_version_options, settings_from_args
+from .options import add_settings_options, add_version_options, add_wait_option, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "STORAGE/image/<V>/os-core, then move the latest markers to V.")
     add_settings_options(p)
     add_version_options(p, "build")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
-        version = build_version(settings, reporter, settings.os_version)
+        version = build_version(settings, reporter, settings.os_version, wait=args.wait)
     verb = "published" if settings.release else "staged"
     print(f"{verb} version {version} in {settings.storage_dir}/www/{version}")
     return 0

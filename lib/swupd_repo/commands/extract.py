@@ -13,9 +13,11 @@ from ..errors import ExtractError
 from ..extract import extract_rootfs
 from ..gpt import find_partition
 from ..layout import load_layout
+from ..pipeline import locked_run
 from ..progress import TqdmReporter
 from ..settings import Settings
 from ..storage import Storage, remove_tree
+from .options import add_wait_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing image/<V>/os-core")
     p.add_argument("--max-file-size", type=int, default=Settings.max_file_size,
                    help="largest file of the rootfs in bytes, holes included (4 GiB)")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
@@ -40,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_file_size < 1:
         raise ExtractError(f"--max-file-size {args.max_file_size} is invalid",
                            hint="pass a size in bytes, at least 1")
+    part = load_layout(args.layout).rootfs(args.partition)  # bad input: nothing created
     storage = Storage(args.storage)
-    with TqdmReporter() as reporter, storage.lock():
+    with TqdmReporter() as reporter, locked_run(storage, reporter, wait=args.wait) as run:
         for path in storage.clean_leftovers():
-            reporter.info(f"removed {path} left by an interrupted run")
+            run.info(f"removed {path} left by an interrupted run")
         dest = storage.os_core(args.version)
         if dest.exists():
             if args.version in storage.published_versions():
@@ -55,11 +59,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ExtractError(f"{dest} already exists",
                                    hint="pass --force to replace it")
             remove_tree(dest)
-        part = load_layout(args.layout).rootfs(args.partition)
-        extent = find_partition(args.dsk, part, reporter)
-        reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
-                      f"{args.dsk}: {extent.size} bytes at {extent.offset}")
-        stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter,
+        extent = find_partition(args.dsk, part, run)
+        run.info(f"partition {extent.number} ({extent.name or part.key}) of "
+                 f"{args.dsk}: {extent.size} bytes at {extent.offset}")
+        stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, run,
                                max_file_size=args.max_file_size)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")

@@ -20,15 +20,26 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", choices=COMPRESSIONS, help="fullfile compression")
     parser.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
                         help="earlier versions that get delta packs (2)")
-    parser.add_argument("--jobs", type=int, help="worker processes (0 = cores)")
+    parser.add_argument("--jobs", type=int,
+                        help="at most this many worker processes (0 = one per core); never "
+                        "more than the usable cores nor one per 256 MiB of available memory")
     parser.add_argument("--max-file-size", dest="max_file_size", type=int,
                         help="largest file of the rootfs in bytes, holes included (4 GiB)")
-    parser.add_argument("--signing-key", dest="signing_key", type=Path)
-    parser.add_argument("--signing-cert", dest="signing_cert", type=Path)
-    parser.add_argument("--signing-chain", dest="signing_chain", type=Path)
-    parser.add_argument("--signing-passphrase-file", dest="signing_passphrase_file", type=Path)
-    parser.add_argument("--docker-image", dest="docker_image")
-    parser.add_argument("--docker-host", dest="docker_host")
+    parser.add_argument("--signing-key", dest="signing_key", type=Path, metavar="PEM",
+                        help="private key that signs the manifests and packs (with "
+                        "--signing-cert; unsigned without both)")
+    parser.add_argument("--signing-cert", dest="signing_cert", type=Path, metavar="PEM",
+                        help="certificate of --signing-key, put in the signatures and "
+                        "trusted by --check")
+    parser.add_argument("--signing-chain", dest="signing_chain", type=Path, metavar="PEM",
+                        help="intermediate certificates to include in the signatures")
+    parser.add_argument("--signing-passphrase-file", dest="signing_passphrase_file",
+                        type=Path, metavar="FILE",
+                        help="file holding the passphrase of an encrypted --signing-key")
+    parser.add_argument("--docker-image", dest="docker_image",
+                        help="image of the docker backend (ostroproject/ostro-swupd-server)")
+    parser.add_argument("--docker-host", dest="docker_host",
+                        help="Docker engine of the docker backend (default: DOCKER_HOST)")
     parser.add_argument("--docker-command", dest="docker_command",
                         help="command run in the image; the version is appended")
     parser.add_argument("--docker-privileged", dest="docker_privileged",
@@ -43,6 +54,13 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", dest="release", action="store_const", const=False,
                         default=None, help="publish www/<version> without moving latest: "
                         "devices see it after `swupd-repo release VERSION`")
+
+
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-wait``: fail at once instead of waiting while another run holds the storage."""
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="fail instead of waiting when another run holds the storage "
+                        "(waiting prints who holds it and what it is doing)")
 
 
 def add_version_options(parser: argparse.ArgumentParser, verb: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..pipeline import publish
 from ..progress import TqdmReporter
-from .options import add_settings_options, add_version_options, settings_from_args
+from .options import add_settings_options, add_version_options, add_wait_option, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="disk-layout JSON of the image")
     p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
     add_version_options(p, "publish")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
-        version = publish(settings, reporter)
+        version = publish(settings, reporter, wait=args.wait)
     www = Path(settings.storage_dir) / "www"
     verb = "published" if settings.release else "staged"
     print(f"{verb} version {version}: serve {www} (swupd-repo serve --storage "

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..progress import TqdmReporter
 from ..release import release
 from ..settings import load_settings
+from .options import add_wait_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check the repository and simulate every update to V first")
     p.add_argument("--signing-cert", dest="signing_cert", type=Path,
                    help="with --check: signatures must verify against this certificate")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
@@ -31,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {"storage_dir": args.storage_dir, "check": args.check,
                                            "signing_cert": args.signing_cert})
     with TqdmReporter() as reporter:
-        before = release(settings, args.version, reporter)
+        before = release(settings, args.version, reporter, wait=args.wait)
     print(f"released version {args.version} (devices were on {before})")
     return 0

@@ -6,7 +6,12 @@ import argparse
 
 from ..progress import TqdmReporter
 from ..release import revert
-from .options import add_settings_options, add_version_options, settings_from_args
+from .options import (
+    add_settings_options,
+    add_version_options,
+    add_wait_option,
+    settings_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,13 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the published version whose content to bring back")
     add_settings_options(p)
     add_version_options(p, "publish the reverted tree as")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
-        version = revert(settings, args.to_version, reporter)
+        version = revert(settings, args.to_version, reporter, wait=args.wait)
     verb = "published" if settings.release else "staged"
     print(f"{verb} version {version} with the content of version {args.to_version}")
     return 0

@@ -94,6 +94,7 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                       f"{scan.cached} from the hash cache")
         built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp)
         staging.mkdir()
+        reporter.step("writing manifests")
         tars = _start_manifests(staging, built, signer, executor)
         write_fullfiles(builder.fullfile_records(built, scan.records), staging / "files",
                         settings.compression, reporter, executor)

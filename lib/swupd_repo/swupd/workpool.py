@@ -1,12 +1,17 @@
-"""Feeding a process pool without queueing everything at once.
+"""Worker processes: how many, fed without queueing everything, dying with their parent.
 
 Hashing, fullfile compression and pack compression all submit many jobs; submitting them
 all up front would hold every job's arguments in memory. :func:`bounded_map` keeps a fixed
-number in flight, which still keeps every worker busy.
+number in flight, which still keeps every worker busy. :func:`worker_count` is the one rule
+for the pool size; :func:`die_with_parent` is how a forked worker follows a killed run.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Any, TypeVar
@@ -40,3 +45,65 @@ def _finished(pending: dict[Future[Result], Tag]) -> Iterator[tuple[Tag, Result]
     done, _ = wait(pending, return_when=FIRST_COMPLETED)
     for fut in done:
         yield pending.pop(fut), fut.result()
+
+
+#: Memory one worker may need at once: xz -6 of a pack group or fullfile needs ~100 MiB, plus
+#: the member's bytes; bsdiff jobs are budgeted separately (packs.DELTA_MEMORY_BUDGET).
+WORKER_MEMORY = 256 * 1024 * 1024
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def worker_count(jobs: int, cores: int, memory: int | None) -> int:
+    """How many worker processes a run starts, by one rule.
+
+    ``jobs`` (0 = as many as cores) is an upper bound, never a demand: every job is CPU-bound,
+    so more processes than ``cores`` only add memory and switching; and each worker may need
+    :data:`WORKER_MEMORY`, so no more than ``memory`` (available bytes; None = unknown)
+    holds. Always at least one.
+    """
+    wanted = cores if jobs <= 0 else min(jobs, cores)
+    if memory is not None:
+        wanted = min(wanted, memory // WORKER_MEMORY)
+    return max(1, wanted)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this (forked) process when ``parent_pid`` dies.
+
+    A worker blocked on its job queue never notices its parent is gone (the other workers
+    hold the queue's write end), so without this a killed run leaves them behind forever.
+    If the parent died before the request took effect, exit now. (The kernel signals when
+    the *thread* that forked exits: our pools are started from the run's main thread.)
+    """
+    prctl()(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def prctl() -> Callable[..., int]:
+    """libc's ``prctl``, looked up once in the parent: loading a library in a child forked
+    from a threaded process could wait forever on a lock another thread held at the fork."""
+    return ctypes.CDLL(None, use_errno=True).prctl
