@@ -127,7 +127,7 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
     if member.isreg():
         src = tar.extractfile(member)
         assert src is not None
-        _write_file(src, dest)
+        write_file(src, dest)
     elif member.issym():
         os.symlink(member.linkname, dest)
     elif member.isdir():
@@ -150,7 +150,8 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
     os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-def _write_file(src: IO[bytes], dest: Path) -> None:
+def write_file(src: IO[bytes], dest: Path) -> None:
+    """Stream ``src`` into a new file ``dest`` (mode 0600; it must not exist)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
@@ -177,7 +178,7 @@ def copy_object(src: Path, dest: Path) -> None:
     st = os.lstat(src)
     if stat.S_ISREG(st.st_mode):
         with open(src, "rb") as f:
-            _write_file(f, dest)
+            write_file(f, dest)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dest)
     elif stat.S_ISDIR(st.st_mode):
