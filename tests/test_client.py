@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import socket
+import stat
 import tarfile
 import tempfile
 import threading
@@ -30,7 +31,7 @@ from swupd_repo.errors import ClientError
 from swupd_repo.osrelease import read_version_id
 from swupd_repo.progress import RecordingReporter
 from swupd_repo.serve import serve_in_thread
-from swupd_repo.swupd.hashing import hash_path
+from swupd_repo.swupd.hashing import hash_bytes, hash_path
 from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry, manifest_hash, parse_manifest
 
 
@@ -267,6 +268,129 @@ def test_manifest_version_mismatch_fails(www_copy: Path, tmp_path: Path) -> None
     with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
         install(base, tmp_path / "root", 10, state_dir=tmp_path / "state")
     assert "10/Manifest.MoM.tar" in str(err.value) and "version 20" in str(err.value)
+
+
+# -- the client's own state directory -------------------------------------------------------
+
+def link_fullfile(www: Path, version: int, target: str) -> str:
+    """Publish a fullfile for a symlink to ``target`` (root-owned, no xattrs); its hash."""
+    data = target.encode()
+    digest = hash_bytes(stat.S_IFLNK, 0, 0, 0, len(data), {}, data)
+    info = tarfile.TarInfo(digest)
+    info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(info)
+    (www / str(version) / "files" / f"{digest}.tar").write_bytes(buf.getvalue())
+    return digest
+
+
+def edit_os_core(www: Path, version: int, edit) -> None:
+    """Change ``version``'s os-core entries with ``edit`` and make its MoM vouch for them, as
+    a repository would publish them (unsigned: anyone on the plain-HTTP path can do this)."""
+    def rewrite(data: bytes) -> bytes:
+        manifest = parse_manifest(data)
+        manifest.entries = edit(manifest.entries)
+        return manifest.to_bytes()
+    fix_mom(www, version, rewrite_manifest(www, version, "os-core", rewrite))
+
+
+def test_a_symlinked_version_file_is_not_written_through(www_copy: Path, tmp_path: Path,
+                                                         url: str) -> None:
+    """A repository listing /var/lib/swupd/version as a link to an outside file must not get
+    that file overwritten, neither at install (the entry is left alone) nor when such a link
+    is already there from an older client (it is replaced, not followed)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    digest = link_fullfile(www_copy, 10, str(victim))
+    edit_os_core(www_copy, 10, lambda entries: [
+        *entries, Entry("L", digest, 10, "/var/lib/swupd/version")])
+    root = tmp_path / "root"
+    reporter = RecordingReporter()
+    with serve_in_thread(www_copy) as base:
+        install(base, root, 10, reporter=reporter)
+    assert victim.read_text() == "precious\n"
+    version_file = root / "var/lib/swupd/version"
+    assert not version_file.is_symlink() and version_file.read_text() == "10\n"
+    assert any("/var/lib/swupd/version" in w and "state directory" in w
+               for w in reporter.warnings), reporter.warnings
+    version_file.unlink()
+    version_file.symlink_to(victim)  # left by a client without this protection
+    update(url, root)
+    assert victim.read_text() == "precious\n"
+    assert not version_file.is_symlink() and version_file.read_text() == "20\n"
+
+
+def test_a_symlinked_delta_dir_is_not_written_through(www_copy: Path, tmp_path: Path,
+                                                      url: str,
+                                                      rootfs_trees: dict[int, Path]) -> None:
+    """/var/lib/swupd/delta listed as a link to an outside directory: that directory is neither
+    chmodded nor given deltas, and the update still applies its deltas inside the root."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    outside.chmod(0o755)
+    digest = link_fullfile(www_copy, 10, str(outside))
+    edit_os_core(www_copy, 10, lambda entries: [
+        *entries, Entry("L", digest, 10, "/var/lib/swupd/delta")])
+    root = tmp_path / "root"
+    with serve_in_thread(www_copy) as base:
+        install(base, root, 10)
+    stats = update(url, root)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o755 and list(outside.iterdir()) == []
+    assert stats.deltas_applied > 0 and not (root / "var/lib/swupd/delta").is_symlink()
+    skip = lambda p: not_etc(p) or p.startswith("/var/lib/swupd")  # noqa: E731
+    assert compare_trees(root, rootfs_trees[20], skip) == []
+
+
+def test_an_image_with_var_lib_symlinked_keeps_its_state_inside_the_root(
+        www_copy: Path, tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    """A legitimate image whose /var/lib is an absolute link (here to /usr/share/xattr-dir, a
+    directory of the image that no host has): the state directory is where the device itself
+    would find it, ROOT/usr/share/xattr-dir/swupd, for install and update, never the host's."""
+    host = Path("/usr/share/xattr-dir")
+    assert not host.exists()
+    digest = link_fullfile(www_copy, 10, str(host))
+
+    def var_lib_linked(entries: list[Entry]) -> list[Entry]:
+        kept = [e for e in entries if e.path != "/var/lib" and not e.path.startswith("/var/lib/")]
+        return [*kept, Entry("L", digest, 10, "/var/lib")]
+
+    for version in (10, 20):
+        edit_os_core(www_copy, version, var_lib_linked)
+    root = tmp_path / "root"
+    state = root / "usr/share/xattr-dir/swupd"
+    try:
+        with serve_in_thread(www_copy) as base:
+            install(base, root, 10)
+            assert (root / "var/lib").readlink() == host
+            assert (state / "version").read_text() == "10\n"
+            stats = update(base, root)
+            assert stats.to_version == 20 and stats.deltas_applied > 0
+            assert (state / "version").read_text() == "20\n"
+            assert verify(base, root).mismatches == []
+        skip = lambda p: (not_etc(p) or p == "/var/lib" or p.startswith(("/var/lib/",  # noqa: E731
+                          "/usr/share/xattr-dir/swupd")))
+        assert compare_trees(root, rootfs_trees[20], skip) == []
+        assert not host.exists()
+    finally:
+        if host.exists():
+            shutil.rmtree(host)
+
+
+def test_install_refuses_a_non_empty_root(url: str, tmp_path: Path) -> None:
+    """The help promises an empty root: laying a version over another tree gives a root that
+    matches no version. Only a failed install's own state directory may be there already."""
+    root = tmp_path / "root"
+    (root / "home").mkdir(parents=True)
+    with pytest.raises(ClientError, match=r"not empty \(home\).*--force"):
+        install(url, root, 10)
+    assert sorted(os.listdir(root)) == ["home"]
+    install(url, root, 10, force=True)
+    assert (root / "home").is_dir() and (root / "var/lib/swupd/version").read_text() == "10\n"
+    again = tmp_path / "again"
+    (again / "var/lib/swupd/staged").mkdir(parents=True)  # an interrupted install's leftovers
+    install(url, again, 10)
+    assert read_version_id(again)[0] == 10
 
 
 # -- pure parts ----------------------------------------------------------------------------
