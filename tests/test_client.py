@@ -7,6 +7,7 @@ Tampered repositories must fail with a message naming the file, leaving the targ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -16,6 +17,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from helpers_signing import make_signer, manifest_tar, sign_www, tamper_fullfile
 from helpers_users import as_nobody
 from swupd_repo.client import compare_trees, install, update, verify
 from swupd_repo.client.consolidate import consolidate, update_list
-from swupd_repo.client.http import Fetcher, FetchError
+from swupd_repo.client.http import DownloadLimits, Fetcher, FetchError
 from swupd_repo.client.targetpath import target_path, validate
 from swupd_repo.errors import ClientError
 from swupd_repo.osrelease import read_version_id
@@ -532,6 +534,115 @@ def test_a_broken_answer_then_a_good_one_succeeds() -> None:
     with raw_server([BROKEN_ANSWERS["truncated body"], good]) as (base, requests):
         assert Fetcher(base, backoff=0).get("x") == b"body"
     assert len(requests) == 2
+
+
+@contextlib.contextmanager
+def asyncio_server(answer) -> Iterator[str]:
+    """An asyncio HTTP server on 127.0.0.1 in its own thread whose every answer is written by
+    the coroutine ``answer(writer)`` after the request head is read: for servers that stall,
+    drip or never stop, which a real server does only when broken, overloaded or hostile.
+    Yields the base URL; the connection closes when ``answer`` returns or the client leaves."""
+    ready = threading.Event()
+    box: list = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await answer(writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up: that is what the tests want
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        box.extend([server, asyncio.get_running_loop(), asyncio.Event()])
+        ready.set()
+        await box[2].wait()
+        server.close()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{box[0].sockets[0].getsockname()[1]}/"
+    finally:
+        box[1].call_soon_threadsafe(box[2].set)
+        thread.join(timeout=10)
+
+
+async def drip(writer: asyncio.StreamWriter) -> None:
+    """A byte every 50 ms of a 200-byte body: each read returns well within any per-read
+    timeout, so only an overall deadline ends it (the issue's server sent one every 10 s)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+    for _ in range(200):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def endless(writer: asyncio.StreamWriter) -> None:
+    """A body with no length that goes on (here up to 64 MiB, as good as endless for a
+    client limited to 1 MiB; the issue's reached 1.9 GB of client memory)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+    block = b"y" * (1 << 16)
+    for _ in range(1024):
+        writer.write(block)
+        await writer.drain()
+
+
+HUGE_LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n" + b"z" * 1000
+
+
+def test_a_slow_drip_is_cut_off_by_the_deadline() -> None:
+    limits = DownloadLimits(read_timeout=2, deadline=0.5)
+    with asyncio_server(drip) as base:
+        fetcher = Fetcher(base, backoff=0, limits=limits)
+        started = time.monotonic()
+        with pytest.raises(FetchError, match=r"not complete after 0.5 s .*abandoned"):
+            fetcher.get("10/Manifest.MoM.tar")
+        assert time.monotonic() - started < 5
+    assert fetcher.requests == 1  # a deadline is not a passing fault: no retry
+
+
+@pytest.mark.parametrize("to_file", [False, True], ids=["memory", "file"])
+def test_an_endless_body_is_cut_off_at_the_limit(to_file: bool, tmp_path: Path) -> None:
+    limits = DownloadLimits(max_bytes=1 << 20, max_in_memory=1 << 20)
+    with asyncio_server(endless) as base:
+        fetcher = Fetcher(base, backoff=0, limits=limits)
+        with pytest.raises(FetchError, match=r"runs past 1 MiB"):
+            if to_file:
+                fetcher.fetch("10/pack-os-core-from-0.tar", tmp_path / "pack")
+            else:
+                fetcher.get("10/Manifest.MoM.tar")
+    assert fetcher.requests == 1
+    if to_file:
+        assert (tmp_path / "pack").stat().st_size <= 1 << 20
+
+
+def test_a_huge_content_length_is_one_line_exit_2(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``Content-Length: 1000000000000000`` once made the client allocate it (MemoryError)."""
+    with raw_server([HUGE_LENGTH]) as (base, _):
+        with pytest.raises(FetchError, match="announces 1000000000000000 bytes"):
+            Fetcher(base, backoff=0).fetch("10/pack-os-core-from-0.tar", tmp_path / "pack")
+        rc = _run_cli(["client", "install", "--version", "10", "--path",
+                       str(tmp_path / "root"), "--url", base])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("swupd-repo: error: ") and "announces 1000000000000000" in err[0]
+
+
+def test_cli_limits_reach_the_downloads(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--download-deadline is the deadline the downloads use (a slow drip, through the CLI)."""
+    with asyncio_server(drip) as base:
+        rc = _run_cli(["client", "update", "--path", str(tmp_path), "--url", base,
+                       "--download-deadline", "0.3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not complete after 0.3 s" in err[0], err
 
 
 # -- comparing -----------------------------------------------------------------------------

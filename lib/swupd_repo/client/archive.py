@@ -30,6 +30,10 @@ from ..swupd.hashing import CHUNK, hash_bytes, object_key
 #: What reading a damaged archive can raise (tar structure, truncation, each decompressor).
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error)
 
+#: Copy buffer for member data: small, because tarfile's stream reader keeps a read's worth
+#: of decompressed blocks in a list and joins them (a 1 MiB read costs several MiB at peak).
+COPY_CHUNK = 1 << 16
+
 _SCHILY = "SCHILY.xattr."
 _LIBARCHIVE = "LIBARCHIVE.xattr."
 
@@ -154,7 +158,7 @@ def write_file(src: IO[bytes], dest: Path) -> None:
     """Stream ``src`` into a new file ``dest`` (mode 0600; it must not exist)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+        shutil.copyfileobj(src, out, COPY_CHUNK)
 
 
 def remove_any(path: Path) -> None:
