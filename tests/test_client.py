@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import lzma
 import os
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -643,6 +646,92 @@ def test_cli_limits_reach_the_downloads(tmp_path: Path,
                        "--download-deadline", "0.3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not complete after 0.3 s" in err[0], err
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+def big_repository(base: Path, files: int, size: int) -> Path:
+    """``www/`` of a version 10 whose zero pack holds ``files`` incompressible files of
+    ``size`` bytes (a multiple of 512), laid out as the generator publishes it: manifests
+    written by :mod:`swupd_repo.swupd.manifest`; the pack a tar of ``staged/<hash>`` members
+    in concatenated xz streams (as the generator writes packs) with its largest dictionary,
+    8 MiB, which the client's decoder must hold. The files share their random bytes and differ
+    in mode, so they are distinct objects (the hash covers the mode) and the bytes are
+    compressed once: xz needs seconds per 8 MiB of random data. Not made: fullfiles,
+    signatures and deltas, which an install with packs does not fetch."""
+    tree, www = base / "tree", base / "www"
+    (tree / "usr/share/big").mkdir(parents=True)
+    (tree / "usr/lib").mkdir(parents=True)
+    (tree / "usr/lib/os-release").write_text("NAME=big\nVERSION_ID=10\n")
+    blob = os.urandom(size)
+    for i in range(files):
+        (tree / f"usr/share/big/blob{i}").write_bytes(blob)
+        (tree / f"usr/share/big/blob{i}").chmod(0o400 + i)
+    entries = []
+    for path in sorted(tree.rglob("*")):
+        name = "/" + str(path.relative_to(tree))
+        entries.append(Entry("D" if path.is_dir() else "F", hash_path(path, name), 10, name))
+    plain = Manifest(10, entries=entries).to_bytes()
+    (www / "10").mkdir(parents=True)
+    (www / "10/Manifest.os-core.tar").write_bytes(manifest_tar(plain, "os-core"))
+    mom = Manifest(10, entries=[Entry("M", manifest_hash(plain), 10, "os-core")]).to_bytes()
+    (www / "10/Manifest.MoM.tar").write_bytes(manifest_tar(mom, "MoM"))
+    (www / "version/format3").mkdir(parents=True)
+    (www / "version/format3/latest").write_text("10\n")
+
+    def xz(data: bytes) -> bytes:
+        return lzma.compress(data, format=lzma.FORMAT_XZ, filters=[
+            {"id": lzma.FILTER_LZMA2, "preset": 0, "dict_size": 8 << 20}])
+
+    packed_blob = xz(blob)
+    with open(www / "10/pack-os-core-from-0.tar", "wb") as out, \
+            tarfile.open(fileobj=io.BytesIO(), mode="w") as headers:
+        for entry in entries:
+            path = tree / entry.path[1:]
+            info = headers.gettarinfo(path, f"staged/{entry.hash}")
+            out.write(xz(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")))
+            if path.is_file():
+                data = path.read_bytes()
+                out.write(packed_blob if data == blob else
+                          xz(data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)))
+        out.write(xz(b"\0" * 2 * tarfile.BLOCKSIZE))
+    return www
+
+
+#: The issue's bound on the client's peak memory installing from a 58 MB pack.
+PEAK_RSS_BOUND = 40 * 10**6
+
+
+#: Runs ``sys.argv[2:]`` as a child of this small process and writes its exit code and
+#: ru_maxrss (KiB) to ``sys.argv[1]``. Not from pytest directly: a child's ru_maxrss includes
+#: what it shared with its parent before exec, and pytest itself is over 100 MB.
+RSS_LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.executable, [sys.executable, *sys.argv[2:]], os.environ)
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def test_installing_a_58_mb_pack_stays_under_40_mb(tmp_path: Path) -> None:
+    """Peak RSS (ru_maxrss of a ``swupd-repo client install`` process) with the pack served by
+    ``swupd-repo serve``'s server on 127.0.0.1. Downloads stream to disk and members are
+    copied in small chunks; it was 106 MB when the pack was held in memory."""
+    www = big_repository(tmp_path, files=7, size=8 << 20)
+    assert (www / "10/pack-os-core-from-0.tar").stat().st_size > 58 * 10**6
+    root, result = tmp_path / "root", tmp_path / "result"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with serve_in_thread(www) as base:
+        run = subprocess.run([sys.executable, "-c", RSS_LAUNCHER, str(result), "-m",
+                              "swupd_repo.cli", "client", "install", "--version", "10",
+                              "--path", str(root), "--url", base],
+                             env=env, capture_output=True, text=True, timeout=600)
+    code, maxrss_kib = map(int, result.read_text().split())
+    assert code == 0, run.stderr
+    assert "12 from packs" in run.stdout
+    assert (root / "usr/share/big/blob6").stat().st_size == 8 << 20
+    peak = maxrss_kib * 1024
+    assert peak < PEAK_RSS_BOUND, f"peak RSS {peak / 10**6:.1f} MB"
 
 
 # -- comparing -----------------------------------------------------------------------------
