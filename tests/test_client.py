@@ -12,6 +12,7 @@ import contextlib
 import io
 import lzma
 import os
+import re
 import shutil
 import socket
 import stat
@@ -150,6 +151,20 @@ def test_cli_install_update_verify(url: str, rootfs_trees: dict[int, Path], tmp_
     assert "0 mismatches" in capsys.readouterr().out
     outside_state = lambda p: not_etc(p) or p.startswith("/var/lib/")  # noqa: E731
     assert compare_trees(root, rootfs_trees[20], outside_state) == []
+
+
+def test_cli_update_reports_one_complete_summary(url: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The counters are final before anything prints them: stderr once said "0 requests,
+    0 bytes" while stdout said "6 requests, 2991 bytes" for the same update."""
+    root = tmp_path / "root"
+    install(url, root, 10)
+    capsys.readouterr()
+    assert _run_cli(["client", "update", "--path", str(root), "--url", url]) == 0
+    captured = capsys.readouterr()
+    figures = re.findall(r"([0-9]+) requests, ([0-9]+) bytes", captured.out + captured.err)
+    assert len(set(figures)) == 1 and figures[0][0] != "0", captured
+    assert "10 -> 20: " in captured.out
 
 
 def _run_cli(argv: list[str]) -> int:
