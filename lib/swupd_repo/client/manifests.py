@@ -19,6 +19,10 @@ from ..swupd.manifest import Entry, Manifest, manifest_hash, parse_manifest
 from .archive import ARCHIVE_ERRORS, open_tar, strip_dot
 from .http import Fetcher
 
+#: The most a plain manifest may hold once decompressed (Clear Linux's largest, Manifest.full
+#: of tens of thousands of files, is a few MB): a small tar must not expand without bound.
+MANIFEST_LIMIT = 256 << 20
+
 
 def read_manifest_tar(data: bytes, name: str, source: str) -> tuple[bytes, bytes | None]:
     """(``Manifest.<name>``, its ``.signed`` member or None) from ``Manifest.<name>.tar``."""
@@ -29,6 +33,9 @@ def read_manifest_tar(data: bytes, name: str, source: str) -> tuple[bytes, bytes
             for member in tar:
                 key = strip_dot(member.name)
                 if member.isreg() and key in (wanted, wanted + ".signed"):
+                    if member.size > MANIFEST_LIMIT:
+                        raise ClientError(f"{source}: {key} claims {member.size} bytes, more "
+                                          f"than a manifest may hold ({MANIFEST_LIMIT})")
                     f = tar.extractfile(member)
                     assert f is not None
                     found[key] = f.read()
