@@ -601,6 +601,17 @@ async def drip(writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.05)
 
 
+async def drip_headers(writer: asyncio.StreamWriter) -> None:
+    """The same drip before the body: a header line a byte every 50 ms, so the client is still
+    reading headers (inside urllib) when the deadline passes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+    for _ in range(200):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.write(b"\r\nContent-Length: 2\r\n\r\nok")
+
+
 async def endless(writer: asyncio.StreamWriter) -> None:
     """A body with no length that goes on (here up to 64 MiB, as good as endless for a
     client limited to 1 MiB; the issue's reached 1.9 GB of client memory)."""
@@ -614,12 +625,13 @@ async def endless(writer: asyncio.StreamWriter) -> None:
 HUGE_LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n" + b"z" * 1000
 
 
-def test_a_slow_drip_is_cut_off_by_the_deadline() -> None:
+@pytest.mark.parametrize("answer", [drip, drip_headers], ids=["body", "headers"])
+def test_a_slow_drip_is_cut_off_by_the_deadline(answer) -> None:
     limits = DownloadLimits(read_timeout=2, deadline=0.5)
-    with asyncio_server(drip) as base:
+    with asyncio_server(answer) as base:
         fetcher = Fetcher(base, backoff=0, limits=limits)
         started = time.monotonic()
-        with pytest.raises(FetchError, match=r"not complete after 0.5 s .*abandoned"):
+        with pytest.raises(FetchError, match=r"not complete after 0.5 s.*abandoned"):
             fetcher.get("10/Manifest.MoM.tar")
         assert time.monotonic() - started < 5
     assert fetcher.requests == 1  # a deadline is not a passing fault: no retry

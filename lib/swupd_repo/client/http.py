@@ -11,15 +11,20 @@ things that are parsed in memory (``latest``, manifest tars), to a buffer with a
 Nothing is sized from the server's word: a ``Content-Length`` above the limit is refused before
 a byte is read, a body that runs past it is cut off, and a download that takes longer than its
 deadline is abandoned however steadily the bytes drip in (the per-read timeout alone lets a
-server sending a byte every few seconds hold the client forever). These three are answers
-about the server, not passing faults, so they are reported at once, not retried.
+server sending a byte every few seconds hold the client forever): a watchdog shuts the
+connection down at the deadline, in the headers as in the body. These three are answers about
+the server, not passing faults, so they are reported at once, not retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import io
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..errors import ClientError
 
@@ -47,13 +52,88 @@ class FetchError(ClientError):
 class DownloadLimits:
     """Bounds on one download. ``max_bytes`` covers what the manifests give no size for
     (packs, fullfiles of other versions); a caller passes a tighter ``limit`` where it knows
-    one. ``read_timeout`` is the longest silence; ``deadline`` the longest whole download
-    (checked between reads, so it may be overrun by up to one ``read_timeout``)."""
+    one. ``read_timeout`` is the longest silence (then the attempt is retried); ``deadline``
+    the longest whole download attempt, from connecting to the last byte (not retried)."""
 
     max_bytes: int = 4 << 30
     max_in_memory: int = 64 << 20
     read_timeout: float = 30.0
     deadline: float = 1800.0
+
+
+class _Watchdog:
+    """Shuts down the connections of one download attempt when its deadline passes, so a
+    blocked read (of the status line, a header or the body) returns at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.fired.is_set():
+                self._shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired.set()
+            for sock in self._socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPConnection, watchdog=self.watchdog), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPSConnection, watchdog=self.watchdog), req,
+                            context=self._context)
 
 
 def _size(n: int) -> str:
@@ -135,21 +215,31 @@ class Fetcher:
             if attempt:
                 time.sleep(self.backoff * attempt)
             self.requests += 1
-            try:
-                with urllib.request.urlopen(url, timeout=self.limits.read_timeout) as resp, \
-                        sink() as out:
-                    self.bytes_received += self._copy(resp, out, url, limit)
-                return
-            except urllib.error.HTTPError as exc:
-                if 400 <= exc.code < 500:
-                    raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}", url=url,
-                                     status=exc.code) from None
-                last = exc
-            except FetchError:
-                raise
-            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException,
-                    ValueError) as exc:
-                last = exc
+            with _Watchdog(self.limits.deadline) as watchdog:
+                opener = urllib.request.build_opener(_HTTPHandler(watchdog),
+                                                     _HTTPSHandler(watchdog))
+                try:
+                    with opener.open(url, timeout=self.limits.read_timeout) as resp, \
+                            sink() as out:
+                        got = self._copy(resp, out, url, limit)
+                    if not watchdog.fired.is_set():
+                        self.bytes_received += got
+                        return
+                except urllib.error.HTTPError as exc:
+                    if 400 <= exc.code < 500:
+                        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}", url=url,
+                                         status=exc.code) from None
+                    last = exc
+                except FetchError:
+                    raise
+                except (urllib.error.URLError, OSError, TimeoutError,
+                        http.client.HTTPException, ValueError) as exc:
+                    last = exc
+                if watchdog.fired.is_set():
+                    raise FetchError(f"{url}: not complete after {self.limits.deadline:g} s; "
+                                     "abandoned", url=url, status=None,
+                                     hint="a stalled or hostile server; or raise the "
+                                     "client's download deadline")
         reason = getattr(last, "reason", None) or last
         if isinstance(last, http.client.HTTPException | ValueError):
             reason = f"broken answer: {type(last).__name__}: {str(last)[:200]}"
