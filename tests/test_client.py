@@ -32,6 +32,7 @@ from helpers_users import as_nobody
 from swupd_repo.client import compare_trees, install, update, verify
 from swupd_repo.client.consolidate import consolidate, update_list
 from swupd_repo.client.http import DownloadLimits, Fetcher, FetchError
+from swupd_repo.client.state import resolve_in_root
 from swupd_repo.client.targetpath import target_path, validate
 from swupd_repo.errors import ClientError
 from swupd_repo.osrelease import read_version_id
@@ -395,6 +396,28 @@ def test_an_image_with_var_lib_symlinked_keeps_its_state_inside_the_root(
     finally:
         if host.exists():
             shutil.rmtree(host)
+
+
+def test_state_directory_resolves_like_a_chroot(tmp_path: Path) -> None:
+    """Links on the way to the state directory are read as the target would read them:
+    absolute ones from ROOT, ``..`` never above it; a loop is one line, not a hang; a file in
+    the way is a ClientError naming it."""
+    root = tmp_path / "root"
+    (root / "var").mkdir(parents=True)
+    (root / "var/lib").symlink_to("../../../../../../../data/lib")
+    assert resolve_in_root(root, "var/lib/swupd", create=True) == root / "data/lib/swupd"
+    assert (root / "data/lib/swupd").is_dir() and not (tmp_path / "data").exists()
+    (root / "var/lib").unlink()
+    (root / "var/lib").symlink_to("/srv/state")
+    assert resolve_in_root(root, "var/lib/swupd", create=False) == root / "srv/state/swupd"
+    (root / "var/lib").unlink()
+    (root / "var/lib").symlink_to("lib")
+    with pytest.raises(ClientError, match="more than 40 symlinks"):
+        resolve_in_root(root, "var/lib/swupd", create=True)
+    (root / "var/lib").unlink()
+    (root / "var/lib").write_text("a file")
+    with pytest.raises(ClientError, match=r"var/lib is not a directory"):
+        resolve_in_root(root, "var/lib/swupd", create=True)
 
 
 def test_install_refuses_a_non_empty_root(url: str, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClientError
+from .archive import remove_any
 
 DEFAULT_RELATIVE = "var/lib/swupd"
 
@@ -148,8 +149,12 @@ class StateDir:
 
     def ensure(self) -> None:
         """Create the state directory and its subdirectories, each private (0700)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        for directory in (self.path, self.staged, self.delta, self.downloads):
+        if self.root is None:  # the caller's own directory: followed if it is a link
+            self.path.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+        else:
+            _private_dir(self.path)
+        for directory in (self.staged, self.delta, self.downloads):
             _private_dir(directory)
 
     def write_version(self, version: int) -> None:
@@ -164,5 +169,5 @@ class StateDir:
         with os.fdopen(fd, "w") as f:
             f.write(f"{version}\n")
         if os.path.isdir(self.version_file) and not os.path.islink(self.version_file):
-            os.rmdir(self.version_file)
+            remove_any(self.version_file)  # rename cannot replace a directory
         os.rename(tmp, self.version_file)
