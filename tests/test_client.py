@@ -284,6 +284,24 @@ def test_tampered_pack_member_fails(www_copy: Path, tmp_path: Path) -> None:
     assert "10/pack-os-core-from-0.tar" in str(err.value) and victim in str(err.value)
 
 
+def test_a_fullfile_larger_than_its_manifest_allows_is_refused(www_copy: Path,
+                                                               tmp_path: Path) -> None:
+    """A file changed in version 10 counts towards Manifest.os-core's contentsize there, so
+    its fullfile cannot be larger than that plus tar overhead: a bigger one is refused from
+    its Content-Length, before a byte of it is stored."""
+    def small(data: bytes) -> bytes:
+        manifest = parse_manifest(data)
+        manifest.contentsize = 100
+        return manifest.to_bytes()
+    fix_mom(www_copy, 10, rewrite_manifest(www_copy, 10, "os-core", small))
+    entry = entry_of(www_copy, 10, "/usr/bin/cap-ping")
+    (www_copy / "10/files" / f"{entry.hash}.tar").write_bytes(b"\0" * (2 << 20))
+    with serve_in_thread(www_copy) as base, pytest.raises(FetchError) as err:
+        install(base, tmp_path / "root", 10, state_dir=tmp_path / "state", packs=False)
+    assert f"10/files/{entry.hash}.tar" in str(err.value)
+    assert f"announces {2 << 20} bytes, more than the 1 MiB" in str(err.value)
+
+
 def test_manifest_version_mismatch_fails(www_copy: Path, tmp_path: Path) -> None:
     shutil.copy(www_copy / "20/Manifest.MoM.tar", www_copy / "10/Manifest.MoM.tar")
     with serve_in_thread(www_copy) as base, pytest.raises(ClientError) as err:
