@@ -716,6 +716,18 @@ def test_cli_limits_reach_the_downloads(tmp_path: Path,
     assert rc == 2 and len(err) == 1 and "not complete after 0.3 s" in err[0], err
 
 
+def test_cli_help_states_the_library_s_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command does not import the client to register its flags: its help repeats the
+    defaults, which must be the ones DownloadLimits applies."""
+    with pytest.raises(SystemExit):
+        _run_cli(["client", "update", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    limits = DownloadLimits()
+    assert f"older fullfiles; {limits.max_bytes >> 20})" in text
+    assert f"arrive ({limits.deadline:g})" in text
+    assert f"retried ({limits.read_timeout:g})" in text
+
+
 # -- memory ---------------------------------------------------------------------------------
 
 def big_repository(base: Path, files: int, size: int) -> Path:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..client.http import DownloadLimits
 from ..progress import TqdmReporter
 
 
@@ -16,7 +15,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(and every signature, given --cert). Never touches the host's "
                        "/var/lib/swupd: its state lives in ROOT/var/lib/swupd or --state-dir.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    defaults = DownloadLimits()
     inst = actions.add_parser("install", help="install version V into an empty root",
                               description="Lay down version V into ROOT, which must be new or "
                               "empty: an install does not remove what is already there, so a "
@@ -41,15 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="PEM certificate(s) to verify manifest signatures against")
         q.add_argument("--no-check-time", dest="check_time", action="store_false",
                        help="accept expired certificates (the 2016 test certificates are)")
-        q.add_argument("--max-download-mb", type=_positive(int), default=defaults.max_bytes >> 20,
+        # defaults: swupd_repo.client.http.DownloadLimits (not imported here: it pulls in
+        # urllib and ssl for every command)
+        q.add_argument("--max-download-mb", type=_positive(int),
                        help="largest single download in MiB, for what the manifests give no "
-                       f"size for (packs, older fullfiles; {defaults.max_bytes >> 20})")
-        q.add_argument("--download-deadline", type=_positive(float), default=defaults.deadline,
+                       "size for (packs, older fullfiles; 4096)")
+        q.add_argument("--download-deadline", type=_positive(float),
                        help="seconds one download may take in all, however steadily bytes "
-                       f"arrive ({defaults.deadline:g})")
-        q.add_argument("--read-timeout", type=_positive(float), default=defaults.read_timeout,
-                       help=f"seconds without a byte before a download is retried "
-                       f"({defaults.read_timeout:g})")
+                       "arrive (1800)")
+        q.add_argument("--read-timeout", type=_positive(float),
+                       help="seconds without a byte before a download is retried (30)")
     for q in (inst, upd):
         q.add_argument("--state-dir", type=Path,
                        help="client state directory (default: ROOT/var/lib/swupd)")
@@ -68,9 +67,13 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _limits(args: argparse.Namespace) -> DownloadLimits:
-    return DownloadLimits(max_bytes=args.max_download_mb << 20, deadline=args.download_deadline,
-                          read_timeout=args.read_timeout)
+def _limits(args: argparse.Namespace) -> Any:
+    """The DownloadLimits the flags ask for (the library's defaults for those not given)."""
+    from ..client.http import DownloadLimits
+
+    given = {"max_bytes": args.max_download_mb << 20 if args.max_download_mb else None,
+             "deadline": args.download_deadline, "read_timeout": args.read_timeout}
+    return DownloadLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 def _certs(path: Path | None) -> Any:
