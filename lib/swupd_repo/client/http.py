@@ -6,8 +6,8 @@ and broken answers (a truncated body, a garbage status line, a bogus Content-Len
 retried a few times with a short back-off, as swupd does for downloads, then reported naming
 the URL.
 
-Every body is streamed, a chunk at a time, to a file (packs, fullfiles) or, for the small
-things that are parsed in memory (``latest``, manifest tars), to a buffer with a low limit.
+Every body is streamed, a chunk at a time, to a file (packs, fullfiles, manifest tars) or, for
+the few bytes of ``latest`` and a detached signature, to a buffer with a low limit.
 Nothing is sized from the server's word: a ``Content-Length`` above the limit is refused before
 a byte is read, a body that runs past it is cut off, and a download that takes longer than its
 deadline is abandoned however steadily the bytes drip in (the per-read timeout alone lets a
@@ -24,12 +24,13 @@ import http.client
 import io
 import os
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -56,7 +57,7 @@ class DownloadLimits:
     the longest whole download attempt, from connecting to the last byte (not retried)."""
 
     max_bytes: int = 4 << 30
-    max_in_memory: int = 64 << 20
+    max_in_memory: int = 1 << 20
     read_timeout: float = 30.0
     deadline: float = 1800.0
 
@@ -207,6 +208,16 @@ class Fetcher:
                 return False
             raise
         return True
+
+    @contextlib.contextmanager
+    def fetch_temporary(self, path: str, *, limit: int | None = None) -> Iterator[IO[bytes]]:
+        """Stream ``path`` into a private temporary file (under TMPDIR); yields it open for
+        reading, and removes it afterwards."""
+        with tempfile.TemporaryDirectory(prefix="swupd-repo-client-") as directory:
+            body = Path(directory) / "body"
+            self.fetch(path, body, limit=limit)
+            with open(body, "rb") as f:
+                yield f
 
     def _download(self, path: str, sink: Callable[[], IO[bytes]], limit: int) -> None:
         url = self.url(path)
