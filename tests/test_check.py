@@ -53,6 +53,10 @@ def test_real_server_output_passes(storage: Storage) -> None:
     assert report.fullfiles > 400 and report.pack_members > 400
     assert "13 deltas" in report.simulations[1].summary
     assert any("check passed" in line for line in reporter.infos)
+    # the caller prints "10 -> 20: <summary>": the summary must not name the versions again
+    assert not any(" -> 20" in s.summary for s in report.simulations)
+    assert any(line.startswith("update 10 -> 20: ") and line.count("->") == 1
+               for line in reporter.infos), reporter.infos
 
 
 def test_version_not_yet_latest_can_be_checked(storage: Storage) -> None:

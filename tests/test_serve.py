@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from helpers_load import (
     start_server,
     stop_server,
     swupd_repo_serve,
+    wait_for,
 )
 from swupd_repo.serve import IMMUTABLE, NO_CACHE, nginx_config, serve_in_thread
 
@@ -49,6 +51,10 @@ def www(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (base / "secret").write_text("outside www\n")
     (root / "20/leak").symlink_to(base / "secret")
     (root / "20/alias").symlink_to("Manifest.MoM")
+    (root / "20/.pack-os-core-from-10.tar.index.json").write_text('{"secret": "index"}')
+    (root / "20/.hidden").mkdir()
+    (root / "20/.hidden/file").write_text("hidden")
+    (root / "20/dot-alias").symlink_to(".pack-os-core-from-10.tar.index.json")
     os.utime(root / "20/Manifest.MoM", (1456790400, 1456790400))
     return root
 
@@ -117,6 +123,57 @@ def test_missing_outside_and_directories_are_404(base: str, target: str) -> None
     assert b"outside www" not in resp.body  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("target", [
+    "/20/.pack-os-core-from-10.tar.index.json", "/20/%2epack-os-core-from-10.tar.index.json",
+    "/20/.hidden/file", "/20/dot-alias",
+])
+def test_dotfiles_are_not_served(base: str, target: str) -> None:
+    """The generator's ``.pack-*.index.json`` (and any dot name, also through a link) is its
+    bookkeeping, not part of the repository devices read."""
+    resp = raw_get(base, target)
+    assert resp.status == 404, target
+    assert b"secret" not in resp.body and b"hidden" not in resp.body  # type: ignore[attr-defined]
+
+
+def test_if_range_with_an_outdated_etag_gets_the_whole_file(base: str, www: Path) -> None:
+    """RFC 9110 §13.1.5: a Range is honoured only if the If-Range tag strongly matches the
+    current ETag; otherwise the answer is 200 with the whole file, never a slice of a file
+    that changed since the client's first part."""
+    data = (www / "20/Manifest.MoM").read_bytes()
+    etag = requests.head(base + "20/Manifest.MoM", timeout=10).headers["ETag"]
+    for stale in ('"0-0"', f"W/{etag}", '"not-the-tag"'):
+        r = requests.get(base + "20/Manifest.MoM", timeout=10,
+                         headers={"Range": "bytes=0-9", "If-Range": stale})
+        assert r.status_code == 200 and r.content == data, stale
+    r = requests.get(base + "20/Manifest.MoM", timeout=10,
+                     headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert r.status_code == 206 and r.content == data[:10]
+
+
+def test_access_log_counts_the_bytes_sent(tmp_path: Path) -> None:
+    """The real command's access log (sendfile sends the body past aiohttp's writer, which
+    alone was counted: a 408 KB answer was logged as ~300 bytes)."""
+    (tmp_path / "www/20").mkdir(parents=True)
+    (tmp_path / "www/20/big.bin").write_bytes(os.urandom(408_000))
+    log = tmp_path / "access.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "swupd_repo.cli", "serve", "--storage",
+                                 str(tmp_path), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=err)
+        try:
+            line = proc.stdout.readline().decode()  # type: ignore[union-attr]
+            url = line.rsplit(" on ", 1)[1].split()[0]
+            wait_for(url, 20)
+            assert len(requests.get(url + "20/big.bin", timeout=10).content) == 408_000
+            assert requests.head(url + "20/big.bin", timeout=10).status_code == 200
+        finally:
+            stop_server(proc)
+    lines = [ln for ln in log.read_text().splitlines() if "/20/big.bin" in ln]
+    sizes = {ln.split('"')[1].split()[0]: int(ln.split('"')[2].split()[1]) for ln in lines}
+    assert 408_000 < sizes["GET"] < 409_000, lines
+    assert sizes["HEAD"] < 1000, lines
+
+
 def test_symlink_inside_www_is_served(base: str, www: Path) -> None:
     assert raw_get(base, "/20/alias").body == (www / "20/Manifest.MoM").read_bytes()  # type: ignore[attr-defined]
 
@@ -125,6 +182,7 @@ def test_directory_listing_only_when_asked(www: Path) -> None:
     with serve_in_thread(www, list_directories=True) as url:
         r = requests.get(url + "20/", timeout=10)
         assert r.status_code == 200 and "Manifest.MoM" in r.text and "files" in r.text
+        assert ".pack-" not in r.text and ".hidden" not in r.text
         assert raw_get(url, "/../").status == 404
 
 
@@ -187,7 +245,8 @@ def test_nginx_config_is_valid_and_equivalent(www: Path, tmp_path: Path) -> None
         assert r.status_code == 206 and r.headers["Cache-Control"] == IMMUTABLE
         latest = requests.get(url + "version/format3/latest", timeout=10)
         assert latest.text == "20\n" and latest.headers["Cache-Control"] == NO_CACHE
-        for target in ("/20/", "/20/leak", "/../secret", "/%2e%2e/secret"):
+        for target in ("/20/", "/20/leak", "/../secret", "/%2e%2e/secret",
+                       "/20/.pack-os-core-from-10.tar.index.json", "/20/.hidden/file"):
             assert raw_get(url, target).status in (400, 403, 404), target
     finally:
         proc.send_signal(signal.SIGQUIT)

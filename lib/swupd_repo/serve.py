@@ -8,8 +8,13 @@ Content-Length, ETag and Last-Modified with conditional requests. We add what sw
   caches must revalidate it;
 * ``public, max-age=31536000, immutable`` under ``/<digits>/``: a published version directory
   never changes, so proxies and CDNs may keep it for a year;
-* 404 for anything missing, outside ``www`` (``..``, encoded or not, or a symlink leading out)
-  or a directory (unless listings were asked for).
+* 404 for anything missing, outside ``www`` (``..``, encoded or not, or a symlink leading out),
+  a directory (unless listings were asked for), or a dot name: ``.pack-*.index.json`` and any
+  other dotfile in ``www`` is the generator's bookkeeping, not for devices.
+
+Two corrections to :class:`aiohttp.web.FileResponse` (see :class:`RepoFileResponse`):
+``If-Range`` with an outdated entity-tag gets the whole file, as RFC 9110 says, and the access
+log counts the bytes sendfile sent.
 
 :func:`nginx_config` prints the same policy as an nginx server block for production.
 """
@@ -26,8 +31,9 @@ import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .errors import SettingsError
 
@@ -51,8 +57,8 @@ def resolve(www: Path, url_path: str) -> Path | None:
     refused like the plain form. Symlinks are followed only when they stay inside ``www``.
     """
     parts = [p for p in url_path.split("/") if p]
-    if any(p in (".", "..") or "\0" in p or "\\" in p for p in parts):
-        return None
+    if any(p.startswith(".") or "\0" in p or "\\" in p for p in parts):
+        return None  # "." and ".." too
     root = www.resolve()
     candidate = root.joinpath(*parts)
     try:
@@ -61,7 +67,52 @@ def resolve(www: Path, url_path: str) -> Path | None:
         return None
     if real != root and root not in real.parents:
         return None
+    if any(p.startswith(".") for p in real.relative_to(root).parts):
+        return None  # a symlink to a dotfile
     return real
+
+
+class RepoFileResponse(web.FileResponse):
+    """:class:`aiohttp.web.FileResponse` with two corrections.
+
+    * ``If-Range`` with an entity-tag: aiohttp understands only the date form, so a client
+      resuming a download of a file that has since changed got a 206 slice of the new file to
+      splice onto the old one. RFC 9110 §13.1.5: unless the tag strongly matches the current
+      ETag, the Range is ignored and the whole file is sent with 200.
+    * ``body_length`` (the access log's ``%b``, header and body bytes) also counts what
+      sendfile sent: aiohttp counts only what passes its writer, which sendfile bypasses, so a
+      408 KB answer was logged as its ~300 header bytes.
+    """
+
+    _sendfile_bytes = 0
+    _fell_back = False
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
+        if hdrs.RANGE in request.headers and if_range.startswith(('"', "W/")):
+            st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
+            if if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':  # aiohttp's ETag
+                headers = request.headers.copy()
+                del headers[hdrs.RANGE]
+                del headers[hdrs.IF_RANGE]
+                request = request.clone(headers=headers)
+        return await super().prepare(request)
+
+    async def _sendfile_fallback(self, writer: Any, fobj: Any, offset: int,
+                                 count: int) -> Any:
+        self._fell_back = True  # the writer counts these bytes itself
+        return await super()._sendfile_fallback(writer, fobj, offset, count)
+
+    async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int,
+                        count: int) -> Any:
+        writer = await super()._sendfile(request, fobj, offset, count)
+        if not self._fell_back:
+            self._sendfile_bytes = count
+        return writer
+
+    @property
+    def body_length(self) -> int:
+        return super().body_length + self._sendfile_bytes
 
 
 def make_app(www: Path, *, list_directories: bool = False,
@@ -89,7 +140,7 @@ def make_app(www: Path, *, list_directories: bool = False,
             return _listing(request.path, path)
         if not path.is_file():
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers={"Cache-Control": cache_control(request.path)})
+        return RepoFileResponse(path, headers={"Cache-Control": cache_control(request.path)})
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle, allow_head=True)
@@ -98,7 +149,7 @@ def make_app(www: Path, *, list_directories: bool = False,
 
 def _listing(url_path: str, directory: Path) -> web.Response:
     base = url_path if url_path.endswith("/") else url_path + "/"
-    items = sorted(os.listdir(directory))
+    items = sorted(n for n in os.listdir(directory) if not n.startswith("."))
     rows = "".join(f'<li><a href="{html.escape(base + urllib.parse.quote(n))}">'
                    f'{html.escape(n)}</a></li>\n' for n in items)
     body = f"<!DOCTYPE html>\n<title>{html.escape(base)}</title>\n<ul>\n{rows}</ul>\n"
@@ -189,6 +240,10 @@ server {{
     server_name _;
     root {root};
     autoindex {"on" if list_directories else "off"};
+    # dotfiles (the generator's .pack-*.index.json) are not for devices
+    location ~ /\\. {{
+        return 404;
+    }}
     # devices must never get a stale pointer to the latest version
     location ~ ^/version/[^/]+/latest$ {{
         add_header Cache-Control "{NO_CACHE}" always;

@@ -123,7 +123,8 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                     shutil.rmtree(work, ignore_errors=True)
                 report.problems.extend(problems)
                 if stats is not None:
-                    report.simulations.append(Simulation(start, version, stats.summary()))
-                    rep.info(f"{label}: {stats.summary()}; {len(problems)} problems")
+                    # the label names the versions: the counters alone follow it
+                    report.simulations.append(Simulation(start, version, stats.counts()))
+                    rep.info(f"{label}: {stats.counts()}; {len(problems)} problems")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -4,6 +4,12 @@ Parents before children (the list is sorted by path). A file or link is copied t
 ``.update.<name>`` beside its target and renamed over it, so a reader never sees half a file;
 a directory that exists keeps its contents and only takes the new owner, mode and xattrs.
 Deletions are recursive (format3 §7.4 step 7) and never follow a symlink out of the root.
+
+The client's own state directory, when it lies in the root, is not the repository's to
+change: entries at or below it are skipped (a hostile ``/var/lib/swupd/version -> /etc/x``
+would otherwise be written through), deletions that would remove it are skipped, and an entry
+that turns one of its parents into a link or file (an image with ``/var/lib -> /data/lib``)
+is placed last, once every staged object it would take along has been used.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from ..errors import ClientError
 from ..swupd.manifest import Entry
 from .archive import copy_metadata, copy_object, needs_root, remove_any
-from .targetpath import target_path
+from .targetpath import target_path, validate
 
 
 def place(root: Path, entry: Entry, staged: Path) -> None:
@@ -64,22 +70,62 @@ def delete(root: Path, entry: Entry) -> bool:
     return True
 
 
+def state_relation(path: str, state: tuple[str, ...] | None) -> str:
+    """Where manifest ``path`` lies relative to the state directory (components below the
+    root): ``"inside"`` (it or below it), ``"above"`` (one of its parents) or ``""``."""
+    if state is None:
+        return ""
+    parts = validate(path)
+    if parts[:len(state)] == state:
+        return "inside"
+    if state[:len(parts)] == parts:
+        return "above"
+    return ""
+
+
 def apply_entries(root: Path, entries: Iterable[Entry], staged_for: Callable[[Entry], Path],
-                  on_done: Callable[[], None] | None = None) -> tuple[int, int]:
+                  on_done: Callable[[], None] | None = None, *,
+                  state: tuple[str, ...] | None = None,
+                  warn: Callable[[str], None] | None = None) -> tuple[int, int]:
     """Install live entries parents first, then delete deleted ones children first.
 
+    ``state`` is the client's state directory as components below ``root`` (None when it is
+    elsewhere); ``warn`` hears about the entries skipped because of it.
     Returns (installed, deleted).
     """
     ordered = sorted(entries, key=lambda e: e.path)
     installed = deleted = 0
+    last: list[Entry] = []
+    skipped: list[str] = []
     for entry in ordered:
         if entry.deleted:
+            continue
+        where = state_relation(entry.path, state)
+        if where == "inside":
+            skipped.append(entry.path)
+            continue
+        if where == "above" and entry.type != "D":
+            last.append(entry)
             continue
         place(root, entry, staged_for(entry))
         installed += 1
         if on_done:
             on_done()
+    for entry in last:
+        place(root, entry, staged_for(entry))
+        installed += 1
+        if on_done:
+            on_done()
     for entry in reversed(ordered):
-        if entry.deleted and delete(root, entry):
+        if not entry.deleted:
+            continue
+        if state_relation(entry.path, state):
+            skipped.append(entry.path)
+        elif delete(root, entry):
             deleted += 1
+    if skipped and warn:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3
+                                          else "")
+        warn(f"left {shown} alone: the client's state directory "
+             f"{root.joinpath(*state or ())} is not the repository's to change")
     return installed, deleted

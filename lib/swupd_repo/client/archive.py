@@ -30,6 +30,10 @@ from ..swupd.hashing import CHUNK, hash_bytes, object_key
 #: What reading a damaged archive can raise (tar structure, truncation, each decompressor).
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error)
 
+#: Copy buffer for member data: small, because tarfile's stream reader keeps a read's worth
+#: of decompressed blocks in a list and joins them (a 1 MiB read costs several MiB at peak).
+COPY_CHUNK = 1 << 16
+
 _SCHILY = "SCHILY.xattr."
 _LIBARCHIVE = "LIBARCHIVE.xattr."
 
@@ -127,7 +131,7 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
     if member.isreg():
         src = tar.extractfile(member)
         assert src is not None
-        _write_file(src, dest)
+        write_file(src, dest)
     elif member.issym():
         os.symlink(member.linkname, dest)
     elif member.isdir():
@@ -150,10 +154,11 @@ def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
     os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-def _write_file(src: IO[bytes], dest: Path) -> None:
+def write_file(src: IO[bytes], dest: Path) -> None:
+    """Stream ``src`` into a new file ``dest`` (mode 0600; it must not exist)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+        shutil.copyfileobj(src, out, COPY_CHUNK)
 
 
 def remove_any(path: Path) -> None:
@@ -177,7 +182,7 @@ def copy_object(src: Path, dest: Path) -> None:
     st = os.lstat(src)
     if stat.S_ISREG(st.st_mode):
         with open(src, "rb") as f:
-            _write_file(f, dest)
+            write_file(f, dest)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dest)
     elif stat.S_ISDIR(st.st_mode):

@@ -68,6 +68,26 @@ def consolidate(manifests: Iterable[Manifest]) -> Consolidated:
     return result
 
 
+#: What a fullfile's tar adds to the object it holds: headers, pax xattrs, 10 KiB records.
+FULLFILE_SLACK = 1 << 20
+
+
+def fullfile_bounds(manifests: Iterable[Manifest]) -> dict[str, int]:
+    """The most each path's fullfile may hold, where a manifest tells: an entry changed in
+    its manifest's own version counts towards that manifest's ``contentsize`` (§2.2), so its
+    fullfile is at most that plus tar overhead. Entries from older versions (their manifest
+    was not fetched) and manifests without a contentsize get no bound here."""
+    bounds: dict[str, int] = {}
+    for manifest in manifests:
+        if manifest.contentsize <= 0:
+            continue
+        bound = manifest.contentsize + FULLFILE_SLACK
+        for entry in manifest.entries:
+            if not entry.deleted and entry.last_change == manifest.version:
+                bounds[entry.path] = max(bounds.get(entry.path, 0), bound)
+    return bounds
+
+
 def install_list(entries: dict[str, Entry]) -> list[Entry]:
     """What a fresh install lays down: every live entry except config, parents first."""
     return sorted((e for e in entries.values() if not e.deleted and not is_config(e)),

@@ -12,23 +12,32 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from ..errors import ClientError, ManifestError
 from ..swupd.manifest import Entry, Manifest, manifest_hash, parse_manifest
 from .archive import ARCHIVE_ERRORS, open_tar, strip_dot
 from .http import Fetcher
 
+#: The most a plain manifest may hold once decompressed (Clear Linux's largest, Manifest.full
+#: of tens of thousands of files, is a few MB): a small tar must not expand without bound.
+MANIFEST_LIMIT = 256 << 20
 
-def read_manifest_tar(data: bytes, name: str, source: str) -> tuple[bytes, bytes | None]:
-    """(``Manifest.<name>``, its ``.signed`` member or None) from ``Manifest.<name>.tar``."""
+
+def read_manifest_tar(data: bytes | IO[bytes], name: str,
+                      source: str) -> tuple[bytes, bytes | None]:
+    """(``Manifest.<name>``, its ``.signed`` member or None) from ``Manifest.<name>.tar``
+    (its bytes, or a seekable file holding them)."""
     wanted = f"Manifest.{name}"
     found: dict[str, bytes] = {}
     try:
-        with open_tar(io.BytesIO(data)) as tar:
+        with open_tar(io.BytesIO(data) if isinstance(data, bytes) else data) as tar:
             for member in tar:
                 key = strip_dot(member.name)
                 if member.isreg() and key in (wanted, wanted + ".signed"):
+                    if member.size > MANIFEST_LIMIT:
+                        raise ClientError(f"{source}: {key} claims {member.size} bytes, more "
+                                          f"than a manifest may hold ({MANIFEST_LIMIT})")
                     f = tar.extractfile(member)
                     assert f is not None
                     found[key] = f.read()
@@ -57,7 +66,8 @@ class ManifestSource:
         """``<version>/Manifest.<name>.tar``, checked; ``expected_hash`` is the MoM's M hash."""
         path = f"{version}/Manifest.{name}.tar"
         url = self.fetcher.url(path)
-        plain, signature = read_manifest_tar(self.fetcher.get(path), name, url)
+        with self.fetcher.fetch_temporary(path) as tar:
+            plain, signature = read_manifest_tar(tar, name, url)
         if expected_hash is not None:
             actual = manifest_hash(plain)
             if actual != expected_hash:

@@ -9,6 +9,7 @@ host's.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,20 +24,23 @@ from ..versions import is_update_source
 from .apply import apply_entries
 from .consolidate import (
     consolidate,
+    fullfile_bounds,
     install_list,
     subscribed_bundles,
     update_list,
     verify_list,
 )
-from .http import Fetcher
+from .http import DownloadLimits, Fetcher
 from .manifests import ManifestSource, bundle_lines
 from .report import ClientStats, VerifyReport
 from .staging import Staging
-from .state import StateDir
+from .state import DEFAULT_RELATIVE, StateDir
 from .targetpath import target_path
 from .verify import verify_entries
 
 LATEST = "version/format3/latest"
+#: ``latest`` holds a number and a newline; anything much longer is not one.
+LATEST_LIMIT = 4096
 
 
 @dataclass
@@ -48,14 +52,16 @@ class Session:
     check_time: bool = True
     reporter: Reporter = field(default_factory=NullReporter)
     retries: int = 3
+    limits: DownloadLimits | None = None
 
     def __post_init__(self) -> None:
-        self.fetcher = Fetcher(self.url, retries=self.retries)
+        self.fetcher = Fetcher(self.url, retries=self.retries,
+                               limits=self.limits or DownloadLimits())
         self.manifests = ManifestSource(self.fetcher, self.trusted_certs, self.check_time)
 
     def latest(self) -> int:
         """``version/format3/latest``: the version devices are told to run."""
-        text = self.fetcher.get(LATEST).decode("ascii", "replace")
+        text = self.fetcher.get(LATEST, limit=LATEST_LIMIT).decode("ascii", "replace")
         match = re.fullmatch(r"\s*([0-9]+)\s*", text)
         if not match or int(match.group(1)) <= 0:
             raise ClientError(f"{self.fetcher.url(LATEST)} does not hold a version: "
@@ -89,9 +95,17 @@ def current_version(root: Path) -> int:
 def install(url: str, root: Path, version: int, *, state_dir: Path | None = None,
             packs: bool = True, bundles: Sequence[str] | None = None,
             trusted_certs: Sequence[Any] | None = None, check_time: bool = True,
-            reporter: Reporter | None = None) -> ClientStats:
-    """Lay down ``version`` into ``root`` from zero packs (like ``verify --install``)."""
-    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+            reporter: Reporter | None = None, limits: DownloadLimits | None = None,
+            force: bool = False) -> ClientStats:
+    """Lay down ``version`` into ``root`` from zero packs (like ``verify --install``).
+
+    ``root`` must be missing or empty (the state directory aside): an install lays down a
+    whole tree and would otherwise mix it with whatever is there; ``force`` installs anyway.
+    """
+    if not force:
+        refuse_non_empty(root, state_dir)
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter(),
+                      limits=limits)
     rep = session.reporter
     session.latest()  # must answer, as in the real client
     mom = session.manifests.mom(version)
@@ -101,6 +115,7 @@ def install(url: str, root: Path, version: int, *, state_dir: Path | None = None
     stats = ClientStats(from_version=0, to_version=version, conflicts=merged.conflicts)
     root.mkdir(parents=True, exist_ok=True)
     staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
+    staging.size_bounds = fullfile_bounds(manifests.values())
     if packs:
         lines = bundle_lines(mom)
         for name in manifests:
@@ -109,17 +124,18 @@ def install(url: str, root: Path, version: int, *, state_dir: Path | None = None
     _stage_all(staging, entries, rep)
     rep.step(f"installing {len(entries)} objects of version {version} into {root}",
              len(entries))
-    stats.installed, stats.deleted = apply_entries(root, entries, staging.ensure, rep.advance)
-    staging.state.write_version(version)
+    _apply(staging, root, entries, version, rep)
     rep.info(f"installed version {version} into {root}")
     return session.finish(stats)
 
 
 def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | None = None,
            packs: bool = True, trusted_certs: Sequence[Any] | None = None,
-           check_time: bool = True, reporter: Reporter | None = None) -> ClientStats:
+           check_time: bool = True, reporter: Reporter | None = None,
+           limits: DownloadLimits | None = None) -> ClientStats:
     """Update ``root`` from the version its os-release names to ``to`` (default: latest)."""
-    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter(),
+                      limits=limits)
     rep = session.reporter
     latest = session.latest()
     target = to if to is not None else latest
@@ -140,6 +156,7 @@ def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | Non
     old_merged, new_merged = consolidate(old.values()), consolidate(new.values())
     stats.conflicts = new_merged.conflicts
     staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
+    staging.size_bounds = fullfile_bounds(new.values())
     if packs:
         old_lines, new_lines = bundle_lines(old_mom), bundle_lines(new_mom)
         for name in new:
@@ -151,23 +168,71 @@ def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | Non
     _apply_deltas(staging, root, entries, old_merged.entries)
     _stage_all(staging, [e for e in entries if not e.deleted], rep)
     rep.step(f"updating {root} from {current} to {target}", len(entries))
-    stats.installed, stats.deleted = apply_entries(root, entries, staging.ensure, rep.advance)
-    staging.state.write_version(target)
-    rep.info(f"updated {root} from {current} to {target}: {stats.summary()}")
-    return session.finish(stats)
+    _apply(staging, root, entries, target, rep)
+    # the counters are final only now: report them once, complete (the CLI prints the summary)
+    session.finish(stats)
+    rep.info(f"updated {root} from {current} to {target}")
+    return stats
 
 
 def verify(url: str, root: Path, *, version: int | None = None,
            trusted_certs: Sequence[Any] | None = None, check_time: bool = True,
-           reporter: Reporter | None = None) -> VerifyReport:
+           reporter: Reporter | None = None,
+           limits: DownloadLimits | None = None) -> VerifyReport:
     """Hash every file of the target's version (not config, state or boot) against the repo."""
-    session = Session(url, trusted_certs, check_time, reporter or NullReporter())
+    session = Session(url, trusted_certs, check_time, reporter or NullReporter(),
+                      limits=limits)
     session.latest()
     version = version if version is not None else current_version(root)
     mom = session.manifests.mom(version)
     merged = consolidate(session.bundle_manifests(mom, subscribed_bundles(root)).values())
     deleted = [e for e in merged.entries.values() if e.deleted]
     return verify_entries(root, version, verify_list(merged.entries), deleted)
+
+
+def refuse_non_empty(root: Path, state_dir: Path | None) -> None:
+    """ClientError unless ``root`` is missing, empty, or holds only the client's state
+    directory (and its parents), as an earlier failed install leaves it."""
+    if root.exists() and not root.is_dir():
+        raise ClientError(f"cannot install into {root}: it is not a directory")
+    if not root.exists():
+        return
+    state = (tuple(DEFAULT_RELATIVE.split("/")) if state_dir is None
+             else StateDir(Path(state_dir)).inside(root))
+    found = _besides_state(root, state or ())
+    if found:
+        shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise ClientError(f"cannot install into {root}: it is not empty ({shown})",
+                          hint="install into a new or empty directory, use 'update' for an "
+                          "installed root, or pass --force to lay the version over what is "
+                          "there")
+
+
+def _besides_state(directory: Path, state: tuple[str, ...], prefix: str = "") -> list[str]:
+    """What ``directory`` holds other than the path to the state directory ``state``."""
+    found = []
+    for name in sorted(os.listdir(directory)):
+        here = directory / name
+        if state and name == state[0] and here.is_dir() and not here.is_symlink():
+            if len(state) > 1:
+                found += _besides_state(here, state[1:], f"{prefix}{name}/")
+            continue
+        found.append(prefix + name)
+    return found
+
+
+def _apply(staging: Staging, root: Path, entries: list[Entry], version: int,
+           rep: Reporter) -> None:
+    """Put the staged entries in place, then record ``version`` in the state directory,
+    found again in case the entries moved it (an image that makes ``/var/lib`` a link)."""
+    state = staging.state
+    inside = state.inside(root)
+    if inside == ():
+        raise ClientError(f"the state directory {state.path} is the target root itself",
+                          hint="pass a --state-dir outside the root, or leave it unset")
+    staging.stats.installed, staging.stats.deleted = apply_entries(
+        root, entries, staging.ensure, rep.advance, state=inside, warn=rep.warning)
+    state.reresolve().write_version(version)
 
 
 def _apply_deltas(staging: Staging, root: Path, entries: list[Entry],

@@ -22,11 +22,15 @@ class ClientStats:
     requests: int = 0
     bytes_received: int = 0
 
+    def counts(self) -> str:
+        """The counters alone, for callers that name the versions themselves."""
+        return (f"{self.installed} installed, {self.deleted} deleted; {self.from_pack} from "
+                f"packs, {self.deltas_applied} deltas ({self.deltas_failed} fell back), "
+                f"{self.from_fullfile} fullfiles; {self.requests} requests, "
+                f"{self.bytes_received} bytes")
+
     def summary(self) -> str:
-        return (f"{self.from_version} -> {self.to_version}: {self.installed} installed, "
-                f"{self.deleted} deleted; {self.from_pack} from packs, {self.deltas_applied} "
-                f"deltas ({self.deltas_failed} fell back), {self.from_fullfile} fullfiles; "
-                f"{self.requests} requests, {self.bytes_received} bytes")
+        return f"{self.from_version} -> {self.to_version}: {self.counts()}"
 
 
 @dataclass(frozen=True)

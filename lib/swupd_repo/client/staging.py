@@ -9,7 +9,6 @@ back to the fullfile (the target's old file may have been changed locally).
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from .archive import (
     open_tar,
     remove_any,
     strip_dot,
+    write_file,
     write_member,
 )
 from .http import Fetcher
@@ -48,6 +48,8 @@ class Staging:
         self.reporter = reporter
         self._verified: set[str] = set()
         self._pack_of: dict[str, str] = {}  # hash -> URL of the pack that brought it
+        #: path -> the most its fullfile may hold, where a manifest tells (see size_bounds)
+        self.size_bounds: dict[str, int] = {}
         state.ensure()
 
     # -- packs ---------------------------------------------------------------------------
@@ -61,20 +63,22 @@ class Staging:
         """
         path = f"{to_version}/{pack_name(bundle, from_version)}"
         url = self.fetcher.url(path)
-        data = self.fetcher.get(path) if required else self.fetcher.get_optional(path)
-        if data is None:
-            self.reporter.info(f"no pack {url}; using fullfiles")
-            return False
-        self.stats.packs.append(path)
-        written: dict[str, Path] = {}
+        part = self.state.downloads / "pack.tar"
         try:
-            with open_tar(io.BytesIO(data)) as tar:
+            if not self.fetcher.fetch(path, part, optional=not required):
+                self.reporter.info(f"no pack {url}; using fullfiles")
+                return False
+            self.stats.packs.append(path)
+            written: dict[str, Path] = {}
+            with open(part, "rb") as f, open_tar(f) as tar:
                 for member in tar:
                     self._unpack_member(tar, member, url, written)
         except PermissionError as exc:
             raise needs_root(f"cannot unpack {url}", exc) from None
         except ARCHIVE_ERRORS as exc:
             raise ClientError(f"{url}: damaged pack: {exc}") from None
+        finally:
+            remove_any(part)
         return True
 
     def _unpack_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, url: str,
@@ -93,7 +97,7 @@ class Staging:
             remove_any(dest)
             src = tar.extractfile(member)
             assert src is not None
-            dest.write_bytes(src.read())
+            write_file(src, dest)
 
     # -- deltas --------------------------------------------------------------------------
 
@@ -172,12 +176,13 @@ class Staging:
     def _stage_fullfile(self, entry: Entry, dest: Path) -> None:
         path = fullfile_relpath(entry.last_change, entry.hash)
         url = self.fetcher.url(path)
-        data = self.fetcher.get(path)
+        part = self.state.downloads / "fullfile.tar"
         tmp = self.state.staged / f".full-{entry.hash}"
         remove_any(tmp)
         names: list[str] = []
         try:
-            with open_tar(io.BytesIO(data)) as tar:
+            self.fetcher.fetch(path, part, limit=self.size_bounds.get(entry.path))
+            with open(part, "rb") as f, open_tar(f) as tar:
                 for member in tar:
                     names.append(strip_dot(member.name))
                     if names == [entry.hash]:
@@ -191,6 +196,8 @@ class Staging:
         except BaseException:
             remove_any(tmp)
             raise
+        finally:
+            remove_any(part)
         if names != [entry.hash]:
             remove_any(tmp)
             raise ClientError(f"{url}: expected exactly one member {entry.hash}, found "

@@ -15,11 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(and every signature, given --cert). Never touches the host's "
                        "/var/lib/swupd: its state lives in ROOT/var/lib/swupd or --state-dir.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    inst = actions.add_parser("install", help="install version V into an empty root")
+    inst = actions.add_parser("install", help="install version V into an empty root",
+                              description="Lay down version V into ROOT, which must be new or "
+                              "empty: an install does not remove what is already there, so a "
+                              "non-empty root would end up matching no version (use 'update' "
+                              "for an installed root).")
     inst.add_argument("--version", dest="target_version", type=int, required=True,
                       help="version to install")
     inst.add_argument("--bundle", dest="bundles", action="append",
                       help="bundle to install (repeatable; default: os-core)")
+    inst.add_argument("--force", action="store_true",
+                      help="install even though ROOT is not empty (its other files stay)")
     upd = actions.add_parser("update", help="update ROOT to latest (or --to V)")
     upd.add_argument("--to", "--version", dest="target_version", type=int,
                      help="version to update to (default: version/format3/latest); may be "
@@ -34,12 +40,41 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="PEM certificate(s) to verify manifest signatures against")
         q.add_argument("--no-check-time", dest="check_time", action="store_false",
                        help="accept expired certificates (the 2016 test certificates are)")
+        # defaults: swupd_repo.client.http.DownloadLimits (not imported here: it pulls in
+        # urllib and ssl for every command)
+        q.add_argument("--max-download-mb", type=_positive(int),
+                       help="largest single download in MiB, for what the manifests give no "
+                       "size for (packs, older fullfiles; 4096)")
+        q.add_argument("--download-deadline", type=_positive(float),
+                       help="seconds one download may take in all, however steadily bytes "
+                       "arrive (1800)")
+        q.add_argument("--read-timeout", type=_positive(float),
+                       help="seconds without a byte before a download is retried (30)")
     for q in (inst, upd):
         q.add_argument("--state-dir", type=Path,
                        help="client state directory (default: ROOT/var/lib/swupd)")
         q.add_argument("--no-packs", dest="packs", action="store_false",
                        help="use fullfiles only")
     p.set_defaults(func=run)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    """The DownloadLimits the flags ask for (the library's defaults for those not given)."""
+    from ..client.http import DownloadLimits
+
+    given = {"max_bytes": args.max_download_mb << 20 if args.max_download_mb else None,
+             "deadline": args.download_deadline, "read_timeout": args.read_timeout}
+    return DownloadLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 def _certs(path: Path | None) -> Any:
@@ -53,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     certs = _certs(args.cert)
     if args.action == "verify":
         report = verify(args.url, args.root, version=args.target_version, trusted_certs=certs,
-                        check_time=args.check_time)
+                        check_time=args.check_time, limits=_limits(args))
         for mismatch in report.mismatches:
             print(f"mismatch: {mismatch}")
         for path in report.leftovers:
@@ -65,10 +100,12 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "install":
             stats = install(args.url, args.root, args.target_version, state_dir=args.state_dir,
                             packs=args.packs, bundles=args.bundles, trusted_certs=certs,
-                            check_time=args.check_time, reporter=reporter)
+                            check_time=args.check_time, reporter=reporter,
+                            limits=_limits(args), force=args.force)
         else:
             stats = update(args.url, args.root, to=args.target_version,
                            state_dir=args.state_dir, packs=args.packs, trusted_certs=certs,
-                           check_time=args.check_time, reporter=reporter)
+                           check_time=args.check_time, reporter=reporter,
+                           limits=_limits(args))
     print(stats.summary())
     return 0
