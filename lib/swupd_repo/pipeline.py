@@ -140,5 +140,5 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
             # The gate also proves the signatures, against the certificate that made them.
             trusted = [settings.signing_cert] if settings.signing_cert is not None else None
             check_repository(storage, version, reporter=reporter, trusted_certs=trusted)
+    # no "published version" line here: each front end (CLI command, bbclass) prints its own
     storage.write_markers(version)
-    reporter.info(f"published version {version} in {www}")

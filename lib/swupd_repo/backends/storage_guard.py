@@ -1,14 +1,17 @@
 """Undoing what a tool that writes into the storage behind our back did (the container).
 
-The swupd-server container writes ``www/<V>``, ``image/<V>/full`` and both ``latest`` markers
-itself, and cleans our temporaries if it runs our own generator. The backend contract wants the
-markers untouched and, after a failure, nothing of the run left. These context managers and
-:class:`Snapshot` give that without knowing what the tool does inside.
+The swupd-server container writes ``www/<V>``, ``image/<V>/full``, both ``latest`` markers
+and ``www/version/formatstaging/latest`` itself, leaves its scratch (``packstage/``, ``log/``,
+``server.ini``, ``groups.ini``) at the storage root, and cleans our temporaries if it runs our
+own generator. The backend contract wants the markers untouched and, after a failure, nothing
+of the run left; earlier trees must never change. These context managers, :class:`Snapshot`
+and :class:`TreeGuard` give that without knowing what the tool does inside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import threading
@@ -61,19 +64,31 @@ def sigterm_raises_systemexit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def staging_marker(storage: Storage) -> Path:
+    """``www/version/formatstaging/latest``: the real container raises it when lower; no
+    client reads it and the native backend never writes it."""
+    return storage.www_dir / "version" / "formatstaging" / "latest"
+
+
 @contextlib.contextmanager
 def restored_markers(storage: Storage) -> Iterator[None]:
-    """Put both latest markers back as they were, whatever was written meanwhile.
+    """Put both latest markers (and the container's staging marker) back as they were,
+    whatever was written meanwhile.
 
     The marker directories are created first, by us: files a root container writes in them
-    can then be replaced without root.
+    can then be replaced without root. A missing staging marker is given the current latest
+    for the run: the real ``basic_creator.sh`` compares it as a number and prints
+    ``[: : integer expression expected`` when it is absent.
     """
-    markers = (storage.latest_www_marker, storage.latest_image_marker)
+    staging = staging_marker(storage)
+    markers = (storage.latest_www_marker, storage.latest_image_marker, staging)
     saved = {path: path.read_text() if path.is_file() else None for path in markers}
-    created = [d for d in (storage.www_dir / "version", storage.latest_www_marker.parent)
-               if not d.exists()]
+    created = [d for d in (storage.www_dir / "version", storage.latest_www_marker.parent,
+                           staging.parent) if not d.exists()]
     for path in markers:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if saved[staging] is None:
+        atomic_write_text(staging, f"{storage.latest()}\n")
     try:
         yield
     finally:
@@ -89,20 +104,19 @@ def restored_markers(storage: Storage) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def hidden_temporaries(storage: Storage) -> Iterator[None]:
+def hidden_temporaries(storage: Storage, hiding_place: Path) -> Iterator[None]:
     """Move our own temporaries out of the tool's sight for the run.
 
     Our generator, run in a container, first cleans ``.swupd-repo-tmp-*`` leftovers
-    everywhere under ``www/`` and ``image/`` (:meth:`Storage.temporaries`); that would include
-    the pipeline's copies of a ``www/<V>`` or ``image/<V>/os-core`` being replaced with
-    ``force``. The storage root is not mounted, so they are safe there.
+    everywhere it writes (:meth:`Storage.temporaries`, the storage root included); that would
+    include the pipeline's copies of a ``www/<V>`` or ``image/<V>/os-core`` being replaced with
+    ``force``. ``hiding_place`` (a directory on the storage's filesystem, so a rename does,
+    and not one of those places) keeps them for the run.
     """
     moved: list[tuple[Path, Path]] = []
     for entry in list(storage.temporaries()):
-        if entry.parent == storage.root:
-            continue
         where = entry.parent.relative_to(storage.root).as_posix().replace("/", "-")
-        target = storage.root / f"{entry.name}.{where}"
+        target = hiding_place / f"{entry.name}.{where}"
         with contextlib.suppress(OSError):
             entry.rename(target)
             moved.append((target, entry))
@@ -117,25 +131,34 @@ def hidden_temporaries(storage: Storage) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Top-level names before the run, so a failed run can remove exactly what it added.
+    """Top-level names before the run, so a run can remove exactly what it added.
 
     Everything a run adds is a new top-level entry of ``www/`` (``www/<V>`` with its partial
-    packs), ``image/`` or ``image/<V>/`` (``full``); earlier versions are only read.
+    packs), ``image/`` or ``image/<V>/`` (``full``), or of the storage root (the container's
+    scratch: ``packstage/``, ``log/``, ``server.ini``, ``groups.ini``); earlier versions are
+    only read (:class:`TreeGuard` proves it for ``image/``).
     """
 
     www: frozenset[str]
     image: frozenset[str]
     version: frozenset[str]
+    root: frozenset[str]
 
     @classmethod
     def take(cls, storage: Storage, version: int) -> Snapshot:
         return cls(_names(storage.www_dir), _names(storage.image_dir),
-                   _names(storage.image(version)))
+                   _names(storage.image(version)), _names(storage.root))
+
+    def scratch(self, storage: Storage, keep: frozenset[str] = frozenset()) -> list[Path]:
+        """New entries of the storage root (but ``keep``): what the container left there
+        and the native backend never writes."""
+        return [storage.root / name
+                for name in sorted(_names(storage.root) - self.root - keep)]
 
     def additions(self, storage: Storage, version: int) -> list[Path]:
         """What appeared since :meth:`take` (the markers aside: they are restored)."""
         keep = {storage.latest_image_marker.name}
-        found = []
+        found = self.scratch(storage)
         for parent, before in ((storage.www_dir, self.www), (storage.image_dir, self.image),
                                (storage.image(version), self.version)):
             found += [parent / name for name in sorted(_names(parent) - before - keep)]
@@ -148,12 +171,98 @@ class Snapshot:
         """
         with deferred_signals():
             for path in self.additions(storage, version):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+                _remove(path)
             return [p for p in self.additions(storage, version) if p.exists() or p.is_symlink()]
+
+    def remove_scratch(self, storage: Storage, keep: frozenset[str] = frozenset()) -> list[Path]:
+        """Remove the new entries of the storage root (a successful run's scratch); returns
+        what we may not remove (root's)."""
+        with deferred_signals():
+            for path in self.scratch(storage, keep):
+                _remove(path)
+            return self.scratch(storage, keep)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+#: What a tree entry must keep across a run: inode, type and mode, owner, size, mtime and
+#: ctime (ctime moves on every chmod, chown, xattr change, link or unlink of the inode and
+#: write, and cannot be set back from user space).
+EntryState = tuple[int, int, int, int, int, int, int]
+
+
+class TreeChanged(Exception):
+    """An earlier tree differs after the run; ``args[0]`` says where and how."""
+
+
+@dataclass(frozen=True)
+class TreeGuard:
+    """The state of every entry of the trees a tool may read but must not change.
+
+    The container gets read-only views of these trees, so the kernel already refuses any
+    change (``hardlink``'s merges fail with EROFS/EXDEV); :meth:`verify` proves it after the
+    run, so a view that was not read-only (a regression, a tool remounting) is an error
+    instead of a silently damaged history. One ``lstat`` per entry: no data is read.
+    """
+
+    trees: tuple[Path, ...]
+    states: dict[str, EntryState]
+
+    @classmethod
+    def record(cls, trees: list[Path]) -> TreeGuard:
+        return cls(tuple(trees), _tree_states(trees))
+
+    def verify(self) -> None:
+        """Raise :class:`TreeChanged` naming the first entry that appeared, went or changed."""
+        after = _tree_states(list(self.trees))
+        for path in sorted(self.states.keys() | after.keys()):
+            old, new = self.states.get(path), after.get(path)
+            if old == new:
+                continue
+            if old is None:
+                raise TreeChanged(f"{path} appeared")
+            if new is None:
+                raise TreeChanged(f"{path} was removed")
+            raise TreeChanged(f"{path} changed ({_what_changed(old, new)})")
+
+
+_FIELDS = ("inode", "mode", "owner", "group", "size", "mtime", "ctime")
+
+
+def _what_changed(old: EntryState, new: EntryState) -> str:
+    changed = [name for name, a, b in zip(_FIELDS, old, new, strict=True) if a != b]
+    if "inode" in changed:
+        return "replaced by another inode, e.g. a hard link to an equal file"
+    if changed == ["ctime"]:
+        return "ctime: xattrs, link count or data changed"
+    return ", ".join(changed)
+
+
+def _tree_states(trees: list[Path]) -> dict[str, EntryState]:
+    states: dict[str, EntryState] = {}
+
+    def note(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        states[path] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                        st.st_mtime_ns, st.st_ctime_ns)
+
+    for tree in trees:
+        note(str(tree))
+        if not tree.is_dir() or tree.is_symlink():
+            continue
+        for top, dirs, files in os.walk(tree):
+            for name in (*dirs, *files):
+                note(os.path.join(top, name))
+    return states
 
 
 def _names(directory: Path) -> frozenset[str]:
