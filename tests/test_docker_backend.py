@@ -273,7 +273,7 @@ def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path, made_w
     (extra / "leaf.cert.pem").write_text("CERT\n")
     copies = WRITES_VERSION.replace(
         'echo "done $v"', "cp /root/swupd-certs/leaf.cert.pem $u/www/$v/cert; "
-        "touch /root/swupd-certs/x 2>/dev/null && exit 9")
+        "touch /root/swupd-certs/x 2>/dev/null && exit 9; echo done")
     settings = settings_for(storage, made_www, docker_command=shell_command(copies),
                             docker_volumes=[f"{extra}:/root/swupd-certs:ro"])
     DockerBackend().build(storage, 20, settings, RecordingReporter())
@@ -441,6 +441,8 @@ def test_command_line_build_and_publish_through_the_container(tmp_path, rootfs_t
                           "--docker-image", server_image, "--version", 10)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"published version 10 in {storage.root}/www/10" in done.stdout
+    assert (done.stdout + done.stderr).count("published version 10 in") == 2  # ours, the
+    assert "container: published version 10 in /var/lib/update/www/10" in done.stderr  # image's
     assert_same_version(storage, native_history, 10)
     assert storage.latest() == 10
 

@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,17 +220,21 @@ class TreeGuard:
         return cls(tuple(trees), _tree_states(trees))
 
     def verify(self) -> None:
-        """Raise :class:`TreeChanged` naming the first entry that appeared, went or changed."""
+        """Raise :class:`TreeChanged` naming the first entry that appeared, went or changed;
+        a file rather than the directory whose times its change moved, when there is one."""
         after = _tree_states(list(self.trees))
-        for path in sorted(self.states.keys() | after.keys()):
-            old, new = self.states.get(path), after.get(path)
-            if old == new:
-                continue
-            if old is None:
-                raise TreeChanged(f"{path} appeared")
-            if new is None:
-                raise TreeChanged(f"{path} was removed")
-            raise TreeChanged(f"{path} changed ({_what_changed(old, new)})")
+        changed = [path for path in sorted(self.states.keys() | after.keys())
+                   if self.states.get(path) != after.get(path)]
+        if not changed:
+            return
+        files = [p for p in changed if not stat.S_ISDIR((self.states.get(p) or after[p])[1])]
+        path = (files or changed)[0]
+        old, new = self.states.get(path), after.get(path)
+        if old is None:
+            raise TreeChanged(f"{path} appeared")
+        if new is None:
+            raise TreeChanged(f"{path} was removed")
+        raise TreeChanged(f"{path} changed ({_what_changed(old, new)})")
 
 
 _FIELDS = ("inode", "mode", "owner", "group", "size", "mtime", "ctime")
