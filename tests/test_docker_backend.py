@@ -280,6 +280,39 @@ def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path, made_w
     assert (storage.www(20) / "cert").read_text() == "CERT\n"
 
 
+def test_earlier_trees_are_read_only_views(engine, base_image, storage, made_www):
+    """image/<n> and this version's os-core are read-only in the container; www/<n> is
+    writable (pack members are linked from it) but may only gain deltas."""
+    touches = WRITES_VERSION.replace('echo "done $v"', """
+        for f in $u/image/10/os-core/etc/new $u/image/$v/os-core/etc/new; do
+            touch $f 2>/dev/null && echo "wrote $f"
+        done
+        chmod 700 $u/image/10/os-core/etc 2>/dev/null && echo "chmod image/10"
+        mkdir -p $u/www/10/delta; echo delta > $u/www/10/delta/10-20-x
+        echo "done $v"
+    """)
+    stale = storage.root / ".swupd-repo-docker-run.20.1"  # of a killed run
+    (stale / "image").mkdir(parents=True)
+    images = tree_picture(storage.image(10)), tree_picture(storage.os_core(20))
+    reporter = RecordingReporter()
+    DockerBackend().build(storage, 20, settings_for(
+        storage, made_www, docker_command=shell_command(touches)), reporter)
+    assert not [line for line in reporter.infos if "wrote" in line or "chmod" in line]
+    assert (tree_picture(storage.image(10)), tree_picture(storage.os_core(20))) == images
+    assert (storage.www(10) / "delta" / "10-20-x").is_file()
+    assert not stale.exists()
+
+
+def test_changed_published_version_is_refused(engine, base_image, storage, made_www):
+    rewrites = WRITES_VERSION.replace('echo "done $v"',
+                                      'echo more >> $u/www/10/Manifest.MoM; echo "done $v"')
+    with pytest.raises(BackendError, match=r"changed a tree it must only read: \S+/www/10/"
+                                           r"Manifest.MoM changed \(size\)"):
+        DockerBackend().build(storage, 20, settings_for(
+            storage, made_www, docker_command=shell_command(rewrites)), RecordingReporter())
+    assert not storage.www(20).exists() and storage.latest() == 10
+
+
 def test_success_without_manifest_is_an_error(engine, base_image, storage):
     settings = settings_for(storage, docker_command=shell_command(
         "mkdir -p /var/lib/update/www/$1/files; echo 20 > /var/lib/update/image/latest.version"))

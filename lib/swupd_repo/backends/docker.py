@@ -18,7 +18,10 @@ to that directory, step by step, is in ``docker-contract.md``; this module is bu
   holding read-only bind mounts of every ``image/<n>`` and of ``image/<V>/os-core``, a copy
   of ``latest.version`` and room for ``image/<V>/full``: merges fail (EROFS/EXDEV) and the
   history stays as it was; :class:`~.storage_guard.TreeGuard` proves it after every run
-  (a changed tree is an error naming the first changed entry).
+  (a changed tree is an error naming the first changed entry). Published ``www/<n>`` must
+  stay writable (links, deltas added to earlier versions) and may see ``hardlink`` merge a
+  file with an equal one: there presence, type, mode, owner and size are compared. The
+  check's verification stamps are a read-only view (a stamp lets the gate skip a file).
 * **The output is verified, always.** The exit status means little (a failed link is only
   logged): before the pipeline may move ``latest``, :mod:`.produced` checks that the
   manifests parse, the fullfiles exist and every pack holds what its manifests require.
@@ -63,6 +66,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..check.stamps import STAMP_DIR
 from ..errors import BackendError, SettingsError
 from ..swupd.publish import link_full_tree
 from .materialise import (
@@ -162,7 +166,8 @@ class DockerBackend:
                                run / "image" / "latest.version"], reporter)
         ours = frozenset(p.name for p in (run, copy_path(storage, version)))
         before = Snapshot.take(storage, version)
-        guard = TreeGuard.record(protected_trees(storage, version))
+        guards = [TreeGuard.record(protected_trees(storage, version)),
+                  TreeGuard.record(published_trees(storage, version), published=True)]
         try:
             if under_pseudo():
                 source = materialise(client, image, storage, version, reporter)
@@ -171,7 +176,7 @@ class DockerBackend:
             reporter.step(f"building version {version} in container {image}")
             command = [*shlex.split(settings.docker_command), str(version)]
             run_container(client, settings, command, [*volumes, *extra], version, reporter)
-            check_result(storage, version, image, guard)
+            check_result(storage, version, image, guards)
             if not self.split_mounts:
                 link_full_tree(storage, version)
         except BaseException:
@@ -182,16 +187,17 @@ class DockerBackend:
         remove_in_container(client, image, storage, stuck, reporter)
 
 
-def check_result(storage: Storage, version: int, image: str, guard: TreeGuard) -> None:
+def check_result(storage: Storage, version: int, image: str, guards: list[TreeGuard]) -> None:
     """Refuse a run that changed an earlier tree or left an incomplete ``www/<V>``."""
     try:
-        guard.verify()
+        for guard in guards:
+            guard.verify()
     except TreeChanged as exc:
         raise BackendError(
             f"container {image} changed a tree it must only read: {exc}",
             hint="its files are as the container left them; rebuild that version with "
                  "--force (or restore it from a backup), and use an image that does not "
-                 "write to earlier versions' image/<V> trees",
+                 "write to earlier versions' trees",
         ) from None
     if not (storage.www(version) / "Manifest.MoM").is_file():
         raise BackendError(
@@ -249,12 +255,27 @@ def protected_trees(storage: Storage, version: int) -> list[Path]:
     return [*other_versions(storage, version), storage.os_core(version)]
 
 
+def published_trees(storage: Storage, version: int) -> list[Path]:
+    """Every other version's ``www/<n>``: the container links pack members from them and
+    may add deltas, but must not change what devices download."""
+    if not storage.www_dir.is_dir():
+        return []
+    return sorted((p for p in storage.www_dir.iterdir()
+                   if p.name.isdigit() and p.name != str(version) and p.is_dir()),
+                  key=lambda p: int(p.name))
+
+
 def storage_volumes(storage: Storage, version: int, run: Path, source: Path) -> list[str]:
-    """The contract's mount (the whole storage) and the views that protect the history."""
+    """The contract's mount (the whole storage) and the views that protect the history.
+
+    The check's verification stamps are read-only too: a stamp lets the gate skip a file.
+    """
     root = storage.root.resolve()
     state = CONTAINER_STATE
     volumes = [f"{root}:{state}:rw", f"{run / 'lock'}:{state}/.lock:rw",
                f"{run / 'image'}:{state}/image:rw"]
+    if (root / STAMP_DIR).is_dir():
+        volumes.append(f"{root / STAMP_DIR}:{state}/{STAMP_DIR}:ro")
     volumes += [f"{tree.resolve()}:{state}/image/{tree.name}:ro"
                 for tree in other_versions(storage, version)]
     volumes.append(f"{source.resolve()}:{state}/image/{version}/os-core:ro")

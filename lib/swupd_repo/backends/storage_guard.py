@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..storage import atomic_write_text
+from ..storage import TEMP_PREFIX, atomic_write_text
+from ..swupd.packs import NO_DELTA_FILE
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -206,23 +207,32 @@ class TreeChanged(Exception):
 class TreeGuard:
     """The state of every entry of the trees a tool may read but must not change.
 
-    The container gets read-only views of these trees, so the kernel already refuses any
-    change (``hardlink``'s merges fail with EROFS/EXDEV); :meth:`verify` proves it after the
-    run, so a view that was not read-only (a regression, a tool remounting) is an error
-    instead of a silently damaged history. One ``lstat`` per entry: no data is read.
+    ``image/<n>`` trees (``published=False``) are compared in full. The container gets
+    read-only views of them, so the kernel already refuses any change (``hardlink``'s merges
+    fail with EROFS/EXDEV); :meth:`verify` proves it after the run, so a view that was not
+    read-only (a regression, a tool remounting) is an error instead of a silently damaged
+    history. One ``lstat`` per entry: no data is read.
+
+    Published ``www/<n>`` trees (``published=True``) must stay writable to the container:
+    pack members are hard-linked from them (which moves their ctime and link count) and the
+    real ``hardlink`` step may merge a file with an equal one of ``www/<V>`` (a new inode, the
+    same bytes). There only each entry's presence, type, mode, owner and size are compared,
+    and the deltas a build legitimately adds to earlier versions (``delta/``,
+    ``.delta-none``) and our temporaries are left out.
     """
 
     trees: tuple[Path, ...]
     states: dict[str, EntryState]
+    published: bool = False
 
     @classmethod
-    def record(cls, trees: list[Path]) -> TreeGuard:
-        return cls(tuple(trees), _tree_states(trees))
+    def record(cls, trees: list[Path], *, published: bool = False) -> TreeGuard:
+        return cls(tuple(trees), _tree_states(trees, published), published)
 
     def verify(self) -> None:
         """Raise :class:`TreeChanged` naming the first entry that appeared, went or changed;
         a file rather than the directory whose times its change moved, when there is one."""
-        after = _tree_states(list(self.trees))
+        after = _tree_states(list(self.trees), self.published)
         changed = [path for path in sorted(self.states.keys() | after.keys())
                    if self.states.get(path) != after.get(path)]
         if not changed:
@@ -238,6 +248,8 @@ class TreeGuard:
 
 
 _FIELDS = ("inode", "mode", "owner", "group", "size", "mtime", "ctime")
+#: Entries of a published ``www/<n>`` that a later build may add or rewrite.
+_GROWING = ("delta", NO_DELTA_FILE)
 
 
 def _what_changed(old: EntryState, new: EntryState) -> str:
@@ -249,7 +261,7 @@ def _what_changed(old: EntryState, new: EntryState) -> str:
     return ", ".join(changed)
 
 
-def _tree_states(trees: list[Path]) -> dict[str, EntryState]:
+def _tree_states(trees: list[Path], published: bool) -> dict[str, EntryState]:
     states: dict[str, EntryState] = {}
 
     def note(path: str) -> None:
@@ -257,14 +269,24 @@ def _tree_states(trees: list[Path]) -> dict[str, EntryState]:
             st = os.lstat(path)
         except OSError:
             return
-        states[path] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                        st.st_mtime_ns, st.st_ctime_ns)
+        if published:
+            states[path] = (0, st.st_mode, st.st_uid, st.st_gid,
+                            0 if stat.S_ISDIR(st.st_mode) else st.st_size, 0, 0)
+        else:
+            states[path] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                            st.st_mtime_ns, st.st_ctime_ns)
 
     for tree in trees:
         note(str(tree))
         if not tree.is_dir() or tree.is_symlink():
             continue
         for top, dirs, files in os.walk(tree):
+            if published and top == str(tree):
+                dirs[:] = [d for d in dirs if d not in _GROWING]
+                files = [f for f in files if f not in _GROWING]
+            if published:
+                dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+                files = [f for f in files if not f.startswith(TEMP_PREFIX)]
             for name in (*dirs, *files):
                 note(os.path.join(top, name))
     return states
