@@ -85,6 +85,7 @@ from .storage_guard import (
     hidden_temporaries,
     restored_markers,
     sigterm_raises_systemexit,
+    staging_marker,
 )
 
 if TYPE_CHECKING:
@@ -163,7 +164,8 @@ class DockerBackend:
         source = storage.os_core(version)
         if under_pseudo():
             unknown_to_pseudo([storage.latest_image_marker, storage.latest_www_marker,
-                               run / "image" / "latest.version"], reporter)
+                               staging_marker(storage), run / "image" / "latest.version"],
+                              reporter)
         ours = frozenset(p.name for p in (run, copy_path(storage, version)))
         before = Snapshot.take(storage, version)
         guards = [TreeGuard.record(protected_trees(storage, version)),
