@@ -168,6 +168,7 @@ class DockerBackend:
                               reporter)
         ours = frozenset(p.name for p in (run, copy_path(storage, version)))
         before = Snapshot.take(storage, version)
+        reporter.step("recording the earlier versions' trees the container must not change")
         guards = [TreeGuard.record(protected_trees(storage, version)),
                   TreeGuard.record(published_trees(storage, version), published=True)]
         try:
@@ -178,6 +179,8 @@ class DockerBackend:
             reporter.step(f"building version {version} in container {image}")
             command = [*shlex.split(settings.docker_command), str(version)]
             run_container(client, settings, command, [*volumes, *extra], version, reporter)
+            reporter.step(f"verifying version {version} and the earlier trees as the "
+                          "container left them")
             check_result(storage, version, image, guards)
             if not self.split_mounts:
                 link_full_tree(storage, version)
