@@ -193,10 +193,10 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-#: What a tree entry must keep across a run: inode, type and mode, owner, size, mtime and
-#: ctime (ctime moves on every chmod, chown, xattr change, link or unlink of the inode and
-#: write, and cannot be set back from user space).
-EntryState = tuple[int, int, int, int, int, int, int]
+#: What a tree entry must keep across a run: inode, type and mode, owner, size, mtime, ctime
+#: (it moves on every chmod, chown, xattr change, link or unlink of the inode and write, and
+#: cannot be set back from user space) and link count.
+EntryState = tuple[int, int, int, int, int, int, int, int]
 
 
 class TreeChanged(Exception):
@@ -247,7 +247,7 @@ class TreeGuard:
         raise TreeChanged(f"{path} changed ({_what_changed(old, new)})")
 
 
-_FIELDS = ("inode", "mode", "owner", "group", "size", "mtime", "ctime")
+_FIELDS = ("inode", "mode", "owner", "group", "size", "mtime", "ctime", "links")
 #: Entries of a published ``www/<n>`` that a later build may add or rewrite.
 _GROWING = ("delta", NO_DELTA_FILE)
 
@@ -256,6 +256,8 @@ def _what_changed(old: EntryState, new: EntryState) -> str:
     changed = [name for name, a, b in zip(_FIELDS, old, new, strict=True) if a != b]
     if "inode" in changed:
         return "replaced by another inode, e.g. a hard link to an equal file"
+    if "links" in changed:
+        return f"hard-linked with another file: {old[7]} -> {new[7]} links"
     if changed == ["ctime"]:
         return "ctime: xattrs, link count or data changed"
     return ", ".join(changed)
@@ -271,10 +273,11 @@ def _tree_states(trees: list[Path], published: bool) -> dict[str, EntryState]:
             return
         if published:
             states[path] = (0, st.st_mode, st.st_uid, st.st_gid,
-                            0 if stat.S_ISDIR(st.st_mode) else st.st_size, 0, 0)
+                            0 if stat.S_ISDIR(st.st_mode) else st.st_size, 0, 0, 0)
         else:
             states[path] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                            st.st_mtime_ns, st.st_ctime_ns)
+                            st.st_mtime_ns, st.st_ctime_ns,
+                            0 if stat.S_ISDIR(st.st_mode) else st.st_nlink)
 
     for tree in trees:
         note(str(tree))
