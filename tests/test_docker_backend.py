@@ -8,6 +8,7 @@ compare with the native backend.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -33,7 +34,11 @@ pytestmark = pytest.mark.docker
 
 # ---------------------------------------------------------------- fixtures and helpers
 
-def settings_for(storage: Storage, **values):
+def settings_for(storage: Storage, made: Path | None = None, **values):
+    """Docker settings for the base image; ``made`` (see :func:`made_www`) is mounted at
+    /opt/made for :data:`WRITES_VERSION`."""
+    if made is not None:
+        values["docker_volumes"] = [*values.get("docker_volumes", []), f"{made}:/opt/made:ro"]
     return make_settings({"storage_dir": storage.root, "backend": "docker",
                           "docker_image": BASE_IMAGE, "docker_privileged": False, **values})
 
@@ -43,17 +48,32 @@ def shell_command(script: str) -> str:
     return f"sh -c {shlex.quote(textwrap.dedent(script))} process_rootfs.sh"
 
 
-#: A "generator" that writes its output like the container: www/<V>, then both markers.
+#: A "generator" that writes its output like the container: www/<V> (a complete version the
+#: native backend made beforehand, :func:`made_www`), image/<V>/full, then both markers.
 WRITES_VERSION = """
     set -e
     u=/var/lib/update; v=$1
     echo "building $v"
-    mkdir -p $u/image/$v/full $u/www/$v/files
-    echo manifest > $u/www/$v/Manifest.MoM
+    mkdir -p $u/image/$v/full $u/www/$v
+    cp -a /opt/made/$v/. $u/www/$v/
     echo $v > $u/image/latest.version
     mkdir -p $u/www/version/format3; echo $v > $u/www/version/format3/latest
     echo "done $v"
 """
+
+
+@pytest.fixture(scope="module")
+def made_www(tmp_path_factory) -> Path:
+    """``www`` of a storage whose only version, 20, the native backend built from a tiny
+    tree: what :data:`WRITES_VERSION` copies, so its output passes the backend's checks."""
+    from swupd_repo.pipeline import build_version
+
+    storage = Storage(tmp_path_factory.mktemp("made") / "storage")
+    (storage.os_core(20) / "etc").mkdir(parents=True)
+    (storage.os_core(20) / "etc" / "os-release").write_text("VERSION_ID=20\n")
+    build_version(make_settings({"storage_dir": storage.root, "backend": "native"}),
+                  RecordingReporter(), 20)
+    return storage.www_dir
 
 
 @pytest.fixture
@@ -153,14 +173,14 @@ def test_failure_half_way_leaves_storage_as_before(engine, base_image, storage):
     assert "container: pack_maker failed for 20" in reporter.infos
 
 
-def test_first_build_failure_leaves_no_markers(engine, base_image, tmp_path):
+def test_first_build_failure_leaves_no_markers(engine, base_image, tmp_path, made_www):
     storage = Storage(tmp_path / "storage")
     storage.os_core(10).mkdir(parents=True)
     before = snapshot(storage.root)
     fails = WRITES_VERSION.replace('echo "done $v"', "exit 1")
     with pytest.raises(BackendError, match="status 1"):
         DockerBackend().build(storage, 10, settings_for(
-            storage, docker_command=shell_command(fails)), RecordingReporter())
+            storage, made_www, docker_command=shell_command(fails)), RecordingReporter())
     # Only the empty mount point www/ stays of the run.
     after = snapshot(storage.root)
     assert set(after) - set(before) == {"www"} and before.items() <= after.items()
@@ -200,7 +220,7 @@ def test_remove_in_container(engine, base_image, storage):
     assert reporter.warnings == []
 
 
-def test_success_streams_logs_and_restores_markers(engine, base_image, storage):
+def test_success_streams_logs_and_restores_markers(engine, base_image, storage, made_www):
     streaming = WRITES_VERSION.replace('echo "building $v"', 'echo "building $v"; sleep 2')
 
     class Timed(RecordingReporter):
@@ -214,12 +234,16 @@ def test_success_streams_logs_and_restores_markers(engine, base_image, storage):
 
     reporter = Timed()
     DockerBackend().build(storage, 20, settings_for(
-        storage, docker_command=shell_command(streaming)), reporter)
-    assert (storage.www(20) / "Manifest.MoM").read_text() == "manifest\n"
-    assert storage.full(20).is_dir()
+        storage, made_www, docker_command=shell_command(streaming)), reporter)
+    assert (storage.www(20) / "Manifest.MoM").read_bytes() == \
+        (made_www / "20" / "Manifest.MoM").read_bytes()
+    # The container's image/20/full stayed in its own image/; ours is the native backend's.
+    assert storage.full(20).is_symlink() and os.readlink(storage.full(20)) == "os-core"
     # The container moved both markers; the contract wants them untouched until the pipeline.
     assert storage.latest_image_marker.read_text() == "10\n"
     assert storage.latest_www_marker.read_text() == "10\n"
+    assert not (storage.www_dir / "version" / "formatstaging").exists()
+    assert sorted(p.name for p in storage.root.iterdir()) == [".lock", "image", "www"]
     assert reporter.infos == ["container: building 20", "container: done 20"]
     # Streamed as they came, not collected at the end.
     gap = reporter.times["container: done 20"] - reporter.times["container: building 20"]
@@ -227,10 +251,10 @@ def test_success_streams_logs_and_restores_markers(engine, base_image, storage):
     assert leftover_containers(engine) == []
 
 
-def test_privileged_run(engine, base_image, storage):
+def test_privileged_run(engine, base_image, storage, made_www):
     needs_privilege = WRITES_VERSION.replace(
         'echo "building $v"', "mount -t tmpfs none /mnt || exit 7; umount /mnt")
-    settings = settings_for(storage, docker_command=shell_command(needs_privilege),
+    settings = settings_for(storage, made_www, docker_command=shell_command(needs_privilege),
                             docker_privileged=True)
     DockerBackend().build(storage, 20, settings, RecordingReporter())
     assert (storage.www(20) / "Manifest.MoM").is_file()
@@ -243,17 +267,50 @@ def test_privileged_run(engine, base_image, storage):
     assert not storage.www(30).exists()
 
 
-def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path):
+def test_extra_volumes_are_mounted(engine, base_image, storage, tmp_path, made_www):
     extra = tmp_path / "certs"
     extra.mkdir()
     (extra / "leaf.cert.pem").write_text("CERT\n")
     copies = WRITES_VERSION.replace(
-        "echo manifest > $u/www/$v/Manifest.MoM", "cp /root/swupd-certs/leaf.cert.pem "
-        "$u/www/$v/Manifest.MoM; touch /root/swupd-certs/x 2>/dev/null && exit 9")
-    settings = settings_for(storage, docker_command=shell_command(copies),
+        'echo "done $v"', "cp /root/swupd-certs/leaf.cert.pem $u/www/$v/cert; "
+        "touch /root/swupd-certs/x 2>/dev/null && exit 9; echo done")
+    settings = settings_for(storage, made_www, docker_command=shell_command(copies),
                             docker_volumes=[f"{extra}:/root/swupd-certs:ro"])
     DockerBackend().build(storage, 20, settings, RecordingReporter())
-    assert (storage.www(20) / "Manifest.MoM").read_text() == "CERT\n"
+    assert (storage.www(20) / "cert").read_text() == "CERT\n"
+
+
+def test_earlier_trees_are_read_only_views(engine, base_image, storage, made_www):
+    """image/<n> and this version's os-core are read-only in the container; www/<n> is
+    writable (pack members are linked from it) but may only gain deltas."""
+    touches = WRITES_VERSION.replace('echo "done $v"', """
+        for f in $u/image/10/os-core/etc/new $u/image/$v/os-core/etc/new; do
+            touch $f 2>/dev/null && echo "wrote $f"
+        done
+        chmod 700 $u/image/10/os-core/etc 2>/dev/null && echo "chmod image/10"
+        mkdir -p $u/www/10/delta; echo delta > $u/www/10/delta/10-20-x
+        echo "done $v"
+    """)
+    stale = storage.root / ".swupd-repo-docker-run.20.1"  # of a killed run
+    (stale / "image").mkdir(parents=True)
+    images = tree_picture(storage.image(10)), tree_picture(storage.os_core(20))
+    reporter = RecordingReporter()
+    DockerBackend().build(storage, 20, settings_for(
+        storage, made_www, docker_command=shell_command(touches)), reporter)
+    assert not [line for line in reporter.infos if "wrote" in line or "chmod" in line]
+    assert (tree_picture(storage.image(10)), tree_picture(storage.os_core(20))) == images
+    assert (storage.www(10) / "delta" / "10-20-x").is_file()
+    assert not stale.exists()
+
+
+def test_changed_published_version_is_refused(engine, base_image, storage, made_www):
+    rewrites = WRITES_VERSION.replace('echo "done $v"',
+                                      'echo more >> $u/www/10/Manifest.MoM; echo "done $v"')
+    with pytest.raises(BackendError, match=r"changed a tree it must only read: \S+/www/10/"
+                                           r"Manifest.MoM changed \(size\)"):
+        DockerBackend().build(storage, 20, settings_for(
+            storage, made_www, docker_command=shell_command(rewrites)), RecordingReporter())
+    assert not storage.www(20).exists() and storage.latest() == 10
 
 
 def test_success_without_manifest_is_an_error(engine, base_image, storage):
@@ -417,6 +474,8 @@ def test_command_line_build_and_publish_through_the_container(tmp_path, rootfs_t
                           "--docker-image", server_image, "--version", 10)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"published version 10 in {storage.root}/www/10" in done.stdout
+    assert (done.stdout + done.stderr).count("published version 10 in") == 2  # ours, the
+    assert "container: published version 10 in /var/lib/update/www/10" in done.stderr  # image's
     assert_same_version(storage, native_history, 10)
     assert storage.latest() == 10
 
@@ -450,6 +509,14 @@ def test_command_line_build_and_publish_through_the_container(tmp_path, rootfs_t
     assert snapshot(storage.root) == before
 
 
+def used_packs(summary: str) -> tuple[int, int, int]:
+    """(objects from packs, deltas applied, fullfiles) of a client summary line."""
+    found = re.search(r"(\d+) from packs, (\d+) deltas \(\d+ fell back\), (\d+) fullfiles",
+                      summary)
+    assert found, summary
+    return int(found[1]), int(found[2]), int(found[3])
+
+
 def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_history,
                                             server_image):
     from swupd_repo.check import check_repository
@@ -457,6 +524,12 @@ def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_histo
     storage = Storage(tmp_path / "storage")
     build(storage, 10, rootfs_trees, "native")
     build(storage, 20, rootfs_trees, "docker", server_image)
+    # The container's packs work: a fresh install of 20 comes from its zero pack, the update
+    # from 10 from its delta pack, deltas included (no fullfile fallback).
+    report = check_repository(storage, 20, simulate=True)
+    sims = {s.from_version: used_packs(s.summary) for s in report.simulations}
+    assert sims[0][0] > 0 and sims[0][2] == 0, report.simulations
+    assert sims[10][1] > 0 and sims[10][2] == 0, report.simulations
     build(storage, 30, rootfs_trees, "native")
     for version in (10, 20, 30):
         assert_same_version(storage, native_history, version)
@@ -467,6 +540,124 @@ def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_histo
     assert report.ok, report.problems
     assert {(s.from_version, s.to_version) for s in report.simulations} >= {(10, 30), (20, 30)}
     assert report.versions == [10, 20, 30]
+    for sim in report.simulations:
+        if sim.from_version:
+            assert used_packs(sim.summary)[1] > 0, sim.summary
+
+
+#: process_rootfs.sh with a ``hardlink`` that does nothing first in PATH: the pack test sees
+#: the staging of pack members alone.
+NO_HARDLINK = ("sh -c 'mkdir -p /tmp/nohl && ln -sf /bin/true /tmp/nohl/hardlink && "
+               "PATH=/tmp/nohl:$PATH exec /home/clrbuilder/projects/process_rootfs.sh \"$1\"' "
+               "process_rootfs.sh")
+
+
+def pack_members(pack: Path) -> list[str]:
+    from swupd_repo.client.archive import open_tar
+
+    with open(pack, "rb") as f, open_tar(f) as tar:
+        return [member.name for member in tar]
+
+
+def test_packs_staged_by_hard_link_are_full(tmp_path, rootfs_trees, native_history,
+                                            server_image, engine):
+    """Our image stages pack members by link() from www/ into packstage/, as the real one
+    does: with the whole storage mounted the packs are full; with the old separate image/ and
+    www/ mounts every link fails (EXDEV), the container still exits 0 with empty packs, and
+    the backend refuses the version, naming the first missing member."""
+    storage = Storage(tmp_path / "storage")
+    build(storage, 10, rootfs_trees, "native")
+    fill_version(storage, 20, rootfs_trees)
+    settings = make_settings({"storage_dir": storage.root, "backend": "docker",
+                              "docker_image": server_image, "docker_command": NO_HARDLINK})
+    before = snapshot(storage.root)
+    reporter = RecordingReporter()
+    with pytest.raises(BackendError) as caught:
+        DockerBackend(_split_mounts=True).build(storage, 20, settings, reporter)
+    assert re.fullmatch(
+        r"container \S+ exited successfully but version 20 is incomplete: \S+/www/20/"
+        r"pack-os-core-from-0\.tar lacks staged/[0-9a-f]{64} \(/[^)]*\) \(and \d+ more "
+        r"problems\)", caught.value.message), caught.value.message
+    assert any("Invalid cross-device link" in line for line in reporter.infos)
+    assert snapshot(storage.root) == before
+    assert leftover_containers(engine) == []
+
+    DockerBackend().build(storage, 20, settings, RecordingReporter())
+    packs = sorted(p.name for p in native_history.www(20).glob("pack-*.tar"))
+    assert packs == ["pack-os-core-from-0.tar", "pack-os-core-from-10.tar"]
+    for name in packs:
+        members = pack_members(storage.www(20) / name)
+        assert members == pack_members(native_history.www(20) / name)
+        assert len(members) > 2  # more than delta/ and staged/
+    assert_same_version(storage, native_history, 20)
+    # what the container left that the native backend never writes is gone
+    assert sorted(p.name for p in storage.root.iterdir()) == [".lock", "image", "www"]
+    assert os.readlink(storage.full(20)) == "os-core"
+    assert sorted(p.name for p in (storage.www_dir / "version").iterdir()) == ["format3"]
+
+
+def tree_picture(root: Path) -> dict[str, tuple]:
+    """:func:`snapshot` with times, plus each entry's inode and xattrs."""
+    picture = {}
+    for name, fields in snapshot(root, times=True).items():
+        path = root / name
+        xattrs = {} if path.is_symlink() else {
+            key: os.getxattr(path, key) for key in sorted(os.listxattr(path))}
+        picture[name] = (*fields, path.lstat().st_ino, tuple(xattrs.items()))
+    return picture
+
+
+def add_same_data(storage: Storage, version: int, label: bytes) -> Path:
+    """A file every version has with the same data, mode, owner and mtime (what util-linux
+    ``hardlink`` compares) but its own xattr."""
+    path = storage.os_core(version) / "usr" / "share" / "same-data"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"same data in every version\n" * 40)
+    path.chmod(0o644)
+    os.setxattr(path, "user.version", label)
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    return path
+
+
+def test_hardlink_merges_cannot_change_older_trees(tmp_path, rootfs_trees, server_image,
+                                                  engine):
+    """The image runs util-linux ``hardlink`` over image/<PREV> and image/<V> as the real
+    basic_creator.sh does; files of equal data but other xattrs must not be merged."""
+    from swupd_repo.pipeline import build_version
+    from swupd_repo.swupd.manifest import parse_manifest
+
+    def publish(version: int, backend: str, **values) -> None:
+        settings = make_settings({"storage_dir": storage.root, "backend": backend,
+                                  "docker_image": server_image, **values})
+        build_version(settings, RecordingReporter(), version)
+
+    storage = Storage(tmp_path / "storage")
+    fill_version(storage, 10, rootfs_trees)
+    add_same_data(storage, 10, b"ten")
+    publish(10, "native")
+    fill_version(storage, 20, rootfs_trees)
+    add_same_data(storage, 20, b"twenty")
+    older, current = tree_picture(storage.image(10)), tree_picture(storage.os_core(20))
+    publish(20, "docker")
+    assert tree_picture(storage.image(10)) == older
+    assert tree_picture(storage.os_core(20)) == current
+    # the xattr change is published: the file changed in 20
+    manifest = parse_manifest((storage.www(20) / "Manifest.os-core").read_bytes(), "20")
+    assert manifest.by_path()["/usr/share/same-data"].last_change == 20
+
+    # The old layout (image/ writable in the container): hardlink merges, the run is refused.
+    fill_version(storage, 30, rootfs_trees)
+    add_same_data(storage, 30, b"thirty")
+    www_before = snapshot(storage.www_dir)
+    # (which of two equal files hardlink keeps varies: either inode is reported)
+    with pytest.raises(BackendError, match=r"changed a tree it must only read: \S+/image/"
+                                           r"(20|30/os-core)/\S+ changed \((replaced by "
+                                           r"another inode|hard-linked with another file)"):
+        DockerBackend(_split_mounts=True).build(
+            storage, 30, make_settings({"storage_dir": storage.root, "backend": "docker",
+                                        "docker_image": server_image}), RecordingReporter())
+    assert snapshot(storage.www_dir) == www_before
+    assert storage.latest() == 20
 
 
 # ---------------------------------------------------------------- trees under pseudo (fakeroot)

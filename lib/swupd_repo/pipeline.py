@@ -171,11 +171,10 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
             run_gate(storage, version, settings, reporter)
         reporter.step(f"moving latest to {version}")
         storage.write_markers(version, release=settings.release)
-    if settings.release:
-        reporter.info(f"published version {version} in {www}")
-    else:
-        reporter.info(f"staged version {version} in {www}; devices stay on "
-                      f"{storage.released()} until `swupd-repo release {version}`")
+    # no "published version" line here: each front end (CLI command, bbclass) prints its own
+    if not settings.release:
+        reporter.info(f"devices stay on {storage.released()} until "
+                      f"`swupd-repo release {version}`")
 
 
 def run_gate(storage: Storage, version: int, settings: Settings, reporter: Reporter) -> None:

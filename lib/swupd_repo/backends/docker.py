@@ -1,33 +1,56 @@
 """The docker backend: the ostro-swupd-server container, driven through the Docker Engine API.
 
-It does exactly what its users' scripts did::
+It runs the image as its how-to does, with the whole storage at ``/var/lib/update``::
 
-    docker run --rm --privileged -v STORAGE/image:/var/lib/update/image \\
-        -v STORAGE/www:/var/lib/update/www IMAGE /home/clrbuilder/projects/process_rootfs.sh V
+    docker run --rm --privileged -v STORAGE:/var/lib/update IMAGE \\
+        /home/clrbuilder/projects/process_rootfs.sh V
 
 with the ``docker`` SDK instead of a shell-out, so every failure becomes a
-:class:`~swupd_repo.errors.BackendError` naming the setting to change. The container writes
-``www/<V>`` *and both latest markers* itself; the backend contract says markers only move after
-the pipeline's check, so they are put back as they were once the container has stopped.
+:class:`~swupd_repo.errors.BackendError` naming the setting to change. What the real image does
+to that directory, step by step, is in ``docker-contract.md``; this module is built against it:
+
+* **One mount for ``www`` and ``packstage``.** The scripts stage pack members by ``link()``
+  from ``www/<L>/files`` into ``/var/lib/update/packstage``; a link across two mounts fails
+  (EXDEV), the scripts go on and write empty packs. So the storage itself is the mount.
+* **Earlier trees are read-only views.** ``basic_creator.sh`` runs ``hardlink`` over
+  ``image/<PREV>`` and ``image/<V>``, which merges equal files while ignoring xattrs. The
+  container's ``/var/lib/update/image`` is a directory of ours (:func:`prepare_run_dir`)
+  holding read-only bind mounts of every ``image/<n>`` and of ``image/<V>/os-core``, a copy
+  of ``latest.version`` and room for ``image/<V>/full``: merges fail (EROFS/EXDEV) and the
+  history stays as it was; :class:`~.storage_guard.TreeGuard` proves it after every run
+  (a changed tree is an error naming the first changed entry). Published ``www/<n>`` must
+  stay writable (links, deltas added to earlier versions) and may see ``hardlink`` merge a
+  file with an equal one: there presence, type, mode, owner and size are compared. The
+  check's verification stamps are a read-only view (a stamp lets the gate skip a file).
+* **The output is verified, always.** The exit status means little (a failed link is only
+  logged): before the pipeline may move ``latest``, :mod:`.produced` checks that the
+  manifests parse, the fullfiles exist and every pack holds what its manifests require.
+* **What the native backend never writes goes.** The container's markers (both ``latest``
+  files and ``www/version/formatstaging/latest``) are put back as they were; its scratch at
+  the storage root (``packstage/``, ``log/``, ``server.ini``, ``groups.ini``) is removed;
+  its ``image/<V>/full`` (a copy of ``os-core``, possibly merged by ``hardlink``) stays in
+  our run directory and is replaced, as the native backend writes it, by ``full -> os-core``.
+* The storage's ``.lock`` (which we hold) is covered by a file of the run directory, so a
+  generator that locks the storage itself (ours does) does not wait for us forever.
 
 A run that fails, or is interrupted (Ctrl-C, SIGTERM), stops and removes the container, then
-removes what it added (``www/<V>``, ``image/<V>/full``, any other new top-level entry of
-``www/``, ``image/`` or ``image/<V>/``: partial packs live in ``www/<V>``) and restores the
-markers. The engine must see the storage at the same path as we do (a local engine).
+removes what it added (``www/<V>``, any other new top-level entry of ``www/`` or of the
+storage root: partial packs live in ``www/<V>``) and restores the markers. The engine must
+see the storage at the same path as we do (a local engine).
 
 Under pseudo (BitBake's ``[fakeroot]`` ``do_swupd_repo``) the tree on disk lacks the owners,
 device nodes and ``security.*`` xattrs the extraction gave it: they live in pseudo's database.
 The container would publish the bare files. So the tree is first copied as we see it into
 ``STORAGE/.swupd-repo-docker-os-core.<V>.<pid>`` by the engine (:mod:`.materialise`), and
-that copy is mounted over ``image/<V>/os-core`` in the container; the tree on disk, which
-pseudo's database describes, is left untouched. The copy is removed (as root, by a
+that copy is mounted (read-only) at ``image/<V>/os-core`` in the container; the tree on disk,
+which pseudo's database describes, is left untouched. The copy is removed (as root, by a
 container) after the run, whatever its outcome. pseudo never sees an inode of the copy (the
 engine creates even its top directory): an inode pseudo knows, freed behind its back and
 reused, makes pseudo abort the task ("path mismatch"); for the same reason the latest
 markers, which the container replaces, are first made files pseudo does not know.
 
-Known cost: deltas against this version are later made from ``image/<V>/full`` or
-``os-core`` on disk, and only for files that still hash as the manifest says; in the bare
+Known cost: deltas against this version are later made from ``image/<V>/full`` (a link to
+``os-core``) on disk, and only for files that still hash as the manifest says; in the bare
 tree, files whose owner or xattrs pseudo alone knows get no delta (clients then download
 their fullfile). The repository stays correct.
 """
@@ -38,11 +61,14 @@ import collections
 import contextlib
 import os
 import shlex
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..check.stamps import STAMP_DIR
 from ..errors import BackendError, SettingsError
+from ..swupd.publish import link_full_tree
 from .materialise import (
     copy_path,
     materialise,
@@ -50,12 +76,16 @@ from .materialise import (
     under_pseudo,
     unknown_to_pseudo,
 )
+from .produced import IncompleteOutput, verify_produced
 from .storage_guard import (
     Snapshot,
+    TreeChanged,
+    TreeGuard,
     deferred_signals,
     hidden_temporaries,
     restored_markers,
     sigterm_raises_systemexit,
+    staging_marker,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +99,8 @@ CONTAINER_STATE = "/var/lib/update"
 TAIL_LINES = 20
 #: Seconds a container gets to stop (SIGTERM) before the engine kills it.
 STOP_TIMEOUT = 3
+#: Name prefix of a run's own directory at the storage root (see :func:`prepare_run_dir`).
+RUN_PREFIX = ".swupd-repo-docker-run."
 
 
 def setting(key: str) -> str:
@@ -87,57 +119,199 @@ def short(command: list[str], limit: int = 100) -> str:
 
 
 class DockerBackend:
-    """Builds ``www/<V>`` by running the swupd-server container on ``image/<V>/os-core``."""
+    """Builds ``www/<V>`` by running the swupd-server container on ``image/<V>/os-core``.
+
+    ``_split_mounts`` brings back the mounts this backend used before it followed the real
+    image's contract (``image/`` and ``www/`` mounted separately, ``image/`` writable); only
+    the tests use it, to prove that the checks catch what that layout breaks.
+    """
 
     name = "docker"
+
+    def __init__(self, *, _split_mounts: bool = False) -> None:
+        self.split_mounts = _split_mounts
 
     def build(self, storage: Storage, version: int, settings: Settings,
               reporter: Reporter) -> None:
         import docker.errors
         import requests.exceptions
 
-        volumes = container_volumes(storage, settings.docker_volumes)
-        command = [*shlex.split(settings.docker_command), str(version)]
+        extra = container_volumes(storage, settings.docker_volumes)
         client = connect(settings.docker_host)
         address = engine_address(settings.docker_host)
         try:
             require_image(client, settings.docker_image, address)
-            with sigterm_raises_systemexit(), hidden_temporaries(storage), \
-                    restored_markers(storage):
-                before = Snapshot.take(storage, version)
-                copies = stale_copies(storage)  # of a killed run
+            with sigterm_raises_systemexit(), restored_markers(storage):
+                stale = stale_copies(storage) + stale_runs(storage)  # of a killed run
+                remove_in_container(client, settings.docker_image, storage, stale, reporter)
+                run = prepare_run_dir(storage, version)
                 try:
-                    remove_in_container(client, settings.docker_image, storage, copies, reporter)
-                    if under_pseudo():
-                        copies = [copy_path(storage, version)]
-                        copy = materialise(client, settings.docker_image, storage, version,
-                                           reporter)
-                        volumes = [*volumes, f"{copy}:{CONTAINER_STATE}/image/{version}/"
-                                             "os-core:rw"]
-                        unknown_to_pseudo([storage.latest_image_marker,
-                                           storage.latest_www_marker], reporter)
-                    reporter.step(f"building version {version} in container "
-                                  f"{settings.docker_image}")
-                    run_container(client, settings, command, volumes, version, reporter)
-                    if not (storage.www(version) / "Manifest.MoM").is_file():
-                        raise BackendError(
-                            f"container {settings.docker_image} exited successfully but wrote "
-                            f"no {storage.www(version)}/Manifest.MoM",
-                            hint=f"set {setting('docker_command')} to the image's "
-                                 "process_rootfs.sh (it takes the version as last argument)",
-                        )
-                except BaseException:
-                    stuck = before.remove_additions(storage, version)
-                    if stuck:
-                        remove_in_container(client, settings.docker_image, storage, stuck,
-                                            reporter)
-                    raise
+                    with hidden_temporaries(storage, run / "hidden"):
+                        self._build(client, storage, version, settings, extra, run, reporter)
                 finally:
-                    remove_in_container(client, settings.docker_image, storage, copies, reporter)
+                    remove_in_container(client, settings.docker_image, storage,
+                                        remove_ours([run, copy_path(storage, version)]),
+                                        reporter)
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise engine_error(exc, address) from exc
         finally:
             client.close()
+
+    def _build(self, client: Any, storage: Storage, version: int, settings: Settings,
+               extra: list[str], run: Path, reporter: Reporter) -> None:
+        """Run the container on the prepared layout; check and tidy what it left."""
+        image = settings.docker_image
+        source = storage.os_core(version)
+        if under_pseudo():
+            unknown_to_pseudo([storage.latest_image_marker, storage.latest_www_marker,
+                               staging_marker(storage), run / "image" / "latest.version"],
+                              reporter)
+        ours = frozenset(p.name for p in (run, copy_path(storage, version)))
+        before = Snapshot.take(storage, version)
+        reporter.step("recording the earlier versions' trees the container must not change")
+        guards = [TreeGuard.record(protected_trees(storage, version)),
+                  TreeGuard.record(published_trees(storage, version), published=True)]
+        try:
+            if under_pseudo():
+                source = materialise(client, image, storage, version, reporter)
+            volumes = (split_volumes(storage, version, source) if self.split_mounts
+                       else storage_volumes(storage, version, run, source))
+            reporter.step(f"building version {version} in container {image}")
+            command = [*shlex.split(settings.docker_command), str(version)]
+            run_container(client, settings, command, [*volumes, *extra], version, reporter)
+            reporter.step(f"verifying version {version} and the earlier trees as the "
+                          "container left them")
+            check_result(storage, version, image, guards)
+            if not self.split_mounts:
+                link_full_tree(storage, version)
+        except BaseException:
+            stuck = before.remove_additions(storage, version)
+            remove_in_container(client, image, storage, stuck, reporter)
+            raise
+        stuck = before.remove_scratch(storage, keep=ours)
+        remove_in_container(client, image, storage, stuck, reporter)
+
+
+def check_result(storage: Storage, version: int, image: str, guards: list[TreeGuard]) -> None:
+    """Refuse a run that changed an earlier tree or left an incomplete ``www/<V>``."""
+    try:
+        for guard in guards:
+            guard.verify()
+    except TreeChanged as exc:
+        raise BackendError(
+            f"container {image} changed a tree it must only read: {exc}",
+            hint="its files are as the container left them; rebuild that version with "
+                 "--force (or restore it from a backup), and use an image that does not "
+                 "write to earlier versions' trees",
+        ) from None
+    if not (storage.www(version) / "Manifest.MoM").is_file():
+        raise BackendError(
+            f"container {image} exited successfully but wrote "
+            f"no {storage.www(version)}/Manifest.MoM",
+            hint=f"set {setting('docker_command')} to the image's "
+                 "process_rootfs.sh (it takes the version as last argument)",
+        )
+    try:
+        verify_produced(storage, version)
+    except IncompleteOutput as exc:
+        raise BackendError(
+            f"container {image} exited successfully but version {version} is incomplete: "
+            f"{exc}",
+            hint="nothing was published; mount the whole storage at "
+                 f"{CONTAINER_STATE} (packstage and www on one filesystem) and check the "
+                 "container's log above",
+        ) from None
+
+
+def prepare_run_dir(storage: Storage, version: int) -> Path:
+    """``STORAGE/.swupd-repo-docker-run.<V>.<pid>``: what the container sees as ``image/``.
+
+    ``image/`` holds a copy of ``latest.version`` (the scripts read and rewrite it), one
+    empty directory per other version (mount points of the read-only views) and
+    ``<V>/os-core`` (mount point of the tree). ``hidden/`` keeps our temporaries during the
+    run; ``lock`` covers the storage's ``.lock``. On the storage's filesystem, like every
+    mount of the run.
+    """
+    run = storage.root.resolve() / f"{RUN_PREFIX}{version}.{os.getpid()}"
+    image = run / "image"
+    (image / str(version) / "os-core").mkdir(parents=True)
+    (run / "hidden").mkdir()
+    (run / "lock").touch()
+    (storage.root / ".lock").touch()  # a mount point must exist, or the engine makes it as root
+    for other in other_versions(storage, version):
+        (image / other.name).mkdir()
+    if storage.latest_image_marker.is_file():
+        shutil.copyfile(storage.latest_image_marker, image / "latest.version")
+    return run
+
+
+def other_versions(storage: Storage, version: int) -> list[Path]:
+    """``image/<n>`` of every version but ``version``: the history the container reads."""
+    if not storage.image_dir.is_dir():
+        return []
+    return sorted((p for p in storage.image_dir.iterdir()
+                   if p.name.isdigit() and p.name != str(version) and p.is_dir()
+                   and not p.is_symlink()), key=lambda p: int(p.name))
+
+
+def protected_trees(storage: Storage, version: int) -> list[Path]:
+    """What the container may read but must leave as it was: every other version's
+    ``image/<n>`` and this version's ``os-core``."""
+    return [*other_versions(storage, version), storage.os_core(version)]
+
+
+def published_trees(storage: Storage, version: int) -> list[Path]:
+    """Every other version's ``www/<n>``: the container links pack members from them and
+    may add deltas, but must not change what devices download."""
+    if not storage.www_dir.is_dir():
+        return []
+    return sorted((p for p in storage.www_dir.iterdir()
+                   if p.name.isdigit() and p.name != str(version) and p.is_dir()),
+                  key=lambda p: int(p.name))
+
+
+def storage_volumes(storage: Storage, version: int, run: Path, source: Path) -> list[str]:
+    """The contract's mount (the whole storage) and the views that protect the history.
+
+    The check's verification stamps are read-only too: a stamp lets the gate skip a file.
+    """
+    root = storage.root.resolve()
+    state = CONTAINER_STATE
+    volumes = [f"{root}:{state}:rw", f"{run / 'lock'}:{state}/.lock:rw",
+               f"{run / 'image'}:{state}/image:rw"]
+    if (root / STAMP_DIR).is_dir():
+        volumes.append(f"{root / STAMP_DIR}:{state}/{STAMP_DIR}:ro")
+    volumes += [f"{tree.resolve()}:{state}/image/{tree.name}:ro"
+                for tree in other_versions(storage, version)]
+    volumes.append(f"{source.resolve()}:{state}/image/{version}/os-core:ro")
+    return volumes
+
+
+def split_volumes(storage: Storage, version: int, source: Path) -> list[str]:
+    """The mounts before the contract was followed (tests only): ``packstage`` then lies on
+    the container's own filesystem, so every hard link into it fails."""
+    root = storage.root.resolve()
+    volumes = [f"{root / 'image'}:{CONTAINER_STATE}/image:rw",
+               f"{root / 'www'}:{CONTAINER_STATE}/www:rw"]
+    if source != storage.os_core(version):
+        volumes.append(f"{source}:{CONTAINER_STATE}/image/{version}/os-core:rw")
+    return volumes
+
+
+def stale_runs(storage: Storage) -> list[Path]:
+    """Run directories a killed run left; the lock says none is live."""
+    if not storage.root.is_dir():
+        return []
+    return sorted(p for p in storage.root.resolve().iterdir() if p.name.startswith(RUN_PREFIX))
+
+
+def remove_ours(paths: list[Path]) -> list[Path]:
+    """Remove what we can of our own directories; returns what only root can remove."""
+    with deferred_signals():
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+        return [p for p in paths if os.path.lexists(p)]
 
 
 def connect(host: str | None, api_version: str | None = None) -> Any:
@@ -200,12 +374,11 @@ def require_image(client: Any, image: str, address: str) -> None:
 
 
 def container_volumes(storage: Storage, extra: tuple[str, ...]) -> list[str]:
-    """``-v`` arguments: the contract's two mounts, then ``docker_volumes`` (validated)."""
+    """``docker_volumes`` as ``-v`` arguments (validated); creates ``image/`` and ``www/``."""
     root = storage.root.resolve()
     for path in (root / "image", root / "www"):
         path.mkdir(parents=True, exist_ok=True)
-    volumes = [f"{root / 'image'}:{CONTAINER_STATE}/image:rw",
-               f"{root / 'www'}:{CONTAINER_STATE}/www:rw"]
+    volumes = []
     for spec in extra:
         parts = spec.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/") \
