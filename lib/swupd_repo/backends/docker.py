@@ -46,8 +46,8 @@ from ..errors import BackendError, SettingsError
 from .materialise import (
     copy_path,
     materialise,
+    needs_copy,
     stale_copies,
-    under_pseudo,
     unknown_to_pseudo,
 )
 from .storage_guard import (
@@ -108,7 +108,7 @@ class DockerBackend:
                 copies = stale_copies(storage)  # of a killed run
                 try:
                     remove_in_container(client, settings.docker_image, storage, copies, reporter)
-                    if under_pseudo():
+                    if needs_copy(storage, version):
                         copies = [copy_path(storage, version)]
                         copy = materialise(client, settings.docker_image, storage, version,
                                            reporter)
