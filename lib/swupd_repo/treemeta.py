@@ -168,6 +168,8 @@ def read_record(path: Path) -> dict[str, Meta]:
                 raise _damaged(path, "it does not start with the record header")
             digest.update(first)
             for number, line in enumerate(f, 2):
+                if not line.endswith(b"\n"):
+                    break  # cut short: refused below as incomplete
                 if line.startswith(_END):
                     _, count, checksum = line.rstrip(b"\n").split(b"\t")
                     if int(count) != len(entries) or \
