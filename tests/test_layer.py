@@ -2,9 +2,11 @@
 
 Every build runs ``tests/bitbake/runner.py`` in its own process (like ``bitbake``): tasks are
 forked one by one, run in a new user namespace without network, and ``[fakeroot]`` tasks under
-Debian's pseudo, so a class that only works as plain root fails here as it would in a real
-build. The miniature build tree (tests/bitbake/meta-test) has an ``ostro-image`` recipe whose
-do_rootfs/do_image make a GPT ``.dsk`` with sgdisk and ``mkfs.ext4 -d``.
+Debian's pseudo with OE-core's PSEUDO_INCLUDE_PATHS rule enforced by the bed, so a class that
+only works as plain root, or relies on pseudo outside the paths OE-core's pseudo tracks, fails
+here as it would in a real build. The miniature build tree (tests/bitbake/meta-test) has
+``ostro-image`` and ``ostro-image-dev`` recipes whose do_rootfs/do_image make a GPT ``.dsk``
+with sgdisk and ``mkfs.ext4 -d``.
 
 Not exercised: the re-parse after a publish that BitBake's parse cache needs (the class marks
 both latest markers with ``bb.parse.mark_dependency``, so a changed marker invalidates the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +33,7 @@ sys.path[0:0] = [str(REPO / "tests" / "bitbake"), str(REPO / "tests" / "bitbake"
 import bed  # noqa: E402
 
 from helpers_trees import snapshot  # noqa: E402
+from swupd_repo import treemeta  # noqa: E402
 from swupd_repo.settings import load_settings  # noqa: E402
 from swupd_repo.storage import Storage  # noqa: E402
 
@@ -50,12 +54,13 @@ def parse(builddir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def storage_of(builddir: Path) -> Storage:
-    return Storage(builddir / "swupd-repo" / bed.MACHINE)
+def storage_of(builddir: Path, image: str = "ostro-image") -> Storage:
+    """The default storage of ``image``: one per image and MACHINE."""
+    return Storage(builddir / "swupd-repo" / f"{image}-{bed.MACHINE}")
 
 
-def task_log(builddir: Path, task: str) -> str:
-    log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/temp" / f"log.{task}"
+def task_log(builddir: Path, task: str, image: str = "ostro-image") -> str:
+    log = builddir / "tmp/work" / bed.MACHINE / image / "1.0/temp" / f"log.{task}"
     return log.read_text()
 
 
@@ -67,18 +72,16 @@ def dsk_os_release(dsk: Path) -> str:
     return proc.stdout
 
 
-def pseudo_stat(builddir: Path, paths: list[Path]) -> list[str]:
-    """``uid:gid mode type`` of paths as the recipe's pseudo database knows them."""
-    env = dict(os.environ, PSEUDO_PREFIX="/usr", PSEUDO_LOCALSTATEDIR=str(
-        builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo"))
-    try:
-        proc = subprocess.run(["pseudo", "stat", "-c", "%u:%g %a %F", *map(str, paths)],
-                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=True)
-    finally:
-        subprocess.run(["pseudo", "-S"], env=env, stdin=subprocess.DEVNULL,
-                       capture_output=True, check=False)
-    return proc.stdout.splitlines()
+#: What the bed's rootfs_install makes of /home/ostro and /dev/null.
+RECORDED = [(1000, 1000, 0o700, stat.S_IFDIR, 0), (0, 0, 0o666, stat.S_IFCHR, os.makedev(1, 3))]
+
+
+def record_says(root: Path) -> list[tuple[int, int, int, int, int]]:
+    """``(uid, gid, permissions, type, rdev)`` of /home/ostro and /dev/null in the record."""
+    record = treemeta.load(root)
+    assert record is not None, f"{root} has no metadata record"
+    return [(m.uid, m.gid, stat.S_IMODE(m.mode), stat.S_IFMT(m.mode), m.rdev)
+            for m in map(record.get, ("/home/ostro", "/dev/null"))]
 
 
 def version_id(path: Path) -> str:
@@ -104,7 +107,9 @@ def test_class_parses_without_warnings_with_layer_on_python_path(fresh):
     assert report["config_parsed_handler"] == "1"  # the bed's own event handler ran
     assert report["order"] == ["do_rootfs", "do_image", "do_image_complete", "do_swupd_repo",
                                "do_build"]
-    assert set(report["fakeroot"]) >= {"do_rootfs", "do_image", "do_swupd_repo"}
+    # the image tasks need pseudo, and only inside PSEUDO_INCLUDE_PATHS; publishing needs none
+    assert set(report["fakeroot"]) == {"do_rootfs", "do_image"}
+    assert report["pseudo_uncovered"] == {"do_rootfs": [], "do_image": []}
     assert report["lockfiles"] == str(storage_of(fresh).root) + ".bitbake.lock"
     assert report["os_version"] == "10"
     assert "swupd_repo_os_release" in report["rootfs_postprocess"].split()
@@ -262,14 +267,24 @@ def test_two_builds_publish_10_then_20(published):
     assert "PROGRESS: do_swupd_repo: 100%" in published["second"].output
 
 
-def test_extracted_tree_keeps_owners_and_devices_through_pseudo(published):
+def test_stored_tree_keeps_owners_devices_and_xattrs_in_its_record(published):
+    """No pseudo database holds them: the record does, and the files on disk are plain."""
     storage = storage_of(built(published))
     root = storage.os_core(20)
-    lines = pseudo_stat(published["builddir"],
-                        [root / "home/ostro", root / "home/ostro/notes", root / "dev/null"])
-    assert lines[0] == "1000:1000 700 directory"
-    assert lines[1].startswith("1000:1000 644 ")
-    assert lines[2] == "0:0 666 character special file"
+    record = treemeta.load(root)
+    assert record is not None
+    home, notes, null = (record.get(p) for p in ("/home/ostro", "/home/ostro/notes",
+                                                 "/dev/null"))
+    assert (home.uid, home.gid, stat.S_IMODE(home.mode), stat.S_ISDIR(home.mode)) == \
+        (1000, 1000, 0o700, True)
+    assert (notes.uid, notes.gid, stat.S_IMODE(notes.mode)) == (1000, 1000, 0o644)
+    assert stat.S_ISCHR(null.mode) and null.rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(null.mode) == 0o666
+    assert record.get("/usr/bin/hello").xattrs == {b"security.SMACK64": b"System"}
+    st = os.lstat(root / "dev/null")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0  # an empty placeholder
+    assert os.listxattr(root / "usr/bin/hello") == []
+    assert os.lstat(root / "home/ostro").st_uid == os.getuid()
 
 
 def built(published: dict) -> Path:
@@ -320,28 +335,25 @@ def test_stale_image_fails_naming_os_version(published):
     assert 'OS_VERSION = "30"' in log
 
 
-def test_without_fakeroot_the_extraction_fails(tmp_path):
-    """The bed is strict: the task as root but outside pseudo cannot restore owners/devices."""
+def test_a_fakeroot_publish_fails_as_with_oe_core_pseudo(tmp_path):
+    """The bed reproduces issue 11's first failure: a [fakeroot] do_swupd_repo (the class
+    before storage records) writes the storage, which OE-core's PSEUDO_INCLUDE_PATHS leaves
+    out, so OE-core's pseudo cannot fake its owners. The very first build failed so."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     shutil.copytree(bed.LAYER, checkout / "meta-swupd-repo")
     (checkout / "lib").symlink_to(REPO / "lib")
     (checkout / "conf").symlink_to(REPO / "conf")
     bbclass = checkout / "meta-swupd-repo/classes/swupd-repo.bbclass"
-    text = bbclass.read_text()
-    assert 'do_swupd_repo[fakeroot] = "1"\n' in text
-    bbclass.write_text(text.replace('do_swupd_repo[fakeroot] = "1"\n', ""))
+    bbclass.write_text(bbclass.read_text() + 'do_swupd_repo[fakeroot] = "1"\n')
     builddir = bed.make_builddir(tmp_path / "build")
     layers = builddir / "conf/bblayers.conf"
     layers.write_text(layers.read_text().replace(str(bed.LAYER), str(checkout / "meta-swupd-repo")))
     result = bed.bitbake(builddir)
     assert not result.ok
-    log = task_log(builddir, "do_swupd_repo")
-    assert "Operation not permitted" in log or "Invalid argument" in log
-    storage = storage_of(builddir)
-    assert storage.latest() == 0
-    assert not storage.www_dir.exists() or not any(storage.www_dir.iterdir())
-    assert not storage.image(10).exists()
+    assert f"do_swupd_repo is [fakeroot] but sets owners in {storage_of(builddir).root}, " \
+        "outside PSEUDO_INCLUDE_PATHS" in result.output
+    assert storage_of(builddir).latest() == 0
 
 
 # ---------------------------------------------------------------- the docker backend
@@ -368,7 +380,7 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     assert "container: " in log
     assert version_id(storage.os_core(10) / "usr/lib/os-release") == "10"
 
-    # a second build: the first one's copy for the container left pseudo's database sound
+    # a second build: the first one's copy for the container left the storage sound
     bed.set_local_conf(builddir, conf + 'IMAGE_MOTD = "second build"\n')
     result = bed.bitbake(builddir)
     assert result.ok, result.output
@@ -380,24 +392,18 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     assert "\t20\t/usr/lib/os-release\n" in manifest and "\t10\t/usr/bin/hello\n" in manifest
     assert not [p for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
     for version in (10, 20):
-        root = storage.os_core(version)
-        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
-            ["1000:1000 700 directory", "0:0 666 character special file"]
-    # the container replaced files behind pseudo's back: none was one pseudo knew (an inode
-    # it knows, freed and reused, makes it abort the task with "path mismatch")
-    pseudo_log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo/pseudo.log"
-    assert "mismatch" not in pseudo_log.read_text()
+        assert record_says(storage.os_core(version)) == RECORDED
 
 
 @pytest.mark.docker
 def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
-    """The container publishes the tree as pseudo knows it, not the bare files on disk.
+    """The container publishes the tree as its record describes it, not the bare files.
 
-    do_swupd_repo is [fakeroot]: the extraction's owners (chown 1000), device nodes (mknod
-    makes an empty regular file) and security.* xattrs exist only in pseudo's database. The
-    docker backend copies the tree as the task sees it for the container; without that copy
-    /home/ostro, /home/ostro/notes, /dev/null and /usr/bin/hello would differ from the native
-    backend's manifest. The copy is gone afterwards and the tree pseudo describes untouched.
+    The extraction's owners (1000), device nodes (an empty placeholder file on disk) and
+    security.* xattrs exist only in the tree's metadata record. The docker backend copies the
+    tree with them for the container; without that copy /home/ostro, /home/ostro/notes,
+    /dev/null and /usr/bin/hello would differ from the native backend's manifest. The copy
+    is gone afterwards and the stored tree and record untouched.
     """
     manifests = {}
     for backend in ("native", "docker"):
@@ -411,12 +417,9 @@ def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
         manifests[backend] = [line for line in text.splitlines()
                               if not line.startswith("timestamp:")]
         assert not [p.name for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
-        root = storage.os_core(10)
-        # what pseudo knows of the tree on disk is what the extraction made
-        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
-            ["1000:1000 700 directory", "0:0 666 character special file"]
+        assert record_says(storage.os_core(10)) == RECORDED
     hello = [line for line in manifests["native"] if line.endswith("\t/usr/bin/hello")]
     assert hello and "/dev/null" in "\n".join(manifests["native"])
     assert manifests["docker"] == manifests["native"]
     log = task_log(tmp_path / "docker", "do_swupd_repo")
-    assert "with its fakeroot (pseudo) owners, devices and xattrs" in log
+    assert "with the owners, devices and xattrs of its metadata record" in log
