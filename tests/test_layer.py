@@ -22,6 +22,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -171,17 +172,20 @@ def test_layout_discovery_order_and_error(tmp_path):
     d = bb.data.init()
     d.setVar("DEPLOY_DIR_IMAGE", str(deploy))
     d.setVar("IMAGE_LINK_NAME", "ostro-image-m")
+    d.setVar("IMAGE_NAME", "ostro-image-m-20260101120000")
     d.setVar("MACHINE", "m")
     d.setVar("FILESPATH", f"{tmp_path}/none:{files}")
     with pytest.raises(LayoutError) as err:
         find_layout(d)
-    for looked in (deploy / "ostro-image-m-disk-layout.json", deploy / "disk-layout-m.json",
+    for looked in (deploy / "ostro-image-m-20260101120000-disk-layout.json",
+                   deploy / "ostro-image-m-disk-layout.json", deploy / "disk-layout-m.json",
                    files / "disk-layout-m.json", "DSK_IMAGE_LAYOUT"):
         assert str(looked) in str(err.value)
     d.setVar("DSK_IMAGE_LAYOUT", '{"partition_01_rootfs": {}}')
     assert find_layout(d) == (None, '{"partition_01_rootfs": {}}')
     for path in (files / "disk-layout-m.json", deploy / "disk-layout-m.json",
-                 deploy / "ostro-image-m-disk-layout.json"):
+                 deploy / "ostro-image-m-disk-layout.json",
+                 deploy / "ostro-image-m-20260101120000-disk-layout.json"):
         path.write_text("{}")
         assert find_layout(d) == (path, None)
     explicit = tmp_path / "mine.json"
@@ -285,6 +289,23 @@ def test_stored_tree_keeps_owners_devices_and_xattrs_in_its_record(published):
     assert stat.S_ISREG(st.st_mode) and st.st_size == 0  # an empty placeholder
     assert os.listxattr(root / "usr/bin/hello") == []
     assert os.lstat(root / "home/ostro").st_uid == os.getuid()
+
+
+def test_the_layout_the_image_deploys_under_its_name_is_used(published):
+    """The bed's image class deploys only ${IMAGE_NAME}-disk-layout.json, as image-dsk does."""
+    log = task_log(built(published), "do_swupd_repo")
+    deploy = published["builddir"] / "tmp/deploy/images" / bed.MACHINE
+    assert f"disk layout: {deploy}/ostro-image-{bed.MACHINE}-1.0-r0-disk-layout.json" in log
+
+
+def manifest_lines(storage: Storage, version: int) -> dict[str, list[str]]:
+    """path -> [flags, hash, version] of ``www/<version>/Manifest.os-core``."""
+    lines = {}
+    for line in (storage.www(version) / "Manifest.os-core").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[3].startswith("/"):
+            lines[fields[3]] = fields[:3]
+    return lines
 
 
 def built(published: dict) -> Path:
@@ -423,3 +444,135 @@ def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
     assert manifests["docker"] == manifests["native"]
     log = task_log(tmp_path / "docker", "do_swupd_repo")
     assert "with the owners, devices and xattrs of its metadata record" in log
+
+
+# ---------------------------------------------------------------- several images, one storage
+
+
+def test_two_images_in_one_build_publish_into_their_own_storages(tmp_path):
+    """`bitbake ostro-image ostro-image-dev`: each image has its default storage, so both
+    publish version 10, and the second build both publish 20."""
+    builddir = bed.make_builddir(tmp_path, 'IMAGE_MOTD = "first"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "second"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    for image in ("ostro-image", "ostro-image-dev"):
+        storage = storage_of(builddir, image)
+        assert storage.published_versions() == [10, 20], image
+        assert (storage.os_core(20) / "etc/motd").read_text() == "second\n"
+        assert record_says(storage.os_core(20)) == RECORDED
+
+
+def test_images_sharing_a_storage_on_purpose_take_turns(tmp_path):
+    """One SWUPD_REPO_STORAGE_DIR for both images, each with its own OS_VERSION: the tasks
+    run one after the other (the lock file beside the storage) and both versions publish."""
+    shared = tmp_path / "shared-storage"
+    builddir = bed.make_builddir(tmp_path / "build",
+                                 f'SWUPD_REPO_STORAGE_DIR = "{shared}"\n'
+                                 'OS_VERSION:pn-ostro-image = "10"\n'
+                                 'OS_VERSION:pn-ostro-image-dev = "20"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    storage = Storage(shared)
+    assert storage.published_versions() == [10, 20]
+    assert storage.latest() == 20
+
+
+def test_cli_publish_between_two_bitbake_builds(tmp_path, capsys):
+    """BitBake publishes 10; `swupd-repo publish` (another process, no pseudo) publishes an
+    image built as 20; BitBake publishes 30 from it: one history, metadata intact."""
+    from swupd_repo.cli import main as cli_main
+
+    builddir = bed.make_builddir(tmp_path, 'IMAGE_MOTD = "bitbake 10"\n')
+    assert bed.bitbake(builddir).ok
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "cli 20"\nSWUPD_REPO_GENERATE = "0"\n'
+                                 'OS_VERSION = "20"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    deploy = builddir / "tmp/deploy/images" / bed.MACHINE
+    assert cli_main(["publish", "--storage", str(storage.root),
+                     "--dsk", str(deploy / f"ostro-image-{bed.MACHINE}.dsk"),
+                     "--layout", str(deploy / f"ostro-image-{bed.MACHINE}-1.0-r0-disk-layout.json"),
+                     "--version", "20"]) == 0
+    capsys.readouterr()
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "bitbake 30"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    assert storage.published_versions() == [10, 20, 30]
+    lines = {v: manifest_lines(storage, v) for v in (10, 20, 30)}
+    for path in ("/usr/bin/hello", "/home/ostro/notes", "/dev/null"):
+        assert lines[30][path] == lines[20][path] == lines[10][path], path
+    assert lines[30]["/home/ostro/release-notes"][2] == "30"
+    assert (storage.www(30) / "delta" /
+            f"20-30-{lines[30]['/home/ostro/release-notes'][1]}").is_file()
+
+
+# ---------------------------------------------------------------- storage problems at parse time
+
+
+def test_an_unreadable_storage_skips_only_its_image(tmp_path):
+    """A storage whose latest marker cannot be read: ostro-image is skipped with the reason,
+    ostro-image-dev (its own storage) still builds. Before, parsing halted for every recipe."""
+    builddir = bed.make_builddir(tmp_path)
+    marker = storage_of(builddir).latest_image_marker
+    marker.mkdir(parents=True)  # unreadable as a file, even for root
+    result = bed.bitbake(builddir, "ostro-image-dev")
+    assert result.ok, result.output
+    assert storage_of(builddir, "ostro-image-dev").published_versions() == [10]
+    result = bed.bitbake(builddir, "ostro-image")
+    assert not result.ok
+    assert f"Nothing PROVIDES 'ostro-image' (ostro-image was skipped: cannot read {marker}: " \
+        "Is a directory)" in result.output
+    assert "Parsing halted" not in result.output
+
+
+def test_an_unusable_storage_location_names_the_variable(tmp_path):
+    builddir = bed.make_builddir(tmp_path)
+    bad = builddir / "conf" / "local.conf" / "storage"
+    bed.set_local_conf(builddir, f'SWUPD_REPO_STORAGE_DIR = "{bad}"\n')
+    result = bed.bitbake(builddir)
+    assert not result.ok
+    errors = [line for line in result.output.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, result.output
+    assert f"SWUPD_REPO_STORAGE_DIR {bad} cannot be used: {bad.parent} is not a directory" \
+        in errors[0]
+    assert "set SWUPD_REPO_STORAGE_DIR in local.conf" in errors[0]
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- after the published builds
+
+
+def test_clean_then_build_publishes_deltas_from_the_earlier_version(published):
+    """rm_work/cleanall remove the recipe's WORKDIR, pseudo database included; the storage
+    keeps every stored tree's owners and xattrs in its records, so the next build keeps the
+    unchanged files' hashes and makes a delta, carrying owner and label, from version 20."""
+    from swupd_repo.swupd.delta import apply_delta
+    from swupd_repo.swupd.hashing import hash_bytes
+
+    builddir = built(published)
+    shutil.rmtree(builddir / "tmp/work" / bed.MACHINE / "ostro-image")
+    shutil.rmtree(builddir / "tmp/stamps" / bed.MACHINE / "ostro-image")
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "third build"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10, 20, 30]
+    old, new = manifest_lines(storage, 20), manifest_lines(storage, 30)
+    for path in ("/usr/bin/hello", "/home/ostro", "/home/ostro/notes", "/dev/null"):
+        assert new[path] == old[path], path  # same hash, same last change
+    notes = "/home/ostro/release-notes"
+    assert new[notes][2] == "30" and old[notes][2] == "20"
+    delta = storage.www(30) / "delta" / f"20-30-{new[notes][1]}"
+    assert delta.is_file(), sorted(p.name for p in (storage.www(30) / "delta").iterdir())
+    data, mode, uid, gid = apply_delta(delta.read_bytes(),
+                                       (storage.os_core(20) / notes[1:]).read_bytes())
+    assert (uid, gid, stat.S_IMODE(mode)) == (1000, 1000, 0o644)
+    label = {b"security.SMACK64": b"User"}
+    assert hash_bytes(mode, uid, gid, 0, len(data), label, data) == new[notes][1]
+    assert b"third build" in data
+    with tarfile.open(storage.www(30) / "pack-os-core-from-20.tar") as pack:
+        assert f"delta/{delta.name}" in pack.getnames()

@@ -112,12 +112,13 @@ def parse_all(builder) -> dict[str, str]:
     skipped = {}
     for pn, (fn, layername) in recipes(builder.data).items():
         try:
-            builder.parseRecipe(fn, [], layername)
-        except bb.parse.SkipRecipe as exc:
-            skipped[pn] = str(exc)
+            d = builder.parseRecipe(fn, [], layername)
         except bb.BBHandledException:
             logger.error("Parsing halted due to errors, see error messages above")
             raise
+        reason = d.getVar("__SKIPPED")  # bb.parse.ast records a SkipRecipe so, as the cache
+        if reason:
+            skipped[pn] = str(reason)
     return skipped
 
 

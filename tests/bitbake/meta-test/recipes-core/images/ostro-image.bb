@@ -17,6 +17,11 @@ rootfs_install () {
 	printf '#!/bin/sh\necho hello\n' > usr/bin/hello
 	chmod 0755 usr/bin/hello
 	echo "ostro's notes" > home/ostro/notes
+	# big enough for a delta (the client gets whole files under 200 bytes), changing with
+	# IMAGE_MOTD, owned by a user and labelled: a delta must carry all of it
+	for i in $(seq 1 64); do echo "line $i of the release notes of ${IMAGE_MOTD}"; done \
+		> home/ostro/release-notes
+	setfattr -n security.SMACK64 -v User home/ostro/release-notes
 	chown -R 1000:1000 home/ostro
 	chmod 0700 home/ostro
 	mknod -m 0666 dev/null c 1 3
