@@ -505,9 +505,9 @@ def test_cli_publish_between_two_bitbake_builds(tmp_path, capsys):
     lines = {v: manifest_lines(storage, v) for v in (10, 20, 30)}
     for path in ("/usr/bin/hello", "/home/ostro/notes", "/dev/null"):
         assert lines[30][path] == lines[20][path] == lines[10][path], path
-    assert lines[30]["/home/ostro/release-notes"][2] == "30"
+    assert lines[30]["/usr/share/ostro/release-notes"][2] == "30"
     assert (storage.www(30) / "delta" /
-            f"20-30-{lines[30]['/home/ostro/release-notes'][1]}").is_file()
+            f"20-30-{lines[30]['/usr/share/ostro/release-notes'][1]}").is_file()
 
 
 # ---------------------------------------------------------------- storage problems at parse time
@@ -564,7 +564,7 @@ def test_clean_then_build_publishes_deltas_from_the_earlier_version(published):
     old, new = manifest_lines(storage, 20), manifest_lines(storage, 30)
     for path in ("/usr/bin/hello", "/home/ostro", "/home/ostro/notes", "/dev/null"):
         assert new[path] == old[path], path  # same hash, same last change
-    notes = "/home/ostro/release-notes"
+    notes = "/usr/share/ostro/release-notes"
     assert new[notes][2] == "30" and old[notes][2] == "20"
     delta = storage.www(30) / "delta" / f"20-30-{new[notes][1]}"
     assert delta.is_file(), sorted(p.name for p in (storage.www(30) / "delta").iterdir())
@@ -576,3 +576,21 @@ def test_clean_then_build_publishes_deltas_from_the_earlier_version(published):
     assert b"third build" in data
     with tarfile.open(storage.www(30) / "pack-os-core-from-20.tar") as pack:
         assert f"delta/{delta.name}" in pack.getnames()
+
+
+def test_the_release_gate_runs_inside_the_task_without_network(tmp_path):
+    """SWUPD_REPO_CHECK = "1": do_swupd_repo has no [network] (the bed runs it in a new network
+    namespace, as bitbake-worker does), yet the simulated install and update 10 -> 20 run."""
+    builddir = bed.make_builddir(tmp_path, 'SWUPD_REPO_CHECK = "1"\nIMAGE_MOTD = "one"\n')
+    assert parse(builddir)["network"] == []
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    bed.set_local_conf(builddir, 'SWUPD_REPO_CHECK = "1"\nIMAGE_MOTD = "two"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    log = task_log(builddir, "do_swupd_repo")
+    assert "update 10 -> 20: " in log and "; 0 problems" in log
+    assert "running the update simulation under pseudo" in log
+    assert "1 deltas (0 fell back)" in log  # the release notes, owner and label included
+    assert "check passed: version 20" in log
+    assert storage_of(builddir).published_versions() == [10, 20]

@@ -301,6 +301,12 @@ def publish_image(d: Datastore) -> int:
         bb.note(f"disk layout: {layout_path}")
     else:
         bb.note("disk layout: the DSK_IMAGE_LAYOUT variable")
+    if settings.check:
+        # the release gate's update simulation may need pseudo (check/unprivileged.py)
+        from .check.unprivileged import PSEUDO_ENV_VAR, PSEUDO_VAR
+
+        os.environ[PSEUDO_VAR] = d.getVar("FAKEROOTCMD") or ""
+        os.environ[PSEUDO_ENV_VAR] = d.getVar("FAKEROOTENV") or ""
     version = publish(settings, BitBakeReporter(d), layout_text=layout_text)
     storage = settings.storage_dir
     bb.plain(f"swupd-repo: published version {version} in {storage}/www; serve it with "

@@ -158,6 +158,11 @@ do_swupd_repo[doc] = "Publishes the image's rootfs as version OS_VERSION of the 
 # Nothing is downloaded: the container's image must already be in the engine.
 # nooelint: oelint.task.network
 do_swupd_repo[network] = "${@'1' if d.getVar('SWUPD_REPO_BACKEND') == 'docker' else ''}"
+# SWUPD_REPO_CHECK = "1" installs and updates scratch roots with the image's owners; a task
+# may not chown, so that simulation runs under the build's pseudo (FAKEROOTCMD) with a
+# database and PSEUDO_INCLUDE_PATHS of its own scratch directory. Its server listens on the
+# loopback interface of the task's own network namespace: no [network] needed.
+do_swupd_repo[depends] += "${@'virtual/fakeroot-native:do_populate_sysroot' if bb.utils.to_boolean(d.getVar('SWUPD_REPO_CHECK')) else ''}"
 # One writer per storage directory, also across images and multiconfigs sharing it.
 do_swupd_repo[lockfiles] = "${SWUPD_REPO_STORAGE_DIR}.bitbake.lock"
 do_swupd_repo[vardeps] += "${SWUPD_REPO_TASK_VARIABLES}"

@@ -23,7 +23,9 @@ from ..storage import Storage
 from ..swupd.manifest import Manifest, parse_manifest
 from ..treemeta import load as load_meta
 from ..versions import is_update_source
+from .loopback import bring_up_loopback
 from .report import CheckReport, Simulation
+from .unprivileged import can_set_owners, simulate_under_pseudo
 
 
 def update_sources(candidates: Sequence[int], version: int, reporter: Reporter, *,
@@ -94,7 +96,21 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
     options: dict[str, Any] = {"trusted_certs": trusted_certs, "check_time": check_time}
     # devices will see this version as latest once it is published: show them that now
     latest = {f"/{storage.latest_www_marker.relative_to(storage.www_dir)}": f"{version}\n".encode()}
+    try:
+        if bring_up_loopback():
+            rep.info("brought up the loopback interface of this task's own network namespace "
+                     "for the update simulation (no other network)")
+    except OSError as exc:
+        rep.warning(f"cannot bring up the loopback interface ({exc.strerror}); the update "
+                    "simulation needs 127.0.0.1")
     scratch = scratch_dir(version)
+    if not can_set_owners(scratch):
+        try:
+            simulate_under_pseudo(storage, version, earlier, report, rep, trusted_certs,
+                                  check_time, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     try:
         with serve_in_thread(storage.www_dir, overrides=latest) as url:
             for start in [0, *earlier]:
