@@ -190,3 +190,34 @@ def test_stored_trees_publish_the_reference_repository(stored_storage: Path,
         for member, got in ours.items():
             if member.startswith("staged/"):
                 assert got == ref[member], member
+
+
+def test_the_docker_copy_streams_the_record_not_the_disk(stored10: Path) -> None:
+    """What the engine unpacks for the container: owners, modes, devices and xattrs of the
+    record (the disk here says 65534 and no xattrs for everything)."""
+    import io
+    import tarfile
+
+    from swupd_repo.backends.materialise import needs_copy, tree_tar
+    from swupd_repo.storage import Storage
+
+    record = treemeta.load(stored10)
+    assert record is not None
+    assert needs_copy(Storage(stored10.parents[2]), 10)
+    stream = io.BytesIO(b"".join(tree_tar(stored10)))
+    with tarfile.open(fileobj=stream) as tar:
+        members = tar.getmembers()
+    assert len(members) == len(record.entries) - 1  # the root itself is not a member
+    labelled = 0
+    for member in members:
+        meta = record.get("/" + member.name.rstrip("/"))
+        assert (member.uid, member.gid) == (meta.uid, meta.gid), member.name
+        if not member.issym():
+            assert member.mode == stat.S_IMODE(meta.mode), member.name
+        assert member.isdir() == stat.S_ISDIR(meta.mode), member.name
+        assert member.ischr() == stat.S_ISCHR(meta.mode), member.name
+        xattrs = {k.removeprefix("SCHILY.xattr."): v for k, v in member.pax_headers.items()
+                  if k.startswith("SCHILY.xattr.")}
+        assert xattrs.keys() == {os.fsdecode(k) for k in meta.xattrs}, member.name
+        labelled += bool(xattrs)
+    assert labelled and any(m.uid != NOBODY for m in members)

@@ -274,7 +274,7 @@ def load(tree: Path) -> TreeMeta | None:
     """The checked record of ``tree``, or None when the tree has none (stored before records:
     read its metadata from the tree itself, see :func:`from_disk`)."""
     path = record_path(tree)
-    if not path.exists():
+    if not path.exists() or not tree.is_dir():  # no record, or a record left without its tree
         return None
     meta = TreeMeta(tree, read_record(path))
     meta.check_tree()
