@@ -221,3 +221,23 @@ def test_the_docker_copy_streams_the_record_not_the_disk(stored10: Path) -> None
         assert xattrs.keys() == {os.fsdecode(k) for k in meta.xattrs}, member.name
         labelled += bool(xattrs)
     assert labelled and any(m.uid != NOBODY for m in members)
+
+
+def test_a_copy_made_as_root_matches_its_record(tmp_path: Path) -> None:
+    """The Docker backend's copy has real device nodes and no sockets (tar cannot carry
+    them): the record still describes it; a missing regular file is still refused."""
+    tree = tmp_path / "os-core"
+    (tree / "dev").mkdir(parents=True)
+    os.mknod(tree / "dev" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (tree / "f").write_text("x")
+    with RecordWriter(tree) as writer:
+        writer.add("/", Meta(stat.S_IFDIR | 0o755, 0, 0, 0, {}))
+        writer.add("/dev", Meta(stat.S_IFDIR | 0o755, 0, 0, 0, {}))
+        writer.add("/dev/null", Meta(stat.S_IFCHR | 0o666, 0, 0, os.makedev(1, 3), {}))
+        writer.add("/dev/log", Meta(stat.S_IFSOCK | 0o666, 0, 0, 0, {}))
+        writer.add("/f", Meta(stat.S_IFREG | 0o644, 0, 0, 0, {}))
+        writer.install()
+    assert treemeta.load(tree) is not None
+    (tree / "f").unlink()
+    with pytest.raises(StorageError, match="/f is in the record but not on disk"):
+        treemeta.load(tree)

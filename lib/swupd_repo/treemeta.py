@@ -51,9 +51,11 @@ from .swupd.hashing import read_xattrs
 SUFFIX = ".meta"
 HEADER = b"swupd-repo tree metadata 1\n"
 _END = b"end\t"
-_KINDS = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink", stat.S_IFREG: "file",
-          stat.S_IFCHR: "file", stat.S_IFBLK: "file", stat.S_IFIFO: "other",
-          stat.S_IFSOCK: "other"}
+#: What each type may be on disk (see :func:`_disk_kinds`): a device node is a placeholder
+#: file in the storage and a real node in a copy made as root (the Docker backend's).
+_KINDS = {stat.S_IFDIR: ("directory",), stat.S_IFLNK: ("symlink",), stat.S_IFREG: ("file",),
+          stat.S_IFCHR: ("file", "other"), stat.S_IFBLK: ("file", "other"),
+          stat.S_IFIFO: ("other",), stat.S_IFSOCK: ("other",)}
 
 
 class Meta(NamedTuple):
@@ -229,20 +231,30 @@ class TreeMeta:
             meta = self.entries.get(path)
             if meta is None:
                 problems.append(f"{path} is on disk but not in the record")
-            elif _KINDS.get(stat.S_IFMT(meta.mode)) != kind:
+            elif kind not in _KINDS.get(stat.S_IFMT(meta.mode), ()):
                 problems.append(f"{path} is a {kind} on disk, the record says mode "
                                 f"{meta.mode:o}")
             if len(problems) >= 3:
                 break
         if not problems and seen != len(self.entries):
             on_disk = {p for p, _ in _disk_kinds(self.tree)}
-            missing = sorted(set(self.entries) - on_disk)[:3]
+            missing = sorted(p for p in set(self.entries) - on_disk if not _unread(p, self))[:3]
             problems = [f"{p} is in the record but not on disk" for p in missing]
         if problems:
             raise StorageError(f"{self.tree} and its metadata record {record_path(self.tree)} "
                                f"disagree: {'; '.join(problems)}",
                                hint="the tree was changed after it was stored; extract this "
                                     "version again (swupd-repo extract --force)")
+
+
+def _unread(path: str, meta: TreeMeta) -> bool:
+    """Paths no reader takes from disk, which a copy of the tree may lack: sockets (no tar
+    carries them) and names swupd refuses, with everything below them."""
+    from .swupd.heuristics import refused_name
+
+    if stat.S_ISSOCK(meta.entries[path].mode):
+        return True
+    return any(refused_name(name) for name in path.split("/")[1:])
 
 
 def _disk_kinds(tree: Path) -> Iterator[tuple[str, str]]:

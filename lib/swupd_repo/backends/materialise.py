@@ -161,8 +161,12 @@ def materialise(client: Any, image: str, storage: Storage, version: int,
     copy = copy_path(storage, version)
     # Not made by us: the engine creates a missing bind-mount source itself (as root), so
     # pseudo never learns an inode of the copy that a container later frees behind its back.
-    reporter.step(f"copying {source} with the owners, devices and xattrs of its metadata "
-                  "record for the container")
+    if record_path(source).exists():
+        reporter.step(f"copying {source} with the owners, devices and xattrs of its metadata "
+                      "record for the container")
+    else:  # a tree stored before records, read under pseudo
+        reporter.step(f"copying {source} with its fakeroot (pseudo) owners, devices and "
+                      "xattrs for the container")
     counts = Counts()
     try:
         helper = client.containers.create(
