@@ -290,11 +290,20 @@ def make_htree_tree(root: Path, count: int = 6000) -> Path:
     return root
 
 
-def describe_tree(root: Path, *, skip: tuple[str, ...] = ("lost+found",)) -> dict[str, tuple]:
+def describe_tree(root: Path, *, skip: tuple[str, ...] = ("lost+found",),
+                  stored: bool = False) -> dict[str, tuple]:
     """Everything swupd hashes (and a bit more) of every path under ``root``, root included:
     type, mode, uid, gid, content hash, link target, device number, xattrs, mtime seconds.
+
+    ``stored``: ``root`` is a stored tree; mode, owner, device number and xattrs come from
+    its metadata record (which must exist), the rest from disk.
     """
     import hashlib
+
+    from swupd_repo import treemeta
+
+    record = treemeta.load(root) if stored else None
+    assert record is not None or not stored, f"{root} has no metadata record"
 
     out: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -307,20 +316,22 @@ def describe_tree(root: Path, *, skip: tuple[str, ...] = ("lost+found",)) -> dic
             if name == "." and rel != ".":
                 continue
             st = os.lstat(path)
+            meta = (record.get("/" if rel == "." else "/" + rel) if record is not None
+                    else treemeta.from_disk(path, st))
+            mode = meta.mode
             content = target = None
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(mode):
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
                     for chunk in iter(lambda: f.read(MIB), b""):
                         h.update(chunk)
                 content = h.hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
+            elif stat.S_ISLNK(mode):
                 target = os.readlink(path)
-            xattrs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False))
-                                  for k in os.listxattr(path, follow_symlinks=False)))
-            rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                        None if stat.S_ISDIR(st.st_mode) else st.st_size, content, target,
+            xattrs = tuple(sorted((os.fsdecode(k), v) for k, v in meta.xattrs.items()))
+            rdev = meta.rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
+            out[rel] = (stat.S_IFMT(mode), stat.S_IMODE(mode), meta.uid, meta.gid,
+                        None if stat.S_ISDIR(mode) else st.st_size, content, target,
                         rdev, xattrs,
                         st.st_mtime_ns // 10**9)
     return out

@@ -2,9 +2,11 @@
 
 Every build runs ``tests/bitbake/runner.py`` in its own process (like ``bitbake``): tasks are
 forked one by one, run in a new user namespace without network, and ``[fakeroot]`` tasks under
-Debian's pseudo, so a class that only works as plain root fails here as it would in a real
-build. The miniature build tree (tests/bitbake/meta-test) has an ``ostro-image`` recipe whose
-do_rootfs/do_image make a GPT ``.dsk`` with sgdisk and ``mkfs.ext4 -d``.
+Debian's pseudo with OE-core's PSEUDO_INCLUDE_PATHS rule enforced by the bed, so a class that
+only works as plain root, or relies on pseudo outside the paths OE-core's pseudo tracks, fails
+here as it would in a real build. The miniature build tree (tests/bitbake/meta-test) has
+``ostro-image`` and ``ostro-image-dev`` recipes whose do_rootfs/do_image make a GPT ``.dsk``
+with sgdisk and ``mkfs.ext4 -d``.
 
 Not exercised: the re-parse after a publish that BitBake's parse cache needs (the class marks
 both latest markers with ``bb.parse.mark_dependency``, so a changed marker invalidates the
@@ -17,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,7 @@ sys.path[0:0] = [str(REPO / "tests" / "bitbake"), str(REPO / "tests" / "bitbake"
 import bed  # noqa: E402
 
 from helpers_trees import snapshot  # noqa: E402
+from swupd_repo import treemeta  # noqa: E402
 from swupd_repo.settings import load_settings  # noqa: E402
 from swupd_repo.storage import Storage  # noqa: E402
 
@@ -50,12 +55,13 @@ def parse(builddir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def storage_of(builddir: Path) -> Storage:
-    return Storage(builddir / "swupd-repo" / bed.MACHINE)
+def storage_of(builddir: Path, image: str = "ostro-image") -> Storage:
+    """The default storage of ``image``: one per image and MACHINE."""
+    return Storage(builddir / "swupd-repo" / f"{image}-{bed.MACHINE}")
 
 
-def task_log(builddir: Path, task: str) -> str:
-    log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/temp" / f"log.{task}"
+def task_log(builddir: Path, task: str, image: str = "ostro-image") -> str:
+    log = builddir / "tmp/work" / bed.MACHINE / image / "1.0/temp" / f"log.{task}"
     return log.read_text()
 
 
@@ -67,18 +73,16 @@ def dsk_os_release(dsk: Path) -> str:
     return proc.stdout
 
 
-def pseudo_stat(builddir: Path, paths: list[Path]) -> list[str]:
-    """``uid:gid mode type`` of paths as the recipe's pseudo database knows them."""
-    env = dict(os.environ, PSEUDO_PREFIX="/usr", PSEUDO_LOCALSTATEDIR=str(
-        builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo"))
-    try:
-        proc = subprocess.run(["pseudo", "stat", "-c", "%u:%g %a %F", *map(str, paths)],
-                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=True)
-    finally:
-        subprocess.run(["pseudo", "-S"], env=env, stdin=subprocess.DEVNULL,
-                       capture_output=True, check=False)
-    return proc.stdout.splitlines()
+#: What the bed's rootfs_install makes of /home/ostro and /dev/null.
+RECORDED = [(1000, 1000, 0o700, stat.S_IFDIR, 0), (0, 0, 0o666, stat.S_IFCHR, os.makedev(1, 3))]
+
+
+def record_says(root: Path) -> list[tuple[int, int, int, int, int]]:
+    """``(uid, gid, permissions, type, rdev)`` of /home/ostro and /dev/null in the record."""
+    record = treemeta.load(root)
+    assert record is not None, f"{root} has no metadata record"
+    return [(m.uid, m.gid, stat.S_IMODE(m.mode), stat.S_IFMT(m.mode), m.rdev)
+            for m in map(record.get, ("/home/ostro", "/dev/null"))]
 
 
 def version_id(path: Path) -> str:
@@ -104,7 +108,9 @@ def test_class_parses_without_warnings_with_layer_on_python_path(fresh):
     assert report["config_parsed_handler"] == "1"  # the bed's own event handler ran
     assert report["order"] == ["do_rootfs", "do_image", "do_image_complete", "do_swupd_repo",
                                "do_build"]
-    assert set(report["fakeroot"]) >= {"do_rootfs", "do_image", "do_swupd_repo"}
+    # the image tasks need pseudo, and only inside PSEUDO_INCLUDE_PATHS; publishing needs none
+    assert set(report["fakeroot"]) == {"do_rootfs", "do_image"}
+    assert report["pseudo_uncovered"] == {"do_rootfs": [], "do_image": []}
     assert report["lockfiles"] == str(storage_of(fresh).root) + ".bitbake.lock"
     assert report["os_version"] == "10"
     assert "swupd_repo_os_release" in report["rootfs_postprocess"].split()
@@ -166,17 +172,20 @@ def test_layout_discovery_order_and_error(tmp_path):
     d = bb.data.init()
     d.setVar("DEPLOY_DIR_IMAGE", str(deploy))
     d.setVar("IMAGE_LINK_NAME", "ostro-image-m")
+    d.setVar("IMAGE_NAME", "ostro-image-m-20260101120000")
     d.setVar("MACHINE", "m")
     d.setVar("FILESPATH", f"{tmp_path}/none:{files}")
     with pytest.raises(LayoutError) as err:
         find_layout(d)
-    for looked in (deploy / "ostro-image-m-disk-layout.json", deploy / "disk-layout-m.json",
+    for looked in (deploy / "ostro-image-m-20260101120000-disk-layout.json",
+                   deploy / "ostro-image-m-disk-layout.json", deploy / "disk-layout-m.json",
                    files / "disk-layout-m.json", "DSK_IMAGE_LAYOUT"):
         assert str(looked) in str(err.value)
     d.setVar("DSK_IMAGE_LAYOUT", '{"partition_01_rootfs": {}}')
     assert find_layout(d) == (None, '{"partition_01_rootfs": {}}')
     for path in (files / "disk-layout-m.json", deploy / "disk-layout-m.json",
-                 deploy / "ostro-image-m-disk-layout.json"):
+                 deploy / "ostro-image-m-disk-layout.json",
+                 deploy / "ostro-image-m-20260101120000-disk-layout.json"):
         path.write_text("{}")
         assert find_layout(d) == (path, None)
     explicit = tmp_path / "mine.json"
@@ -280,14 +289,41 @@ def test_two_builds_publish_10_then_20(published):
     assert 'data-plot="download-to-latest"' in (storage.root / "report.html").read_text()
 
 
-def test_extracted_tree_keeps_owners_and_devices_through_pseudo(published):
+def test_stored_tree_keeps_owners_devices_and_xattrs_in_its_record(published):
+    """No pseudo database holds them: the record does, and the files on disk are plain."""
     storage = storage_of(built(published))
     root = storage.os_core(20)
-    lines = pseudo_stat(published["builddir"],
-                        [root / "home/ostro", root / "home/ostro/notes", root / "dev/null"])
-    assert lines[0] == "1000:1000 700 directory"
-    assert lines[1].startswith("1000:1000 644 ")
-    assert lines[2] == "0:0 666 character special file"
+    record = treemeta.load(root)
+    assert record is not None
+    home, notes, null = (record.get(p) for p in ("/home/ostro", "/home/ostro/notes",
+                                                 "/dev/null"))
+    assert (home.uid, home.gid, stat.S_IMODE(home.mode), stat.S_ISDIR(home.mode)) == \
+        (1000, 1000, 0o700, True)
+    assert (notes.uid, notes.gid, stat.S_IMODE(notes.mode)) == (1000, 1000, 0o644)
+    assert stat.S_ISCHR(null.mode) and null.rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(null.mode) == 0o666
+    assert record.get("/usr/bin/hello").xattrs == {b"security.SMACK64": b"System"}
+    st = os.lstat(root / "dev/null")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0  # an empty placeholder
+    assert os.listxattr(root / "usr/bin/hello") == []
+    assert os.lstat(root / "home/ostro").st_uid == os.getuid()
+
+
+def test_the_layout_the_image_deploys_under_its_name_is_used(published):
+    """The bed's image class deploys only ${IMAGE_NAME}-disk-layout.json, as image-dsk does."""
+    log = task_log(built(published), "do_swupd_repo")
+    deploy = published["builddir"] / "tmp/deploy/images" / bed.MACHINE
+    assert f"disk layout: {deploy}/ostro-image-{bed.MACHINE}-1.0-r0-disk-layout.json" in log
+
+
+def manifest_lines(storage: Storage, version: int) -> dict[str, list[str]]:
+    """path -> [flags, hash, version] of ``www/<version>/Manifest.os-core``."""
+    lines = {}
+    for line in (storage.www(version) / "Manifest.os-core").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[3].startswith("/"):
+            lines[fields[3]] = fields[:3]
+    return lines
 
 
 def built(published: dict) -> Path:
@@ -338,28 +374,25 @@ def test_stale_image_fails_naming_os_version(published):
     assert 'OS_VERSION = "30"' in log
 
 
-def test_without_fakeroot_the_extraction_fails(tmp_path):
-    """The bed is strict: the task as root but outside pseudo cannot restore owners/devices."""
+def test_a_fakeroot_publish_fails_as_with_oe_core_pseudo(tmp_path):
+    """The bed reproduces issue 11's first failure: a [fakeroot] do_swupd_repo (the class
+    before storage records) writes the storage, which OE-core's PSEUDO_INCLUDE_PATHS leaves
+    out, so OE-core's pseudo cannot fake its owners. The very first build failed so."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     shutil.copytree(bed.LAYER, checkout / "meta-swupd-repo")
     (checkout / "lib").symlink_to(REPO / "lib")
     (checkout / "conf").symlink_to(REPO / "conf")
     bbclass = checkout / "meta-swupd-repo/classes/swupd-repo.bbclass"
-    text = bbclass.read_text()
-    assert 'do_swupd_repo[fakeroot] = "1"\n' in text
-    bbclass.write_text(text.replace('do_swupd_repo[fakeroot] = "1"\n', ""))
+    bbclass.write_text(bbclass.read_text() + 'do_swupd_repo[fakeroot] = "1"\n')
     builddir = bed.make_builddir(tmp_path / "build")
     layers = builddir / "conf/bblayers.conf"
     layers.write_text(layers.read_text().replace(str(bed.LAYER), str(checkout / "meta-swupd-repo")))
     result = bed.bitbake(builddir)
     assert not result.ok
-    log = task_log(builddir, "do_swupd_repo")
-    assert "Operation not permitted" in log or "Invalid argument" in log
-    storage = storage_of(builddir)
-    assert storage.latest() == 0
-    assert not storage.www_dir.exists() or not any(storage.www_dir.iterdir())
-    assert not storage.image(10).exists()
+    assert f"do_swupd_repo is [fakeroot] but sets owners in {storage_of(builddir).root}, " \
+        "outside PSEUDO_INCLUDE_PATHS" in result.output
+    assert storage_of(builddir).latest() == 0
 
 
 # ---------------------------------------------------------------- the docker backend
@@ -386,7 +419,7 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     assert "container: " in log
     assert version_id(storage.os_core(10) / "usr/lib/os-release") == "10"
 
-    # a second build: the first one's copy for the container left pseudo's database sound
+    # a second build: the first one's copy for the container left the storage sound
     bed.set_local_conf(builddir, conf + 'IMAGE_MOTD = "second build"\n')
     result = bed.bitbake(builddir)
     assert result.ok, result.output
@@ -398,24 +431,18 @@ def test_docker_backend_publishes_from_inside_bitbake(tmp_path, server_image):
     assert "\t20\t/usr/lib/os-release\n" in manifest and "\t10\t/usr/bin/hello\n" in manifest
     assert not [p for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
     for version in (10, 20):
-        root = storage.os_core(version)
-        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
-            ["1000:1000 700 directory", "0:0 666 character special file"]
-    # the container replaced files behind pseudo's back: none was one pseudo knew (an inode
-    # it knows, freed and reused, makes it abort the task with "path mismatch")
-    pseudo_log = builddir / "tmp/work" / bed.MACHINE / "ostro-image/1.0/pseudo/pseudo.log"
-    assert "mismatch" not in pseudo_log.read_text()
+        assert record_says(storage.os_core(version)) == RECORDED
 
 
 @pytest.mark.docker
 def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
-    """The container publishes the tree as pseudo knows it, not the bare files on disk.
+    """The container publishes the tree as its record describes it, not the bare files.
 
-    do_swupd_repo is [fakeroot]: the extraction's owners (chown 1000), device nodes (mknod
-    makes an empty regular file) and security.* xattrs exist only in pseudo's database. The
-    docker backend copies the tree as the task sees it for the container; without that copy
-    /home/ostro, /home/ostro/notes, /dev/null and /usr/bin/hello would differ from the native
-    backend's manifest. The copy is gone afterwards and the tree pseudo describes untouched.
+    The extraction's owners (1000), device nodes (an empty placeholder file on disk) and
+    security.* xattrs exist only in the tree's metadata record. The docker backend copies the
+    tree with them for the container; without that copy /home/ostro, /home/ostro/notes,
+    /dev/null and /usr/bin/hello would differ from the native backend's manifest. The copy
+    is gone afterwards and the stored tree and record untouched.
     """
     manifests = {}
     for backend in ("native", "docker"):
@@ -429,12 +456,159 @@ def test_docker_backend_inside_bitbake_matches_native(tmp_path, server_image):
         manifests[backend] = [line for line in text.splitlines()
                               if not line.startswith("timestamp:")]
         assert not [p.name for p in storage.root.iterdir() if p.name.startswith(".swupd-repo")]
-        root = storage.os_core(10)
-        # what pseudo knows of the tree on disk is what the extraction made
-        assert pseudo_stat(builddir, [root / "home/ostro", root / "dev/null"]) == \
-            ["1000:1000 700 directory", "0:0 666 character special file"]
+        assert record_says(storage.os_core(10)) == RECORDED
     hello = [line for line in manifests["native"] if line.endswith("\t/usr/bin/hello")]
     assert hello and "/dev/null" in "\n".join(manifests["native"])
     assert manifests["docker"] == manifests["native"]
     log = task_log(tmp_path / "docker", "do_swupd_repo")
-    assert "with its fakeroot (pseudo) owners, devices and xattrs" in log
+    assert "with the owners, devices and xattrs of its metadata record" in log
+
+
+# ---------------------------------------------------------------- several images, one storage
+
+
+def test_two_images_in_one_build_publish_into_their_own_storages(tmp_path):
+    """`bitbake ostro-image ostro-image-dev`: each image has its default storage, so both
+    publish version 10, and the second build both publish 20."""
+    builddir = bed.make_builddir(tmp_path, 'IMAGE_MOTD = "first"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "second"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    for image in ("ostro-image", "ostro-image-dev"):
+        storage = storage_of(builddir, image)
+        assert storage.published_versions() == [10, 20], image
+        assert (storage.os_core(20) / "etc/motd").read_text() == "second\n"
+        assert record_says(storage.os_core(20)) == RECORDED
+
+
+def test_images_sharing_a_storage_on_purpose_take_turns(tmp_path):
+    """One SWUPD_REPO_STORAGE_DIR for both images, each with its own OS_VERSION: the tasks
+    run one after the other (the lock file beside the storage) and both versions publish."""
+    shared = tmp_path / "shared-storage"
+    builddir = bed.make_builddir(tmp_path / "build",
+                                 f'SWUPD_REPO_STORAGE_DIR = "{shared}"\n'
+                                 'OS_VERSION:pn-ostro-image = "10"\n'
+                                 'OS_VERSION:pn-ostro-image-dev = "20"\n')
+    result = bed.bitbake(builddir, ["ostro-image", "ostro-image-dev"])
+    assert result.ok, result.output
+    storage = Storage(shared)
+    assert storage.published_versions() == [10, 20]
+    assert storage.latest() == 20
+
+
+def test_cli_publish_between_two_bitbake_builds(tmp_path, capsys):
+    """BitBake publishes 10; `swupd-repo publish` (another process, no pseudo) publishes an
+    image built as 20; BitBake publishes 30 from it: one history, metadata intact."""
+    from swupd_repo.cli import main as cli_main
+
+    builddir = bed.make_builddir(tmp_path, 'IMAGE_MOTD = "bitbake 10"\n')
+    assert bed.bitbake(builddir).ok
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "cli 20"\nSWUPD_REPO_GENERATE = "0"\n'
+                                 'OS_VERSION = "20"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    deploy = builddir / "tmp/deploy/images" / bed.MACHINE
+    assert cli_main(["publish", "--storage", str(storage.root),
+                     "--dsk", str(deploy / f"ostro-image-{bed.MACHINE}.dsk"),
+                     "--layout", str(deploy / f"ostro-image-{bed.MACHINE}-1.0-r0-disk-layout.json"),
+                     "--version", "20"]) == 0
+    capsys.readouterr()
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "bitbake 30"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    assert storage.published_versions() == [10, 20, 30]
+    lines = {v: manifest_lines(storage, v) for v in (10, 20, 30)}
+    for path in ("/usr/bin/hello", "/home/ostro/notes", "/dev/null"):
+        assert lines[30][path] == lines[20][path] == lines[10][path], path
+    assert lines[30]["/usr/share/ostro/release-notes"][2] == "30"
+    assert (storage.www(30) / "delta" /
+            f"20-30-{lines[30]['/usr/share/ostro/release-notes'][1]}").is_file()
+
+
+# ---------------------------------------------------------------- storage problems at parse time
+
+
+def test_an_unreadable_storage_skips_only_its_image(tmp_path):
+    """A storage whose latest marker cannot be read: ostro-image is skipped with the reason,
+    ostro-image-dev (its own storage) still builds. Before, parsing halted for every recipe."""
+    builddir = bed.make_builddir(tmp_path)
+    marker = storage_of(builddir).latest_image_marker
+    marker.mkdir(parents=True)  # unreadable as a file, even for root
+    result = bed.bitbake(builddir, "ostro-image-dev")
+    assert result.ok, result.output
+    assert storage_of(builddir, "ostro-image-dev").published_versions() == [10]
+    result = bed.bitbake(builddir, "ostro-image")
+    assert not result.ok
+    assert f"Nothing PROVIDES 'ostro-image' (ostro-image was skipped: cannot read {marker}: " \
+        "Is a directory)" in result.output
+    assert "Parsing halted" not in result.output
+
+
+def test_an_unusable_storage_location_names_the_variable(tmp_path):
+    builddir = bed.make_builddir(tmp_path)
+    bad = builddir / "conf" / "local.conf" / "storage"
+    bed.set_local_conf(builddir, f'SWUPD_REPO_STORAGE_DIR = "{bad}"\n')
+    result = bed.bitbake(builddir)
+    assert not result.ok
+    errors = [line for line in result.output.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, result.output
+    assert f"SWUPD_REPO_STORAGE_DIR {bad} cannot be used: {bad.parent} is not a directory" \
+        in errors[0]
+    assert "set SWUPD_REPO_STORAGE_DIR in local.conf" in errors[0]
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- after the published builds
+
+
+def test_clean_then_build_publishes_deltas_from_the_earlier_version(published):
+    """rm_work/cleanall remove the recipe's WORKDIR, pseudo database included; the storage
+    keeps every stored tree's owners and xattrs in its records, so the next build keeps the
+    unchanged files' hashes and makes a delta, carrying owner and label, from version 20."""
+    from swupd_repo.swupd.delta import apply_delta
+    from swupd_repo.swupd.hashing import hash_bytes
+
+    builddir = built(published)
+    shutil.rmtree(builddir / "tmp/work" / bed.MACHINE / "ostro-image")
+    shutil.rmtree(builddir / "tmp/stamps" / bed.MACHINE / "ostro-image")
+    bed.set_local_conf(builddir, 'IMAGE_MOTD = "third build"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10, 20, 30]
+    old, new = manifest_lines(storage, 20), manifest_lines(storage, 30)
+    for path in ("/usr/bin/hello", "/home/ostro", "/home/ostro/notes", "/dev/null"):
+        assert new[path] == old[path], path  # same hash, same last change
+    notes = "/usr/share/ostro/release-notes"
+    assert new[notes][2] == "30" and old[notes][2] == "20"
+    delta = storage.www(30) / "delta" / f"20-30-{new[notes][1]}"
+    assert delta.is_file(), sorted(p.name for p in (storage.www(30) / "delta").iterdir())
+    data, mode, uid, gid = apply_delta(delta.read_bytes(),
+                                       (storage.os_core(20) / notes[1:]).read_bytes())
+    assert (uid, gid, stat.S_IMODE(mode)) == (1000, 1000, 0o644)
+    label = {b"security.SMACK64": b"User"}
+    assert hash_bytes(mode, uid, gid, 0, len(data), label, data) == new[notes][1]
+    assert b"third build" in data
+    with tarfile.open(storage.www(30) / "pack-os-core-from-20.tar") as pack:
+        assert f"delta/{delta.name}" in pack.getnames()
+
+
+def test_the_release_gate_runs_inside_the_task_without_network(tmp_path):
+    """SWUPD_REPO_CHECK = "1": do_swupd_repo has no [network] (the bed runs it in a new network
+    namespace, as bitbake-worker does), yet the simulated install and update 10 -> 20 run."""
+    builddir = bed.make_builddir(tmp_path, 'SWUPD_REPO_CHECK = "1"\nIMAGE_MOTD = "one"\n')
+    assert parse(builddir)["network"] == []
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    bed.set_local_conf(builddir, 'SWUPD_REPO_CHECK = "1"\nIMAGE_MOTD = "two"\n')
+    result = bed.bitbake(builddir)
+    assert result.ok, result.output
+    log = task_log(builddir, "do_swupd_repo")
+    assert "update 10 -> 20: " in log and "; 0 problems" in log
+    assert "running the update simulation under pseudo" in log
+    assert "1 deltas (0 fell back)" in log  # the release notes, owner and label included
+    assert "check passed: version 20" in log
+    assert storage_of(builddir).published_versions() == [10, 20]

@@ -200,3 +200,37 @@ def test_devices_on_the_released_version_keep_a_delta_pack(staged: Path, tree30:
     assert stats.to_version == 40 and stats.packs == ["40/pack-os-core-from-10.tar"]
     assert stats.from_fullfile == 0
     assert compare_trees(root, tree40, lambda p: p.startswith("/etc/")) == []
+
+
+def test_revert_of_a_recorded_tree_keeps_its_metadata(
+        tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    """A tree stored with a metadata record (every extraction since issue 11) says nothing true
+    about owners and xattrs on disk: revert must copy the record with it, or version 30 would
+    be published with the build user's owners and no xattrs."""
+    import os
+    import subprocess
+
+    from swupd_repo.swupd.manifest import parse_manifest
+    from swupd_repo.treemeta import record_path, write_from_disk
+
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    build(storage, rootfs_trees[20], 20)
+    st = Storage(storage)
+    write_from_disk(st.os_core(20))  # the record of what root sees: the true metadata
+    subprocess.run(["chown", "-hR", "65534:65534", str(st.os_core(20))], check=True)
+    for dirpath, dirnames, filenames in os.walk(st.os_core(20)):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            for key in os.listxattr(path, follow_symlinks=False):
+                os.removexattr(path, key, follow_symlinks=False)
+    done = swupd_repo("revert", "--to", "20", "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    assert record_path(st.os_core(30)).read_bytes() == record_path(st.os_core(20)).read_bytes()
+
+    def entries(version: int) -> dict[str, tuple[str, str]]:
+        manifest = parse_manifest((st.www(version) / "Manifest.os-core").read_bytes())
+        return {e.path: (e.flags, e.hash) for e in manifest.entries}
+
+    old, new = entries(20), entries(30)
+    assert {p for p in new if new[p] != old.get(p)} == {"/usr/lib/os-release"}

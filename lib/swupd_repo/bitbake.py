@@ -21,7 +21,7 @@ import bb.event
 import bb.parse
 import bb.utils
 
-from .errors import LayoutError, SettingsError, SwupdRepoError
+from .errors import LayoutError, SettingsError, StorageError, SwupdRepoError
 from .osrelease import set_version_id
 from .settings import Settings, load_settings
 from .versions import next_version
@@ -135,9 +135,9 @@ def layout_candidates(d: Datastore) -> list[Path]:
     deploy = Path(d.getVar("DEPLOY_DIR_IMAGE") or ".")
     machine = d.getVar("MACHINE") or ""
     found = []
-    link_name = d.getVar("IMAGE_LINK_NAME")
-    if link_name:
-        found.append(deploy / f"{link_name}-disk-layout.json")
+    for name in (d.getVar("IMAGE_NAME"), d.getVar("IMAGE_LINK_NAME")):
+        if name:
+            found.append(deploy / f"{name}-disk-layout.json")
     found.append(deploy / f"disk-layout-{machine}.json")
     for directory in (d.getVar("FILESPATH") or "").split(":"):
         if directory:
@@ -180,7 +180,25 @@ def _parse_time_settings(d: Datastore) -> Settings:
     return _load(_variables(d, ["storage_dir", "version_step"]))
 
 
+def skip_on_storage_error(func: Callable[..., Any]) -> Callable[..., Any]:
+    """At parse time a storage problem skips this recipe only (``bb.parse.SkipRecipe``, with
+    our message as the reason), as BitBake does for a recipe that cannot be built here:
+    ``bb.fatal`` would halt parsing, and so every other recipe of the build. Other errors
+    (a bad OS_VERSION) still stop the parse: they are mistakes in the configuration."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StorageError as exc:
+            raise bb.parse.SkipRecipe(str(exc)) from None
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
 @fatal_on_error
+@skip_on_storage_error
 def next_os_version(d: Datastore) -> int:
     """OS_VERSION's default: the storage's latest version + SWUPD_REPO_VERSION_STEP."""
     from .pipeline import storage_of
@@ -189,7 +207,34 @@ def next_os_version(d: Datastore) -> int:
     return next_version(storage_of(settings).latest(), settings.version_step)
 
 
+def usable_location(storage: Path) -> None:
+    """Raise :class:`StorageError` (naming SWUPD_REPO_STORAGE_DIR) unless ``storage`` and the
+    task's lock file beside it (``<storage>.bitbake.lock``) can be created and written: the
+    nearest existing ancestor of ``storage`` is a directory this user may write."""
+    hint = ("set SWUPD_REPO_STORAGE_DIR in local.conf to a directory the build user may "
+            "create and write, e.g. \"${TOPDIR}/swupd-repo/${PN}-${MACHINE}\"")
+    where = storage.parent if storage.exists() else storage
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        problem = f"{where} is not a directory"
+    elif not os.access(where, os.W_OK | os.X_OK):
+        problem = f"{where} is not writable by this user"
+    else:
+        return
+    raise StorageError(f"SWUPD_REPO_STORAGE_DIR {storage} cannot be used: {problem}",
+                       hint=hint)
+
+
 @fatal_on_error
+def check_storage_location(d: Datastore) -> None:
+    """do_swupd_repo's prefunc: the storage can be created and written (see
+    :func:`usable_location`), checked before BitBake takes the lock file beside it."""
+    usable_location(Path(d.getVar("SWUPD_REPO_STORAGE_DIR") or "."))
+
+
+@fatal_on_error
+@skip_on_storage_error
 def setup_recipe(d: Datastore) -> None:
     """The class's anonymous python: fix and check OS_VERSION, re-parse after a publish.
 
@@ -203,6 +248,8 @@ def setup_recipe(d: Datastore) -> None:
     storage = storage_of(_parse_time_settings(d))
     for marker in (storage.latest_image_marker, storage.latest_www_marker):
         bb.parse.mark_dependency(d, str(marker))
+    if bb.utils.to_boolean(d.getVar("SWUPD_REPO_GENERATE"), True):
+        usable_location(storage.root)
     text = (d.getVar("OS_VERSION") or "").strip()
     if not text.isdigit() or int(text) <= 0:
         raise SettingsError(f"OS_VERSION must be a positive integer, got {text!r}",
@@ -254,6 +301,12 @@ def publish_image(d: Datastore) -> int:
         bb.note(f"disk layout: {layout_path}")
     else:
         bb.note("disk layout: the DSK_IMAGE_LAYOUT variable")
+    if settings.check:
+        # the release gate's update simulation may need pseudo (check/unprivileged.py)
+        from .check.unprivileged import PSEUDO_ENV_VAR, PSEUDO_VAR
+
+        os.environ[PSEUDO_VAR] = d.getVar("FAKEROOTCMD") or ""
+        os.environ[PSEUDO_ENV_VAR] = d.getVar("FAKEROOTENV") or ""
     version = publish(settings, BitBakeReporter(d), layout_text=layout_text)
     storage = settings.storage_dir
     verb = "published" if settings.release else "staged (swupd-repo release to release it)"

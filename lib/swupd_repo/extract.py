@@ -1,9 +1,11 @@
 """Write the ext4 rootfs of a partition into ``image/<V>/os-core``, every byte of metadata kept.
 
-swupd hashes mode, uid, gid and all xattrs, so the order of operations per inode matters:
-data first (a write clears setuid and file capabilities), then owner (``chown`` clears setuid
-and ``security.capability``), then xattrs, then the mode, then the times; a directory gets its
-metadata only after everything inside it exists, so its mtime and permissions stick.
+What needs privileges is not put on disk: owners, modes, device numbers and xattrs of every
+path go into the tree's metadata record (``image/<V>/os-core.meta``, :mod:`.treemeta`), and the
+tree on disk is the extracting user's, with plain modes and device nodes as empty placeholder
+files. So extraction needs no root, no ``[fakeroot]`` and no pseudo, and any later process
+reads the same metadata. Times are set on disk (any owner may); a directory gets them only
+after everything inside it exists, so its mtime sticks.
 
 Safety: the tree is built in a temporary sibling of ``dest`` and renamed into place only when
 complete. All creation is relative to directory file descriptors opened with ``O_NOFOLLOW``;
@@ -27,6 +29,7 @@ from .errors import Ext4Error, ExtractError
 from .ext4 import Ext4Reader, Inode
 from .progress import Reporter
 from .storage import remove_tree, temp_path
+from .treemeta import Meta, RecordWriter, disk_mode, is_placeholder, record_path
 
 _ROOT_INODE = 2
 _MAX_DEPTH = 400
@@ -56,9 +59,11 @@ class ExtractStats:
 
 def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Reporter, *,
                    max_file_size: int | None = None) -> ExtractStats:
-    """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``.
+    """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``,
+    its metadata into ``dest``'s record (:func:`~.treemeta.record_path`).
 
-    ``dest`` must not exist. On any error nothing is left behind. A regular file larger than
+    ``dest`` must not exist. On any error nothing is left behind. The record is renamed into
+    place before the tree, so a stored tree never lacks it. A regular file larger than
     ``max_file_size`` (apparent size) is refused: extracting it is cheap (holes stay holes),
     but every later step reads all of its bytes.
     """
@@ -76,6 +81,7 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
         raise ExtractError(f"cannot read disk image {dsk}: {exc.strerror}") from exc
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     tmp = temp_path(dest.parent, dest.name)
+    installed = False
     try:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +92,16 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
             raise ExtractError(f"cannot create {tmp}: {exc.strerror}",
                                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
                                     "directory with free space") from exc
-        stats = _Writer(reader, tmp, reporter, max_file_size).run()
+        with RecordWriter(dest) as record:
+            stats = _Writer(reader, tmp, reporter, record, max_file_size).run()
+            record.install()
+            installed = True
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(tmp)
+        if installed:
+            record_path(dest).unlink(missing_ok=True)
         for directory in created:  # innermost first; only the ones we made, if still empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -117,15 +128,16 @@ class _Writer:
     """One extraction: depth-first over directories, one open fd per level."""
 
     def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter,
-                 max_file_size: int | None = None) -> None:
+                 record: RecordWriter, max_file_size: int | None = None) -> None:
         self.fs = fs
+        self.record = record
         self.max_file_size = max_file_size
         self.root = root
         self.root_b = os.fsencode(root)
         self.reporter = reporter
         self.stats = ExtractStats()
         self.reached = bytearray((fs.sb.inodes_count + 8) // 8 + 1)
-        self.links: dict[int, bytes] = {}
+        self.links: dict[int, tuple[bytes, Meta]] = {}
         self.copy_range = True
         self.buffer = bytearray(_COPY_CHUNK)
         self.pending_advance = 0
@@ -153,12 +165,11 @@ class _Writer:
         path = os.fsdecode(os.path.join(self.root_b, rel)) if rel else str(self.root)
         hint = None
         if exc.errno in (errno.EPERM, errno.EACCES):
-            hint = ("owners, device nodes and security.*/trusted.* attributes need root: run "
-                    "as root or under pseudo (a [fakeroot] BitBake task)")
+            hint = "the storage directory must be writable by the user running the extraction"
         elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
             hint = "free space in the storage directory"
         elif exc.errno == errno.EOPNOTSUPP:
-            hint = "the storage filesystem must support extended attributes (ext4, xfs, btrfs)"
+            hint = "the storage filesystem must support fifos, sockets and hard links"
         return ExtractError(f"cannot {action} {path}: {exc.strerror}", hint=hint)
 
     # --- the walk ------------------------------------------------------------------------------
@@ -174,6 +185,7 @@ class _Writer:
             raise Ext4Error(f"the root inode of {fs.where} is not a directory",
                             hint="the filesystem is damaged: rebuild the image")
         self._mark(_ROOT_INODE)
+        self.record.add("/", self._meta(root))
         root_fd = os.open(self.root, _O_DIR)
         self._root = root_fd
         stack = [_Frame(root_fd, root, b"", fs.entries(root), True)]
@@ -230,8 +242,10 @@ class _Writer:
                     if stat.S_ISDIR(node.mode) else None)
         if not first:
             return self._hardlink(frame, name, rel, node)
+        meta = self._meta(node)
+        self.record.add(_manifest_path(rel), meta)
         if node.links > 1 and not stat.S_ISDIR(node.mode):
-            self.links[number] = rel
+            self.links[number] = (rel, meta)
         try:
             return self._create(frame.fd, name, rel, node)
         except FileExistsError:
@@ -262,11 +276,12 @@ class _Writer:
             self.reporter.warning(message)
 
     def _hardlink(self, frame: _Frame, name: bytes, rel: bytes, node: Inode) -> None:
-        target = self.links.get(node.number)
-        if target is None:
+        known = self.links.get(node.number)
+        if known is None:
             raise Ext4Error(f"{self.fs.where}: inode {node.number} is linked at {_show(rel)} "
                             "and elsewhere, but its link count is 1",
                             hint="the filesystem is damaged: run e2fsck -fy or rebuild it")
+        target, meta = known
         try:
             os.link(target, name, src_dir_fd=self._root, dst_dir_fd=frame.fd,
                     follow_symlinks=False)
@@ -276,6 +291,7 @@ class _Writer:
                             hint="the image is damaged or crafted; rebuild it") from None
         except OSError as exc:
             raise self._error(rel, exc, "link") from exc
+        self.record.add(_manifest_path(rel), meta)
         self.stats.hardlinks += 1
 
     # --- creating ----------------------------------------------------------------------------
@@ -300,8 +316,10 @@ class _Writer:
                 os.symlink(self.fs.symlink_target(node), name, dir_fd=dfd)
                 self.stats.symlinks += 1
             else:
-                device = os.makedev(*node.rdev()) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-                os.mknod(name, kind | 0o600, device, dir_fd=dfd)
+                if is_placeholder(node.mode):  # its number is in the record
+                    os.close(os.open(name, _O_NEW, 0o600, dir_fd=dfd))
+                else:  # fifos and sockets need no privilege
+                    os.mknod(name, kind | 0o600, 0, dir_fd=dfd)
                 if kind == stat.S_IFIFO:
                     self.stats.fifos += 1
                 elif kind == stat.S_IFSOCK:
@@ -382,35 +400,31 @@ class _Writer:
 
     # --- metadata ----------------------------------------------------------------------------
 
+    def _meta(self, node: Inode) -> Meta:
+        """What the record keeps of ``node``: full mode, owner, device number, xattrs."""
+        kind = stat.S_IFMT(node.mode)
+        rdev = os.makedev(*node.rdev()) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        xattrs = dict(self.fs.xattrs(node))
+        self.stats.xattrs += len(xattrs)
+        return Meta(kind | node.permissions, node.uid, node.gid, rdev, xattrs)
+
     def _finish(self, fd: int, node: Inode, rel: bytes, directory: bool) -> None:
-        """Owner, xattrs, mode, times of an open file or directory (in that order)."""
-        xattrs = self.fs.xattrs(node)
+        """Plain mode and times of an open file or directory (the rest is in the record)."""
         try:
-            os.fchown(fd, node.uid, node.gid)
-            for key, value in xattrs:
-                os.setxattr(fd, key, value)
-            os.fchmod(fd, node.permissions)
+            os.fchmod(fd, disk_mode(node.mode))
             os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
         except OSError as exc:
-            raise self._error(rel, exc, "set the metadata of") from exc
-        self.stats.xattrs += len(xattrs)
+            raise self._error(rel, exc, "set the times of") from exc
 
     def _finish_path(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
         """The same for symlinks and special files, which we must not open."""
-        xattrs = self.fs.xattrs(node)
-        path = os.path.join(self.root_b, rel)
-        link = stat.S_ISLNK(node.mode)
         try:
-            os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
-            for key, value in xattrs:
-                os.setxattr(path, key, value, follow_symlinks=False)
-            if not link:
-                os.chmod(name, node.permissions, dir_fd=dfd)
+            if not stat.S_ISLNK(node.mode):
+                os.chmod(name, disk_mode(node.mode), dir_fd=dfd)
             os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dfd,
                      follow_symlinks=False)
         except OSError as exc:
-            raise self._error(rel, exc, "set the metadata of") from exc
-        self.stats.xattrs += len(xattrs)
+            raise self._error(rel, exc, "set the times of") from exc
 
     # --- completeness --------------------------------------------------------------------------
 
@@ -460,3 +474,8 @@ def _bits(value: int, first: int, limit: int) -> Iterator[int]:
 
 def _show(rel: bytes) -> str:
     return "/" + os.fsdecode(rel) if rel else "/"
+
+
+def _manifest_path(rel: bytes) -> str:
+    """``usr/bin/x`` (bytes) -> ``/usr/bin/x``, the form scans and the record use."""
+    return "/" + os.fsdecode(rel)

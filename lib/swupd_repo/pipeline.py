@@ -22,6 +22,7 @@ from .progress import Reporter
 from .runreporter import RunReporter
 from .settings import Settings
 from .storage import Storage
+from .treemeta import record_path
 from .versions import next_version, validate_new_version
 
 
@@ -93,8 +94,9 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         image_existed = storage.image(version).exists()
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
-            # killed run left: either way it is put back if this run fails.
-            with storage.replacing(dest, "old-os-core"):
+            # killed run left: either way it is put back, with its record, if this run fails.
+            with storage.replacing(dest, "old-os-core"), \
+                    storage.replacing(record_path(dest), "old-os-core.meta"):
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,

@@ -42,6 +42,7 @@ from .pipeline import (
 from .progress import Reporter
 from .settings import Settings
 from .storage import Storage, remove_tree
+from .treemeta import record_path
 
 
 def check_releasable(storage: Storage, version: int) -> None:
@@ -103,17 +104,21 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
 
 
 def copy_tree(source: Path, dest: Path) -> None:
-    """A faithful copy of a stored tree: owners, modes, xattrs, times, hard links, devices.
+    """A faithful copy of a stored tree and its metadata record (:mod:`.treemeta`), if any.
 
-    ``cp -a`` does all of that (shutil.copytree keeps neither owners nor hard links), and a
-    copy, not hard links: the os-release file is rewritten, and shared inodes would tie the
-    two trees' metadata together.
+    ``cp -a`` keeps owners, modes, xattrs, times, hard links and devices (shutil.copytree
+    keeps neither owners nor hard links) for a tree stored without a record, and the record
+    keeps them for one stored with it: the record is copied first, as extraction installs it
+    first. A copy, not hard links: the os-release file is rewritten.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     cp = shutil.which("cp") or "cp"
-    done = subprocess.run([cp, "-a", "--", str(source), str(dest)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
+    pairs = [(record_path(source), record_path(dest))] if record_path(source).exists() else []
+    for src, dst in [*pairs, (source, dest)]:
+        done = subprocess.run([cp, "-a", "--", str(src), str(dst)], capture_output=True,
+                              text=True, check=False)
+        if done.returncode == 0:
+            continue
         why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "cp failed"
         raise StorageError(f"cannot copy {source} to {dest}: {why}",
                            hint="check the free space and permissions of the storage")

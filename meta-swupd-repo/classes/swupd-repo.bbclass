@@ -21,9 +21,14 @@
 # "0" builds the image without publishing it: do_swupd_repo is removed from the recipe.
 SWUPD_REPO_GENERATE ??= "1"
 
-# Storage directory holding image/<version>/os-core and www/ (the layout of the
-# ostro-swupd-server container, so either backend can continue the other's history).
-SWUPD_REPO_STORAGE_DIR ??= "${TOPDIR}/swupd-repo/${MACHINE}"
+# Storage directory holding image/<version>/os-core (+ its metadata record os-core.meta)
+# and www/ (the layout of the ostro-swupd-server container, so either backend can continue
+# the other's history). One per image and MACHINE by default: two images built together
+# never share a version history. Images may share one on purpose (their tasks then run one
+# after the other); give each its own OS_VERSION then, since both parse latest + step.
+# Nothing here needs pseudo: the storage is read and written as the build user, so it must
+# stay out of PSEUDO_INCLUDE_PATHS (OE-core leaves ${TOPDIR}/swupd-repo out).
+SWUPD_REPO_STORAGE_DIR ??= "${TOPDIR}/swupd-repo/${PN}-${MACHINE}"
 
 # What writes www/<version>: "native" (the embedded generator) or "docker" (the
 # swupd-server container through the Docker Engine API).
@@ -37,8 +42,9 @@ SWUPD_REPO_VERSION_STEP ??= "10"
 # os-release must say the same (the class takes care of that), or do_swupd_repo refuses.
 OS_VERSION ??= "${@swupd_repo_next_os_version(d)}"
 
-# disk-layout JSON of the image. Empty: ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}-disk-layout.json,
-# then disk-layout-${MACHINE}.json in DEPLOY_DIR_IMAGE or on FILESPATH, then the text of
+# disk-layout JSON of the image. Empty: ${DEPLOY_DIR_IMAGE}/${IMAGE_NAME}-disk-layout.json
+# (what image-dsk deploys), then ${IMAGE_LINK_NAME}-disk-layout.json, then
+# disk-layout-${MACHINE}.json in DEPLOY_DIR_IMAGE or on FILESPATH, then the text of
 # DSK_IMAGE_LAYOUT itself (the first that exists).
 SWUPD_REPO_DISK_LAYOUT ??= ""
 
@@ -75,10 +81,10 @@ SWUPD_REPO_SIGNING_PASSPHRASE_FILE ??= ""
 # environment, so it is taken from the datastore (add DOCKER_HOST to
 # BB_ENV_PASSTHROUGH_ADDITIONS) or else from the environment bitbake was started in
 # (BB_ORIGENV), as OE-core's fetcher does for proxies; without either, the default socket.
-# do_swupd_repo runs under pseudo, so owners, device nodes and security.* xattrs of the
-# extracted tree exist only in pseudo's database: the backend first has the engine unpack a
-# copy of the tree as the task sees it (STORAGE/.swupd-repo-docker-os-core.*, removed after
-# the run) and mounts that copy as image/<version>/os-core in the container.
+# Owners, device nodes and security.* xattrs of a stored tree are in its metadata record,
+# not on disk: the backend first has the engine unpack a copy of the tree with them
+# (STORAGE/.swupd-repo-docker-os-core.*, removed after the run) and mounts that copy as
+# image/<version>/os-core in the container.
 SWUPD_REPO_DOCKER_IMAGE ??= "ostroproject/ostro-swupd-server"
 SWUPD_REPO_DOCKER_COMMAND ??= "/home/clrbuilder/projects/process_rootfs.sh"
 SWUPD_REPO_DOCKER_PRIVILEGED ??= "1"
@@ -122,7 +128,8 @@ def swupd_repo_next_os_version(d):
 
 # Fixes OS_VERSION for the whole build (and checks it), makes BitBake re-parse the recipe
 # once a build has published (so the next one gets the next version), and honours
-# SWUPD_REPO_GENERATE. This has to happen at parse time: the version is part of do_rootfs's
+# SWUPD_REPO_GENERATE. A storage it cannot read or create skips this recipe only, with the
+# reason (bb.parse.SkipRecipe), so the rest of the build goes on. This has to happen at parse time: the version is part of do_rootfs's
 # signature, and deltask only works there; hence anonymous python despite its cost (one
 # small file read per parse of an image recipe).
 # nooelint: oelint.task.noanonpython
@@ -146,17 +153,33 @@ python do_swupd_repo () {
     import swupd_repo.bitbake
     swupd_repo.bitbake.publish_image(d)
 }
+
+# Runs before the task takes its lock file beside the storage: a location that cannot be
+# created gets one error naming SWUPD_REPO_STORAGE_DIR, not BitBake's lock traceback. A
+# function, not a task: it has no [doc] because `bitbake -c listtasks` never shows it.
+# nooelint: oelint.task.docstrings
+python swupd_repo_check_storage () {
+    import swupd_repo.bitbake
+    swupd_repo.bitbake.check_storage_location(d)
+}
+do_swupd_repo[prefuncs] += "swupd_repo_check_storage"
 addtask swupd_repo after do_image_complete before do_build
 do_swupd_repo[doc] = "Publishes the image's rootfs as version OS_VERSION of the swupd repository in SWUPD_REPO_STORAGE_DIR"
-# Restoring owners, device nodes and security.* xattrs of the image needs pseudo: tasks run
-# in a user namespace where even root cannot chown, mknod or set security.* xattrs.
-do_swupd_repo[fakeroot] = "1"
+# No [fakeroot]: the extraction keeps owners, device nodes and security.* xattrs in the
+# tree's metadata record (STORAGE/image/<version>/os-core.meta) instead of on disk, so the
+# task needs no pseudo, and the storage belongs to no recipe's pseudo database: rm_work,
+# cleanall, another build directory or the swupd-repo command line all read it alike.
 # The docker backend talks to the engine at SWUPD_REPO_DOCKER_HOST (or DOCKER_HOST): a task
 # without [network] runs in a new network namespace, where a tcp:// engine is unreachable.
 # bitbake-worker expands this flag and reads it with bb.utils.to_boolean ("" = no network).
 # Nothing is downloaded: the container's image must already be in the engine.
 # nooelint: oelint.task.network
 do_swupd_repo[network] = "${@'1' if d.getVar('SWUPD_REPO_BACKEND') == 'docker' else ''}"
+# SWUPD_REPO_CHECK = "1" installs and updates scratch roots with the image's owners; a task
+# may not chown, so that simulation runs under the build's pseudo (FAKEROOTCMD) with a
+# database and PSEUDO_INCLUDE_PATHS of its own scratch directory. Its server listens on the
+# loopback interface of the task's own network namespace: no [network] needed.
+do_swupd_repo[depends] += "${@'virtual/fakeroot-native:do_populate_sysroot' if bb.utils.to_boolean(d.getVar('SWUPD_REPO_CHECK')) else ''}"
 # One writer per storage directory, also across images and multiconfigs sharing it.
 do_swupd_repo[lockfiles] = "${SWUPD_REPO_STORAGE_DIR}.bitbake.lock"
 do_swupd_repo[vardeps] += "${SWUPD_REPO_TASK_VARIABLES}"

@@ -51,12 +51,13 @@ def set_local_conf(builddir: Path, local_conf: str) -> None:
     (builddir / "conf" / "local.conf").write_text(f'MACHINE ?= "{MACHINE}"\n{local_conf}')
 
 
-def bitbake(builddir: Path, target: str = "ostro-image", task: str | None = None,
+def bitbake(builddir: Path, target: str | list[str] = "ostro-image", task: str | None = None,
             timeout: float = 300) -> BuildResult:
-    """`bitbake [-c task] target` in a fresh process; output kept in a numbered log."""
+    """`bitbake [-c task] target...` in a fresh process; output kept in a numbered log."""
     n = len(list(builddir.glob("build-*.log"))) + 1
     log = builddir / f"build-{n}.log"
-    cmd = [sys.executable, str(RUNNER), "build", "--builddir", str(builddir), target]
+    targets = [target] if isinstance(target, str) else target
+    cmd = [sys.executable, str(RUNNER), "build", "--builddir", str(builddir), *targets]
     if task:
         cmd[3:3] = ["-c", task]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BB", "PSEUDO"))}

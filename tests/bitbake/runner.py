@@ -16,7 +16,15 @@ part of both that the layer's behaviour depends on, so a class that works here w
 * the task's environment is what the worker leaves: the exported variables only (plus
   FAKEROOTENV), not the shell's, which BitBake keeps in ``BB_ORIGENV``;
 * ``[fakeroot]`` tasks in a second worker process started under ``FAKEROOTCMD`` (pseudo) with
-  ``FAKEROOTBASEENV``/``FAKEROOTENV``, as runqueue starts the fakeroot worker;
+  ``FAKEROOTBASEENV``/``FAKEROOTENV``, as runqueue starts the fakeroot worker; OE-core's
+  pseudo (5.3+) fakes owners only below ``PSEUDO_INCLUDE_PATHS``, Debian's ignores that
+  variable, so the bed refuses a ``[fakeroot]`` task that would set owners elsewhere
+  (:func:`pseudo_uncovered`) as OE-core's pseudo would make it fail;
+* every recipe in ``BBFILES`` is parsed before anything runs, like the cooker: a recipe that
+  raises ``bb.parse.SkipRecipe`` is skipped with its reason (asking to build it is an error
+  naming the reason), any other parse error halts the whole build;
+* several targets build one after the other (BitBake may run them in parallel; their
+  ``[lockfiles]`` serialize what must be);
 * log records and progress events of a task are forwarded to the build's output (the
   worker's event pipe), the task log is written by ``bb.build.exec_task`` itself.
 
@@ -70,21 +78,69 @@ def parse_configuration(builddir: Path) -> bb.cookerdata.CookerDataBuilder:
     return builder
 
 
-def find_recipe(data, target: str) -> tuple[str, str]:
-    """(recipe file, layer name) of ``target`` among BBFILES."""
+def recipes(data) -> dict[str, tuple[str, str]]:
+    """PN -> (recipe file, layer name) of every recipe in BBFILES."""
     import glob
     import re
 
+    found = {}
     for pattern in (data.getVar("BBFILES") or "").split():
         for fn in sorted(glob.glob(pattern)):
-            if bb.parse.vars_from_file(fn, data)[0] == target:
-                layername = ""
-                for collection in (data.getVar("BBFILE_COLLECTIONS") or "").split():
-                    regex = data.getVar("BBFILE_PATTERN_" + collection)
-                    if regex and re.match(regex, fn):
-                        layername = collection
-                return fn, layername
-    raise BuildFailed(f"Nothing PROVIDES '{target}'")
+            layername = ""
+            for collection in (data.getVar("BBFILE_COLLECTIONS") or "").split():
+                regex = data.getVar("BBFILE_PATTERN_" + collection)
+                if regex and re.match(regex, fn):
+                    layername = collection
+            found[bb.parse.vars_from_file(fn, data)[0]] = (fn, layername)
+    return found
+
+
+def find_recipe(data, target: str) -> tuple[str, str]:
+    """(recipe file, layer name) of ``target`` among BBFILES."""
+    found = recipes(data).get(target)
+    if found is None:
+        raise BuildFailed(f"Nothing PROVIDES '{target}'")
+    return found
+
+
+def parse_all(builder) -> dict[str, str]:
+    """Parse every recipe as the cooker does; PN -> reason of the skipped ones.
+
+    A skipped recipe (``bb.parse.SkipRecipe``) does not stop the others; any other error
+    does, as BitBake's "Parsing halted" does.
+    """
+    skipped = {}
+    for pn, (fn, layername) in recipes(builder.data).items():
+        try:
+            d = builder.parseRecipe(fn, [], layername)
+        except bb.BBHandledException:
+            logger.error("Parsing halted due to errors, see error messages above")
+            raise
+        reason = d.getVar("__SKIPPED")  # bb.parse.ast records a SkipRecipe so, as the cache
+        if reason:
+            skipped[pn] = str(reason)
+    return skipped
+
+
+#: What a [fakeroot] task of the bed's recipes sets owners, devices and xattrs in, beyond
+#: its [cleandirs]: the variable naming it.
+PSEUDO_WRITES = {"do_swupd_repo": "SWUPD_REPO_STORAGE_DIR"}
+
+
+def pseudo_uncovered(d, task: str) -> list[str]:
+    """Where ``task`` sets owners but OE-core's pseudo would not fake them.
+
+    OE-core 5.3+ pseudo tracks a path only when it starts with one of the comma-separated
+    PSEUDO_INCLUDE_PATHS (a plain string prefix, as pseudo compares); elsewhere chown, mknod
+    and setxattr reach the kernel and fail in the task's user namespace ("Invalid
+    argument"). Debian's pseudo 1.9.0 tracks every path, so the bed checks this itself.
+    """
+    include = [p for p in (d.getVar("PSEUDO_INCLUDE_PATHS") or "").split(",") if p]
+    targets = (d.getVarFlag(task, "cleandirs") or "").split()
+    if task in PSEUDO_WRITES:
+        targets.append(d.getVar(PSEUDO_WRITES[task]) or "")
+    return [t for t in targets if t and not any(
+        os.path.normpath(t).startswith(os.path.normpath(p)) for p in include)]
 
 
 def task_order(d, target: str) -> list[str]:
@@ -256,12 +312,24 @@ def stop_pseudo(d) -> None:
                        stderr=subprocess.DEVNULL, check=False)
 
 
-def build(builddir: Path, target: str, only_task: str | None = None) -> dict:
-    """`bitbake target` (or `bitbake -c task target`); returns a summary of what ran."""
+def build(builddir: Path, targets: list[str], only_task: str | None = None) -> dict:
+    """`bitbake targets...` (or `bitbake -c task targets...`); a summary of what ran."""
     builder = parse_configuration(builddir)
+    skipped = parse_all(builder)
+    for target in targets:
+        if target in skipped:
+            raise BuildFailed(f"Nothing PROVIDES '{target}' ({target} was skipped: "
+                              f"{skipped[target]})")
+    summary: dict = {}
+    for target in targets:
+        summary[target] = build_one(builder, builddir, target, only_task)
+    return summary
+
+
+def build_one(builder, builddir: Path, target: str, only_task: str | None) -> dict:
+    """One target's tasks, dependencies first, skipping those whose stamp matches."""
     data = builder.data
-    pn, _, _ = target.partition(":")
-    fn, layername = find_recipe(data, pn)
+    fn, layername = find_recipe(data, target)
     d = builder.parseRecipe(fn, [], layername)
     goal = "do_" + (only_task or (d.getVar("BB_DEFAULT_TASK") or "build"))
     order = task_order(d, goal)
@@ -278,7 +346,14 @@ def build(builddir: Path, target: str, only_task: str | None = None) -> dict:
                 summary["tasks"][task] = "noexec"
                 continue
             logger.info("Running task %s:%s", fn, task)
-            if task in task_flags(d, "fakeroot"):
+            uncovered = pseudo_uncovered(d, task) if task in task_flags(d, "fakeroot") else []
+            if uncovered:
+                logger.error("%s:%s is [fakeroot] but sets owners in %s, outside "
+                             "PSEUDO_INCLUDE_PATHS: OE-core's pseudo does not fake them there "
+                             "(chown, mknod and setxattr fail with Invalid argument)",
+                             fn, task, ", ".join(uncovered))
+                code = 1
+            elif task in task_flags(d, "fakeroot"):
                 code = run_fakeroot_task(builder, d, builddir, fn, layername, task, goal)
             else:
                 code = fork_task(builder, fn, layername, task, goal,
@@ -324,6 +399,7 @@ def parse_report(builddir: Path, target: str) -> dict:
         "tasks": list(d.getVar("__BBTASKS", False)),
         "order": task_order(d, "do_build"),
         "fakeroot": sorted(task_flags(d, "fakeroot")),
+        "pseudo_uncovered": {t: pseudo_uncovered(d, t) for t in task_flags(d, "fakeroot")},
         "lockfiles": d.getVarFlag("do_swupd_repo", "lockfiles"),
         "network": [t for t in d.getVar("__BBTASKS", False) if has_network(d, t)],
         "os_version": d.getVar("OS_VERSION"),
@@ -343,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--builddir", type=Path, required=True)
     p_build.add_argument("-c", "--cmd", dest="task", help="run this task (and its dependencies)")
     p_build.add_argument("--summary", type=Path, help="write what ran as JSON here")
-    p_build.add_argument("target")
+    p_build.add_argument("target", nargs="+")
     p_parse = sub.add_parser("parse", help="parse only; print a JSON report")
     p_parse.add_argument("--builddir", type=Path, required=True)
     p_parse.add_argument("target")
@@ -374,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=1))
-    logger.info("Tasks: %s", ", ".join(f"{t} {s}" for t, s in summary["tasks"].items()))
+    for target, ran in summary.items():
+        logger.info("Tasks of %s: %s", target,
+                    ", ".join(f"{t} {s}" for t, s in ran["tasks"].items()))
     return 0
 
 

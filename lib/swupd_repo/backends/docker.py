@@ -72,6 +72,7 @@ from ..swupd.publish import link_full_tree
 from .materialise import (
     copy_path,
     materialise,
+    needs_copy,
     stale_copies,
     under_pseudo,
     unknown_to_pseudo,
@@ -172,7 +173,7 @@ class DockerBackend:
         guards = [TreeGuard.record(protected_trees(storage, version)),
                   TreeGuard.record(published_trees(storage, version), published=True)]
         try:
-            if under_pseudo():
+            if needs_copy(storage, version):
                 source = materialise(client, image, storage, version, reporter)
             volumes = (split_volumes(storage, version, source) if self.split_mounts
                        else storage_volumes(storage, version, run, source))

@@ -1,11 +1,12 @@
-"""The tree as *we* see it, as a tar stream: how a container gets pseudo's metadata.
+"""The stored tree with its real metadata, as a tar stream: how a container gets owners.
 
-Inside BitBake, ``do_swupd_repo`` is ``[fakeroot]``: the extraction's owners, device nodes
-and ``security.*`` xattrs exist only in pseudo's database, and the files on disk are the build
-user's plain files. Our process sees the right metadata (``lstat``, ``llistxattr``,
-``lgetxattr`` and ``readlink`` go through libc, which pseudo intercepts); a container reads the
-real files. So the docker backend streams a tar of ``image/<V>/os-core`` written from what we
-see, and the engine unpacks it as root into a copy the container is given instead.
+A stored tree's owners, modes, device nodes and ``security.*`` xattrs are in its metadata
+record (``image/<V>/os-core.meta``, :mod:`swupd_repo.treemeta`); the files on disk are the
+build user's plain files, device nodes empty placeholders. A container reads the real files.
+So the docker backend streams a tar of ``image/<V>/os-core`` written from the record (and the
+file content on disk), and the engine unpacks it as root into a copy the container is given
+instead. A tree stored before records existed is streamed as this process sees it (under
+the pseudo of an old ``[fakeroot]`` task: pseudo's view, which is the extracted one).
 
 The headers are the fullfiles' (numeric ids, empty user/group names, exact mode, each xattr a
 pax ``SCHILY.xattr.<name>`` record with the raw bytes), plus a pax ``path``/``linkpath`` for
@@ -31,6 +32,8 @@ from ..errors import BackendError, BuildError
 from ..progress import NullReporter
 from ..swupd.fullfiles import END_OF_ARCHIVE, padding, record_member
 from ..swupd.scan import Record, walk
+from ..treemeta import load as load_meta
+from ..treemeta import record_path
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -70,6 +73,13 @@ def under_pseudo(maps: Path = Path("/proc/self/maps")) -> bool:
     return any(line.rsplit("/", 1)[-1].startswith("libpseudo") for line in text.splitlines())
 
 
+def needs_copy(storage: Storage, version: int) -> bool:
+    """Whether the container must get a materialised copy of ``image/<V>/os-core``: always for
+    a tree with a metadata record (its files on disk lack owners, devices and xattrs), and
+    for an old tree read under pseudo (the metadata is only in pseudo's database)."""
+    return record_path(storage.os_core(version)).exists() or under_pseudo()
+
+
 def member(rec: Record) -> bytes:
     """Headers of one record, named relative to the tree root (``usr/bin/x``)."""
     return record_member(rec, rec.path.lstrip("/"))
@@ -98,7 +108,7 @@ def tree_tar(root: Path, counts: Counts | None = None,
     symlinks that :func:`escape` go to ``escaping`` instead of the stream when it is given.
     """
     counts = counts if counts is not None else Counts()
-    for rec in walk(root, NullReporter()):
+    for rec in walk(root, NullReporter(), load_meta(root)):
         counts.members += 1
         if escaping is not None and escapes(rec):
             escaping.append(rec)
@@ -151,8 +161,12 @@ def materialise(client: Any, image: str, storage: Storage, version: int,
     copy = copy_path(storage, version)
     # Not made by us: the engine creates a missing bind-mount source itself (as root), so
     # pseudo never learns an inode of the copy that a container later frees behind its back.
-    reporter.step(f"copying {source} with its fakeroot (pseudo) owners, devices and xattrs "
-                  "for the container")
+    if record_path(source).exists():
+        reporter.step(f"copying {source} with the owners, devices and xattrs of its metadata "
+                      "record for the container")
+    else:  # a tree stored before records, read under pseudo
+        reporter.step(f"copying {source} with its fakeroot (pseudo) owners, devices and "
+                      "xattrs for the container")
     counts = Counts()
     try:
         helper = client.containers.create(
@@ -219,6 +233,8 @@ def unknown_to_pseudo(paths: list[Path], reporter: Reporter) -> None:
     (which forgets it), and the equal file is written by a child without pseudo
     (``PSEUDO_UNLOAD=1``). The name is missing for a moment only; a failure leaves it as it was.
     """
+    if not under_pseudo():
+        return  # nothing knows these inodes but the kernel
     env = dict(os.environ, PSEUDO_UNLOAD="1")
     env.pop("LD_PRELOAD", None)
     for path in paths:

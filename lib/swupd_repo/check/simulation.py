@@ -1,7 +1,7 @@
 """Update simulation: install each supported earlier version into a scratch root, update it to
 the new version over real HTTP (our own server on 127.0.0.1) and compare the result with
-``image/<V>/os-core`` object by object (except what the format leaves to the device: ``/etc``,
-state paths). A fresh install of the new version is simulated too.
+``image/<V>/os-core`` (with its metadata record) object by object (except what the format
+leaves to the device: ``/etc``, state paths). A fresh install of the new version is simulated too.
 
 Scratch roots live under the system temporary directory (``TMPDIR``), never in the storage: a
 concurrent publish removes the storage's temporary names, and the storage may be on a disk
@@ -21,8 +21,11 @@ from ..errors import CheckError, ClientError, ManifestError, SwupdRepoError
 from ..progress import Reporter
 from ..storage import Storage
 from ..swupd.manifest import Manifest, parse_manifest
+from ..treemeta import load as load_meta
 from ..versions import is_update_source
+from .loopback import bring_up_loopback
 from .report import CheckReport, Simulation
+from .unprivileged import can_set_owners, simulate_under_pseudo
 
 
 def update_sources(candidates: Sequence[int], version: int, reporter: Reporter, *,
@@ -89,10 +92,25 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
         report.problems.append(f"cannot simulate updates: {exc}")
         return
     skip = skip_for(entries)
+    image_meta = load_meta(image)  # checked against the tree; None: a tree without a record
     options: dict[str, Any] = {"trusted_certs": trusted_certs, "check_time": check_time}
     # devices will see this version as latest once it is published: show them that now
     latest = {f"/{storage.latest_www_marker.relative_to(storage.www_dir)}": f"{version}\n".encode()}
+    try:
+        if bring_up_loopback():
+            rep.info("brought up the loopback interface of this task's own network namespace "
+                     "for the update simulation (no other network)")
+    except OSError as exc:
+        rep.warning(f"cannot bring up the loopback interface ({exc.strerror}); the update "
+                    "simulation needs 127.0.0.1")
     scratch = scratch_dir(version)
+    if not can_set_owners(scratch):
+        try:
+            simulate_under_pseudo(storage, version, earlier, report, rep, trusted_certs,
+                                  check_time, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     try:
         with serve_in_thread(storage.www_dir, overrides=latest) as url:
             for start in [0, *earlier]:
@@ -106,7 +124,8 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                         stats = update(url, root, to=version, state_dir=state, **options)
                     found = verify(url, root, version=version, **options)
                     problems = [f"{label}: verify: {m}" for m in found.mismatches]
-                    problems += [f"{label}: {d}" for d in compare_trees(root, image, skip)]
+                    problems += [f"{label}: {d}" for d in compare_trees(root, image, skip,
+                                                                       image_meta)]
                     if stats.deltas_failed:
                         # a pristine root: every delta in the pack should have applied
                         problems.append(f"{label}: {stats.deltas_failed} delta(s) in "

@@ -2,7 +2,9 @@
 image exactly (type, mode, owner, xattrs, content, link target, device numbers).
 
 Hashes would hide which property differs; this names it. What the format leaves to the device
-(config under ``/etc``, state paths) is skipped by a predicate built from the manifest.
+(config under ``/etc``, state paths) is skipped by a predicate built from the manifest. The
+expected tree may be a stored one: its mode, owner, device numbers and xattrs then come from
+its metadata record (:mod:`swupd_repo.treemeta`), its content and link targets from disk.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..swupd.hashing import read_xattrs
 from ..swupd.heuristics import is_state, refused_name
 from ..swupd.manifest import Entry
+from ..treemeta import Meta, TreeMeta, from_disk
 
 
 def walk(root: Path) -> dict[str, os.stat_result]:
@@ -82,46 +84,54 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def compare_objects(path: str, a: Path, sa: os.stat_result, b: Path,
-                    sb: os.stat_result) -> list[str]:
-    """How the object at ``a`` differs from ``b`` (empty when identical)."""
-    if _kind(sa.st_mode) != _kind(sb.st_mode):
-        return [f"{path}: is a {_kind(sa.st_mode)}, expected a {_kind(sb.st_mode)}"]
+def compare_objects(path: str, a: Path, sa: os.stat_result, b: Path, sb: os.stat_result,
+                    mb: Meta | None = None) -> list[str]:
+    """How the object at ``a`` differs from ``b`` (empty when identical); ``mb`` is ``b``'s
+    metadata from its tree's record (None: from ``b`` itself)."""
+    ma = from_disk(a, sa)
+    mb = mb if mb is not None else from_disk(b, sb)
+    if _kind(ma.mode) != _kind(mb.mode):
+        return [f"{path}: is a {_kind(ma.mode)}, expected a {_kind(mb.mode)}"]
     diffs = []
-    if not stat.S_ISLNK(sa.st_mode) and stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode):
-        diffs.append(f"{path}: mode {stat.S_IMODE(sa.st_mode):04o}, expected "
-                     f"{stat.S_IMODE(sb.st_mode):04o}")
-    if (sa.st_uid, sa.st_gid) != (sb.st_uid, sb.st_gid):
-        diffs.append(f"{path}: owner {sa.st_uid}:{sa.st_gid}, expected {sb.st_uid}:{sb.st_gid}")
-    xa, xb = read_xattrs(a), read_xattrs(b)
+    if not stat.S_ISLNK(ma.mode) and stat.S_IMODE(ma.mode) != stat.S_IMODE(mb.mode):
+        diffs.append(f"{path}: mode {stat.S_IMODE(ma.mode):04o}, expected "
+                     f"{stat.S_IMODE(mb.mode):04o}")
+    if (ma.uid, ma.gid) != (mb.uid, mb.gid):
+        diffs.append(f"{path}: owner {ma.uid}:{ma.gid}, expected {mb.uid}:{mb.gid}")
+    xa, xb = ma.xattrs, mb.xattrs
     if xa != xb:
         diffs.append(f"{path}: xattrs {sorted(xa)}, expected {sorted(xb)}"
                      if set(xa) != set(xb) else f"{path}: xattr values differ")
-    if stat.S_ISLNK(sa.st_mode):
+    if stat.S_ISLNK(ma.mode):
         ta, tb = os.readlink(a), os.readlink(b)
         if ta != tb:
             diffs.append(f"{path}: links to {ta!r}, expected {tb!r}")
-    elif stat.S_ISREG(sa.st_mode):
+    elif stat.S_ISREG(ma.mode):
         if sa.st_size != sb.st_size or not same_content(a, b):
             diffs.append(f"{path}: content differs ({sa.st_size} bytes, expected {sb.st_size})")
-    elif (stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode)) and sa.st_rdev != sb.st_rdev:
-        diffs.append(f"{path}: device {sa.st_rdev:#x}, expected {sb.st_rdev:#x}")
+    elif (stat.S_ISCHR(ma.mode) or stat.S_ISBLK(ma.mode)) and ma.rdev != mb.rdev:
+        diffs.append(f"{path}: device {ma.rdev:#x}, expected {mb.rdev:#x}")
     return diffs
 
 
 def compare_trees(actual: Path, expected: Path,
-                  skip: Callable[[str], bool] = lambda _p: False) -> list[str]:
-    """Every difference between the tree at ``actual`` and the one at ``expected``, sorted."""
+                  skip: Callable[[str], bool] = lambda _p: False,
+                  expected_meta: TreeMeta | None = None) -> list[str]:
+    """Every difference between the tree at ``actual`` and the one at ``expected``, sorted;
+    ``expected_meta`` is the expected tree's record when it is a stored tree with one."""
     got, want = walk(actual), walk(expected)
     diffs: list[str] = []
     for path in sorted(set(got) | set(want)):
         if skip(path):
             continue
         if path not in got:
-            diffs.append(f"{path}: missing (expected a {_kind(want[path].st_mode)})")
+            kind = (expected_meta.get(path).mode if expected_meta is not None
+                    else want[path].st_mode)
+            diffs.append(f"{path}: missing (expected a {_kind(kind)})")
         elif path not in want:
             diffs.append(f"{path}: unexpected {_kind(got[path].st_mode)}")
         else:
-            diffs.extend(compare_objects(path, actual / path[1:], got[path],
-                                         expected / path[1:], want[path]))
+            diffs.extend(compare_objects(
+                path, actual / path[1:], got[path], expected / path[1:], want[path],
+                expected_meta.get(path) if expected_meta is not None else None))
     return diffs

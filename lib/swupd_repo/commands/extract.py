@@ -17,14 +17,16 @@ from ..pipeline import locked_run
 from ..progress import TqdmReporter
 from ..settings import Settings
 from ..storage import Storage, remove_tree
+from ..treemeta import record_path
 from .options import add_wait_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract the rootfs of a .dsk into image/<V>/os-core",
                        description="Read the rootfs partition of a .dsk image directly (no "
-                       "mount, loop device or root tools beyond chown) and write it to "
-                       "STORAGE/image/<V>/os-core with owners, modes, xattrs and hard links.")
+                       "mount, loop device or root) and write it to STORAGE/image/<V>/os-core "
+                       "(content, links, times) with owners, modes, devices and xattrs in its "
+                       "metadata record STORAGE/image/<V>/os-core.meta.")
     p.add_argument("--dsk", type=Path, required=True, help="the .dsk image")
     p.add_argument("--layout", type=Path, required=True, help="disk-layout JSON of the image")
     p.add_argument("--storage", type=Path, required=True, help="storage directory")
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ExtractError(f"{dest} already exists",
                                    hint="pass --force to replace it")
             remove_tree(dest)
+            record_path(dest).unlink(missing_ok=True)
         extent = find_partition(args.dsk, part, run)
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")

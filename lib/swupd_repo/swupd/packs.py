@@ -34,8 +34,10 @@ from pathlib import Path
 from ..errors import BuildError
 from ..progress import Reporter
 from ..storage import atomic_write_bytes
+from ..treemeta import Meta, TreeMeta, from_disk
+from ..treemeta import load as load_meta
 from .delta import delta_memory, delta_wanted, make_delta
-from .hashing import hash_bytes, read_xattrs
+from .hashing import hash_bytes
 from .manifest import Entry, Manifest, parse_manifest
 from .names import delta_name, fullfile_relpath
 from .packstream import PackMember, plan_groups, write_pack
@@ -116,6 +118,8 @@ class _DeltaJob:
     old_hash: str
     new_hash: str
     memory: int
+    old_meta: Meta  # from the tree's metadata record (or the tree, when it has none)
+    new_meta: Meta
 
 
 def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: Path, *,
@@ -162,12 +166,25 @@ def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
     return PackMember(f"delta/{name}", "file", str(path), size, e.hash)
 
 
-def _image_file(image_dir: Path, version: int, path: str) -> Path | None:
+def _image_file(image_dir: Path, version: int, path: str,
+                records: dict[int, TreeMeta | None]) -> tuple[Path, Meta] | None:
+    """A stored version's file at manifest ``path`` with its metadata: from ``os-core`` and
+    its record when it has one, else from ``full`` (a container's) or ``os-core`` as this
+    process sees it. ``records`` caches the loaded records per version."""
     rel = path.lstrip("/")
+    if version not in records:
+        records[version] = load_meta(image_dir / str(version) / "os-core")
+    record = records[version]
+    if record is not None:
+        meta = record.entries.get(path)
+        return (record.tree / rel, meta) if meta is not None else None
     for tree in ("full", "os-core"):
         candidate = image_dir / str(version) / tree / rel
         if os.path.lexists(candidate):
-            return candidate
+            try:
+                return candidate, from_disk(candidate)
+            except OSError:
+                return None
     return None
 
 
@@ -181,6 +198,7 @@ def _failed(www: Path, version: int) -> set[str]:
 def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) -> list[_DeltaJob]:
     jobs: dict[str, _DeltaJob] = {}
     failed: dict[int, set[str]] = {}
+    records: dict[int, TreeMeta | None] = {}
     for prev, e in pairs:
         if prev.type != "F" or e.type != "F":
             continue
@@ -192,47 +210,47 @@ def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) ->
             failed[e.last_change] = _failed(www, e.last_change)
         if name in failed[e.last_change]:
             continue
-        old_file = _image_file(image_dir, prev.last_change, prev.path)
-        new_file = _image_file(image_dir, e.last_change, e.path)
-        if old_file is None or new_file is None:
+        old = _image_file(image_dir, prev.last_change, prev.path, records)
+        new = _image_file(image_dir, e.last_change, e.path, records)
+        if old is None or new is None:
             continue
+        (old_file, old_meta), (new_file, new_meta) = old, new
         try:
             old_st, new_st = os.lstat(old_file), os.lstat(new_file)
         except OSError:
             continue
-        if not (stat.S_ISREG(old_st.st_mode) and stat.S_ISREG(new_st.st_mode)):
+        if not (stat.S_ISREG(old_meta.mode) and stat.S_ISREG(new_meta.mode) and
+                stat.S_ISREG(old_st.st_mode) and stat.S_ISREG(new_st.st_mode)):
             continue
         if not delta_wanted(old_st.st_size, new_st.st_size):
             continue
         jobs[name] = _DeltaJob(name, str(target), str(old_file), str(new_file),
-                               prev.hash, e.hash, delta_memory(old_st.st_size, new_st.st_size))
+                               prev.hash, e.hash, delta_memory(old_st.st_size, new_st.st_size),
+                               old_meta, new_meta)
     return list(jobs.values())
 
 
 def make_delta_file(job: _DeltaJob) -> bool:
     """Pool job: write the delta for ``job`` if it pays off; False when there is none."""
-    xattrs = read_xattrs(job.old)
-    if xattrs != read_xattrs(job.new):
-        return False
-    old_st, new_st = os.lstat(job.old), os.lstat(job.new)
-    if not (stat.S_ISREG(old_st.st_mode) and stat.S_ISREG(new_st.st_mode)):
+    old_meta, new_meta = job.old_meta, job.new_meta
+    if old_meta.xattrs != new_meta.xattrs:
         return False
     old_data = Path(job.old).read_bytes()
     new_data = Path(job.new).read_bytes()
     # Both sides must still be what the manifests say, or the delta would be wrong; hashing
     # the bytes read is what makes the check cover exactly what is diffed.
-    if _data_hash(old_st, xattrs, old_data) != job.old_hash or \
-            _data_hash(new_st, xattrs, new_data) != job.new_hash:
+    if _data_hash(old_meta, old_data) != job.old_hash or \
+            _data_hash(new_meta, new_data) != job.new_hash:
         return False
-    data = make_delta(old_data, new_data, new_st.st_mode, new_st.st_uid, new_st.st_gid)
+    data = make_delta(old_data, new_data, new_meta.mode, new_meta.uid, new_meta.gid)
     if data is None:
         return False
     atomic_write_bytes(Path(job.out), data, durable=False)
     return True
 
 
-def _data_hash(st: os.stat_result, xattrs: dict[bytes, bytes], data: bytes) -> str:
-    return hash_bytes(st.st_mode, st.st_uid, st.st_gid, st.st_rdev, len(data), xattrs, data)
+def _data_hash(meta: Meta, data: bytes) -> str:
+    return hash_bytes(meta.mode, meta.uid, meta.gid, meta.rdev, len(data), meta.xattrs, data)
 
 
 def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], workers: int,

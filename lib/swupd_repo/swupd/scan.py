@@ -1,7 +1,9 @@
 """Walk ``image/<V>/os-core`` into records: what each path is and its swupd hash.
 
-The walk reads only what the device will see: ``lstat`` (numeric owner, full mode, rdev) and
-``llistxattr``/``lgetxattr`` of the path itself, so no root is needed beyond read access.
+Mode, owner, device number and xattrs come from the tree's metadata record
+(:mod:`swupd_repo.treemeta`), size, times and content from the tree on disk, so no root and
+no pseudo are needed. A tree stored before records existed is read as it is on disk:
+``lstat`` (numeric owner, full mode, rdev) and ``llistxattr``/``lgetxattr`` of the path itself.
 Regular files are hashed in a bounded process pool, streamed in 1 MiB chunks; symlinks,
 directories and special files are hashed inline (their data is tiny or empty, §3, §9.3).
 
@@ -30,7 +32,9 @@ from pathlib import Path
 from ..errors import BuildError
 from ..progress import Reporter
 from ..storage import atomic_write_text
-from .hashing import CHUNK, hash_bytes, object_key, read_xattrs, xattr_blob
+from ..treemeta import Meta, TreeMeta, from_disk
+from ..treemeta import load as load_meta
+from .hashing import CHUNK, hash_bytes, object_key, xattr_blob
 from .heuristics import refused_name
 from .workpool import bounded_map
 
@@ -86,9 +90,10 @@ class ScanResult:
     skipped: list[str] = field(default_factory=list)  # refused names (with subtrees)
 
 
-def walk(root: Path, reporter: Reporter) -> Iterator[Record]:
+def walk(root: Path, reporter: Reporter, meta: TreeMeta | None = None) -> Iterator[Record]:
     """Every path below ``root`` (not ``root`` itself), unhashed; refused names are skipped.
 
+    ``meta`` is the tree's checked record (None: metadata as this process sees the tree).
     Unlike the server (which trusts ``d_type``), a directory is recognised from ``lstat``, so
     filesystems that report ``DT_UNKNOWN`` lose nothing (§9.5).
     """
@@ -112,22 +117,23 @@ def walk(root: Path, reporter: Reporter) -> Iterator[Record]:
                 raise BuildError(f"{entry.path}: a file name with a newline cannot be written "
                                  "to a swupd manifest", hint="rename or remove it in the image")
             st = entry.stat(follow_symlinks=False)
-            if stat.S_ISSOCK(st.st_mode):
+            info = meta.get(man_path) if meta is not None else from_disk(entry.path, st)
+            if stat.S_ISSOCK(info.mode):
                 reporter.warning(f"skipping socket {man_path}: tar cannot carry sockets, so no "
                                  "client could install it")
                 continue
-            rec = _record(entry.path, man_path, st)
+            rec = _record(entry.path, man_path, st, info)
             if rec.type == "D":
                 stack.append((entry.path, man_path))
             yield rec
 
 
-def _record(disk: str, man_path: str, st: os.stat_result) -> Record:
-    mode = st.st_mode
+def _record(disk: str, man_path: str, st: os.stat_result, info: Meta) -> Record:
+    mode = info.mode
     kind = "D" if stat.S_ISDIR(mode) else "L" if stat.S_ISLNK(mode) else "F"
-    rec = Record(path=man_path, disk=disk, type=kind, mode=mode, uid=st.st_uid, gid=st.st_gid,
-                 rdev=st.st_rdev, size=st.st_size, mtime=int(st.st_mtime),
-                 xattrs=read_xattrs(disk), dev=st.st_dev, ino=st.st_ino,
+    rec = Record(path=man_path, disk=disk, type=kind, mode=mode, uid=info.uid, gid=info.gid,
+                 rdev=info.rdev, size=st.st_size, mtime=int(st.st_mtime),
+                 xattrs=info.xattrs, dev=st.st_dev, ino=st.st_ino,
                  mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
     if kind == "L":
         rec.target = os.readlink(os.fsencode(disk))
@@ -196,7 +202,11 @@ def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = Non
     if not root.is_dir():
         raise BuildError(f"{root} is not a directory", hint="extract the rootfs first")
     records: dict[str, Record] = {}
-    for rec in walk(root, reporter):
+    meta = load_meta(root)
+    if meta is None:
+        reporter.info(f"{root} has no metadata record (stored before records existed): its "
+                      "owners, modes and xattrs are read from the tree as this process sees it")
+    for rec in walk(root, reporter, meta):
         records[rec.path] = rec
     result = ScanResult(records)
     cache = load_cache(cache_file) if cache_file else {}

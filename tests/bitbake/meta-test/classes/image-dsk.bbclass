@@ -90,7 +90,8 @@ python do_image () {
     os.unlink(ext4)
     link = os.path.join(deploy, d.getVar("IMAGE_LINK_NAME") + ".dsk")
     os.symlink(os.path.basename(dsk), link)
-    with open(os.path.join(deploy, "disk-layout-%s.json" % d.getVar("MACHINE")), "w") as f:
+    # as Ostro's image-dsk: the layout under the image's own name (with OE-core's date in it)
+    with open(os.path.join(deploy, d.getVar("IMAGE_NAME") + "-disk-layout.json"), "w") as f:
         json.dump(layout, f, indent=4, sort_keys=True)
 }
 do_image[fakeroot] = "1"

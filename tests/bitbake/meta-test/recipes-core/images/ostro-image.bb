@@ -18,6 +18,13 @@ rootfs_install () {
 	chmod 0755 usr/bin/hello
 	echo "ostro's notes" > home/ostro/notes
 	chown -R 1000:1000 home/ostro
+	# big enough for a delta (the client gets whole files under 200 bytes), changing with
+	# IMAGE_MOTD, owned by a user and labelled: a delta must carry all of it
+	install -d -m 0755 usr/share/ostro
+	for i in $(seq 1 64); do echo "line $i of the release notes of ${IMAGE_MOTD}"; done \
+		> usr/share/ostro/release-notes
+	chown 1000:1000 usr/share/ostro/release-notes
+	setfattr -n security.SMACK64 -v User usr/share/ostro/release-notes
 	chmod 0700 home/ostro
 	mknod -m 0666 dev/null c 1 3
 	setfattr -n security.SMACK64 -v System usr/bin/hello
