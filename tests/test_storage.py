@@ -63,9 +63,11 @@ def test_container_cannot_see_our_temporaries(tmp_path) -> None:
     for path in kept:
         path.mkdir(parents=True)
         (path / "data").write_text(path.name)
-    with hidden_temporaries(st):
-        assert [p for p in st.temporaries() if p.parent != tmp_path] == []
-        for top in (st.www_dir, st.image_dir):  # what the container sees
+    hiding_place = tmp_path / "run-dir"  # the backend's own per-run directory
+    hiding_place.mkdir()
+    with hidden_temporaries(st, hiding_place):
+        assert list(st.temporaries()) == []  # the whole storage is mounted: nothing left in sight
+        for top in (st.www_dir, st.image_dir):
             assert not [p for p in top.rglob(f"{TEMP_PREFIX}*")]
     for path in kept:
         assert (path / "data").read_text() == path.name
