@@ -15,7 +15,7 @@ from . import __version__
 from .errors import SwupdRepoError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("publish", "extract", "build", "record", "check", "client", "serve")
+COMMANDS = ("publish", "extract", "build", "record", "prune", "status", "check", "client", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

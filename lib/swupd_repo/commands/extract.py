@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..dedup import share_with_previous
 from ..errors import ExtractError
 from ..extract import extract_rootfs
 from ..gpt import find_partition
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         reporter.info(f"partition {extent.number} ({extent.name or part.key}) of "
                       f"{args.dsk}: {extent.size} bytes at {extent.offset}")
         stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, reporter)
+        share_with_previous(storage, args.version, reporter)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
     return 0

@@ -21,6 +21,8 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
                         help="earlier versions that get delta packs (2)")
     parser.add_argument("--jobs", type=int, help="worker processes (0 = cores)")
+    parser.add_argument("--keep-trees", dest="keep_trees", type=int,
+                        help="after publishing, prune image trees keeping N newest (0 = all)")
     parser.add_argument("--signing-key", dest="signing_key", type=Path)
     parser.add_argument("--signing-cert", dest="signing_cert", type=Path)
     parser.add_argument("--signing-chain", dest="signing_chain", type=Path)
