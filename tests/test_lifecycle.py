@@ -134,6 +134,13 @@ def test_writers_into_latest_leave_older_versions_unchanged(tmp_path, series) ->
         (st.os_core(20) / "usr/share/data/f00").stat().st_ino  # shared again after the rebuild
 
 
+def _disk_usage(root: Path) -> int:
+    """Bytes on disk below ``root``, each inode once (``du`` without apparent sizes)."""
+    done = subprocess.run(["du", "-s", "-B1", str(root)], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout.split()[0])
+
+
 def _www_files(storage: Path, version: int) -> dict[str, object]:
     """``www/<version>`` and every delta file: bytes, or for a tar its members (name, mode,
     data) without their mtimes, which are when the file was written (a delta made later)."""
@@ -160,12 +167,15 @@ def test_a_build_after_prune_writes_the_same_delta_packs(tmp_path, series) -> No
     assert dry.returncode == 0, dry.stderr
     assert f"would remove {pruned / 'image/10'}" in dry.stdout
     assert Storage(pruned).os_core(10).is_dir()  # a dry run changes nothing
+    on_disk = _disk_usage(pruned / "image")
     done = swupd_repo("prune", "--storage", pruned)
     assert done.returncode == 0, done.stderr
     st = Storage(pruned)
     assert sorted(int(p.name) for p in st.image_dir.iterdir() if p.name.isdigit()) == [30, 40]
     freed = int(done.stdout.strip().splitlines()[-1].split()[-2])
-    assert freed > 0 and dry.stdout.strip().splitlines()[-1].split()[-2] == str(freed)
+    assert dry.stdout.strip().splitlines()[-1].split()[-2] == str(freed)
+    # what was reported is what went: shared inodes still linked from 30/40 are not counted
+    assert freed == on_disk - _disk_usage(pruned / "image") > 0
     _publish_all(pruned, series, VERSIONS[-1:])
     ours, theirs = _www_files(pruned, 50), _www_files(plain, 50)
     assert [n for n in theirs if "/delta/" in n and n.startswith("50/")]  # deltas were made
@@ -183,6 +193,12 @@ def test_keep_trees_setting_prunes_after_each_publish(tmp_path, series) -> None:
     status = swupd_repo("status", "--storage", storage)
     assert status.returncode == 0, status.stderr
     assert "prune --keep 1 would remove nothing" in status.stdout
+    rows = {int(line.split()[0]): [float(x) for x in line.split()[1:]]
+            for line in status.stdout.splitlines() if line.split()[0].isdigit()}
+    assert sorted(rows) == [10, 20, 30]
+    assert rows[10][0] == 0 and rows[10][3] > 0  # its tree is gone, its www/ is not
+    image, shared, own, _www = rows[30]
+    assert shared > own > 0 and abs(image - shared - own) < 0.11
 
 
 def test_sigkill_during_prune_leaves_a_valid_storage(tmp_path, series) -> None:

@@ -36,7 +36,7 @@ from .storage import Storage, temp_path
 from .treemeta import load as load_meta
 
 #: Errors that mean "this filesystem or kernel will not link these": stop sharing, keep going.
-_CANNOT_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSPC)
+_CANNOT_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSPC)
 
 
 @dataclass
@@ -109,6 +109,8 @@ def share_unchanged(new: Path, old: Path, reporter: Reporter) -> DedupStats:
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+            if exc.errno == errno.EMLINK:  # this inode has all the links it may: keep a copy
+                continue
             if exc.errno in _CANNOT_LINK:
                 reporter.warning(f"cannot share {new_file} with {old_file} ({exc.strerror}); "
                                  "the remaining files keep their own storage")
