@@ -20,7 +20,7 @@ import pytest
 
 from helpers_cli import publish, swupd_repo
 from swupd_repo.storage import TEMP_PREFIX, Storage
-from swupd_repo.treemeta import record_path
+from swupd_repo.treemeta import load, record_path
 
 VERSIONS = (10, 20, 30, 40, 50)
 #: Which data files change in which version; 50 changes files last changed in 10, 20 and 40,
@@ -48,6 +48,9 @@ def make_version_tree(root: Path, version: int, many: int = 0) -> Path:
         path = root / f"usr/share/data/f{index:02}"
         path.write_bytes(_content(index, last))
         os.utime(path, (MTIME + last, MTIME + last))
+    if version >= 20:  # same bytes, other owner and mode: only the record says so
+        os.chown(root / "usr/share/data/f05", 1234, 1234)
+        os.chmod(root / "usr/share/data/f05", 0o600)
     if many:
         (root / "usr/share/many").mkdir()
         for index in range(many):
@@ -102,10 +105,14 @@ def test_unchanged_files_share_the_previous_versions_inode(tmp_path, series) -> 
     shared = (new / "usr/share/data/f00").stat()
     assert shared.st_nlink == 2 and not shared.st_mode & 0o222
     assert (old / "usr/share/many/n7").stat().st_ino == (new / "usr/share/many/n7").stat().st_ino
-    # the record (not the read-only disk mode) is what the manifest says
-    manifest = (st.www(20) / "Manifest.full").read_text()
-    line = next(x for x in manifest.splitlines() if x.endswith("/usr/share/data/f00"))
-    assert line.split("\t")[0] == "F..."
+    # f05 changed owner and mode, not content: it shares the inode, each version keeps its
+    # metadata in its record, and the manifests tell the two apart
+    assert (old / "usr/share/data/f05").stat().st_ino == (new / "usr/share/data/f05").stat().st_ino
+    assert load(old).get("/usr/share/data/f05")[:3] == (0o100644, 0, 0)
+    assert load(new).get("/usr/share/data/f05")[:3] == (0o100600, 1234, 1234)
+    lines = {v: next(x.split("\t") for x in (st.www(v) / "Manifest.full").read_text()
+                     .splitlines() if x.endswith("/usr/share/data/f05")) for v in (10, 20)}
+    assert lines[10][1] != lines[20][1] and lines[20][2] == "20"
     check = swupd_repo("check", "--storage", storage, "--no-check-time")
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -218,8 +225,6 @@ def test_sigkill_during_prune_leaves_a_valid_storage(tmp_path, series) -> None:
     proc.wait()
     assert caught, "prune finished before it could be interrupted"
     # every remaining tree is whole: its record matches it
-    from swupd_repo.treemeta import load
-
     for version in (30, 40):
         assert load(st.os_core(version)) is not None
     check = swupd_repo("check", "--storage", storage, "--no-check-time")
