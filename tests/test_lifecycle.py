@@ -118,9 +118,10 @@ def test_unchanged_files_share_the_previous_versions_inode(tmp_path, series) -> 
 
 
 def test_writers_into_latest_leave_older_versions_unchanged(tmp_path, series) -> None:
-    """Each way a tree is written: a forced re-extraction, a forced rebuild (hash cache, full
-    link), and a container's rsync (a new file renamed over the old name, rsync's default:
-    the real container runs rsync without --inplace) into the newest tree."""
+    """Each way a tree is written: a container's rsync (a new file renamed over the old name,
+    rsync's default: the real container runs rsync without --inplace) and its ``hardlink``
+    step (docker-contract.md), a forced re-extraction, a forced rebuild (hash cache, full
+    link) of the newest tree."""
     storage = tmp_path / "s"
     _publish_all(storage, series, (10, 20))
     st = Storage(storage)
@@ -130,6 +131,10 @@ def test_writers_into_latest_leave_older_versions_unchanged(tmp_path, series) ->
     tmp = target.with_name(".f00.rsync")
     tmp.write_bytes(b"changed by a container\n")
     os.rename(tmp, target)
+    assert _tree_digest(st.os_core(10)) == before
+    # the real container's last step: util-linux hardlink over the new and previous trees
+    for args in ([st.image(20)], [st.image(10), st.image(20)]):
+        subprocess.run(["hardlink", *map(str, args)], check=True, capture_output=True)
     assert _tree_digest(st.os_core(10)) == before
     again = publish(storage, series[20], "--version", "20", "--force")
     assert again.returncode == 0, again.stderr
