@@ -15,8 +15,8 @@ from . import __version__
 from .errors import SwupdRepoError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("publish", "extract", "build", "record", "check", "release", "revert", "report",
-            "client", "serve")
+COMMANDS = ("publish", "extract", "build", "record", "prune", "status", "check", "release",
+            "revert", "report", "client", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

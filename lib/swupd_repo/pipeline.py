@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .backends import get_backend
+from .dedup import share_with_previous
 from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
 from .osrelease import read_version_id
 from .progress import Reporter
@@ -59,6 +60,7 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
                 hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
             )
         _build_and_mark(storage, version, settings, run)
+        _prune_after(storage, settings, run)
     return version
 
 
@@ -102,11 +104,13 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
                                run, max_file_size=settings.max_file_size)
                 check_os_release(dest, version)
+                share_with_previous(storage, version, run)
                 _build_and_mark(storage, version, settings, run)
         except BaseException:
             if not image_existed:
                 shutil.rmtree(storage.image(version), ignore_errors=True)
             raise
+        _prune_after(storage, settings, run)
     return version
 
 
@@ -152,6 +156,15 @@ def check_os_release(root: Path, version: int) -> None:
 def _clean(storage: Storage, reporter: Reporter) -> None:
     for path in storage.clean_leftovers():
         reporter.info(f"removed {path} left by an interrupted run")
+
+
+def _prune_after(storage: Storage, settings: Settings, reporter: Reporter) -> None:
+    """``keep_trees`` > 0: remove the trees no future build reads (the lock is held)."""
+    if settings.keep_trees > 0:
+        from .prune import plan, prune_locked
+
+        prune_locked(storage, plan(storage, keep=settings.keep_trees,
+                                   deltapack_versions=settings.deltapack_versions), reporter)
 
 
 def _build_and_mark(storage: Storage, version: int, settings: Settings,

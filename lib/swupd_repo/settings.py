@@ -37,6 +37,7 @@ class Settings:
     disk_image: Path | None = None
     partition: str | None = None
     deltapack_versions: int = 2
+    keep_trees: int = 0
     compression: str = "gzip"
     jobs: int = 0
     max_file_size: int = 4 << 30
@@ -74,8 +75,8 @@ class Settings:
 
 _PATH_KEYS = {"storage_dir", "disk_layout", "disk_image", "signing_key", "signing_cert",
               "signing_chain", "signing_passphrase_file"}
-_INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "jobs": 0,
-             "max_file_size": 1}
+_INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "keep_trees": 0,
+             "jobs": 0, "max_file_size": 1}
 _BOOL_KEYS = {"docker_privileged", "check", "force", "release", "report"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -57,6 +57,12 @@ SWUPD_REPO_PARTITION ??= ""
 # How many earlier change points of a bundle get delta packs (the container uses 2).
 SWUPD_REPO_DELTAPACK_VERSIONS ??= "2"
 
+# After each publish, remove the stored image/<V> trees no future build reads (under the
+# storage lock, crash-safe), keeping at least this many newest trees; latest and the change
+# points delta packs start from are always kept. "0" keeps every tree. Unchanged files of
+# consecutive trees share storage (hard links) either way.
+SWUPD_REPO_KEEP_TREES ??= "0"
+
 # Fullfile compression: "gzip", "xz", or "smallest" (tries gzip/xz/bzip2 like swupd-server).
 SWUPD_REPO_COMPRESSION ??= "gzip"
 
@@ -113,7 +119,8 @@ SWUPD_REPO_REPORT ??= "1"
 SWUPD_REPO_TASK_VARIABLES = "\
     OS_VERSION SWUPD_REPO_STORAGE_DIR SWUPD_REPO_BACKEND SWUPD_REPO_VERSION_STEP \
     SWUPD_REPO_DISK_LAYOUT SWUPD_REPO_DISK_IMAGE SWUPD_REPO_PARTITION \
-    SWUPD_REPO_DELTAPACK_VERSIONS SWUPD_REPO_COMPRESSION SWUPD_REPO_MAX_FILE_SIZE \
+    SWUPD_REPO_DELTAPACK_VERSIONS SWUPD_REPO_KEEP_TREES SWUPD_REPO_COMPRESSION \
+    SWUPD_REPO_MAX_FILE_SIZE \
     SWUPD_REPO_SIGNING_KEY SWUPD_REPO_SIGNING_CERT SWUPD_REPO_SIGNING_CHAIN \
     SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
     SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \

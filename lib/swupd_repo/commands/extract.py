@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..dedup import share_with_previous
 from ..errors import ExtractError
 from ..extract import extract_rootfs
 from ..gpt import find_partition
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
         stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, run,
                                max_file_size=args.max_file_size)
+        share_with_previous(storage, args.version, run)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
     return 0

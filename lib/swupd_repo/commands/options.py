@@ -23,6 +23,8 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int,
                         help="at most this many worker processes (0 = one per core); never "
                         "more than the usable cores nor one per 256 MiB of available memory")
+    parser.add_argument("--keep-trees", dest="keep_trees", type=int,
+                        help="after publishing, prune image trees keeping N newest (0 = all)")
     parser.add_argument("--max-file-size", dest="max_file_size", type=int,
                         help="largest file of the rootfs in bytes, holes included (4 GiB)")
     parser.add_argument("--signing-key", dest="signing_key", type=Path, metavar="PEM",

@@ -167,10 +167,21 @@ def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
 
 
 def _image_file(image_dir: Path, version: int, path: str,
-                records: dict[int, TreeMeta | None]) -> tuple[Path, Meta] | None:
+                records: dict[int, TreeMeta | None],
+                stored: list[int] | None = None) -> tuple[Path, Meta] | None:
     """A stored version's file at manifest ``path`` with its metadata: from ``os-core`` and
     its record when it has one, else from ``full`` (a container's) or ``os-core`` as this
-    process sees it. ``records`` caches the loaded records per version."""
+    process sees it. ``records`` caches the loaded records per version.
+
+    A version whose tree was pruned is read from the oldest stored tree after it (``stored``:
+    the versions under ``image_dir``, ascending): ``prune`` keeps, for every file a later delta
+    can start from, a tree inside the range of versions where that file did not change, and
+    :func:`make_delta_file` proves the bytes against the manifest hash anyway."""
+    if stored is not None and not (image_dir / str(version)).is_dir():
+        later = [v for v in stored if v > version]
+        if not later:
+            return None
+        version = later[0]
     rel = path.lstrip("/")
     if version not in records:
         records[version] = load_meta(image_dir / str(version) / "os-core")
@@ -199,6 +210,8 @@ def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) ->
     jobs: dict[str, _DeltaJob] = {}
     failed: dict[int, set[str]] = {}
     records: dict[int, TreeMeta | None] = {}
+    stored = sorted(int(p.name) for p in image_dir.iterdir()
+                    if p.name.isdigit() and p.is_dir()) if image_dir.is_dir() else []
     for prev, e in pairs:
         if prev.type != "F" or e.type != "F":
             continue
@@ -210,7 +223,7 @@ def _delta_jobs(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]]) ->
             failed[e.last_change] = _failed(www, e.last_change)
         if name in failed[e.last_change]:
             continue
-        old = _image_file(image_dir, prev.last_change, prev.path, records)
+        old = _image_file(image_dir, prev.last_change, prev.path, records, stored)
         new = _image_file(image_dir, e.last_change, e.path, records)
         if old is None or new is None:
             continue

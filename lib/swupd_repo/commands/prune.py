@@ -1,0 +1,54 @@
+"""``swupd-repo prune``: remove the stored trees (``image/<V>``) no future build reads.
+
+See :mod:`swupd_repo.prune` for what is kept and why the delta packs stay the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import SettingsError
+from ..progress import TqdmReporter
+from ..prune import prune
+from ..storage import Storage
+from .options import add_wait_option, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="remove stored image trees no future build needs",
+                       description="Remove STORAGE/image/<V> trees that no future build reads: "
+                       "latest, the change points delta packs start from and trees not yet "
+                       "published are always kept. Under the storage lock; an interrupted "
+                       "prune leaves whole trees (leftovers are removed by the next run).")
+    p.add_argument("--config", type=Path, help="YAML settings file")
+    p.add_argument("--storage", dest="storage_dir", type=Path, required=True,
+                   help="storage directory")
+    p.add_argument("--keep", type=int,
+                   help="also keep this many newest trees (default: keep_trees, at least 1)")
+    p.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
+                   help="delta packs per bundle the next builds make (default: the settings')")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would go and the bytes it would free; change nothing")
+    add_wait_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    keep = args.keep if args.keep is not None else max(settings.keep_trees, 1)
+    if keep < 1:
+        raise SettingsError(f"--keep {keep} would not keep the latest tree",
+                            hint="pass --keep 1 or more")
+    assert settings.storage_dir is not None
+    storage = Storage(settings.storage_dir)
+    with TqdmReporter() as reporter:
+        result = prune(storage, keep=keep, deltapack_versions=settings.deltapack_versions,
+                       dry_run=args.dry_run, reporter=reporter, wait=args.wait)
+    verb = "would remove" if args.dry_run else "removed"
+    for version in result.remove:
+        print(f"{verb} {storage.image(version)}")
+    for version, why in sorted(result.keep.items()):
+        print(f"kept {storage.image(version)}: {why}")
+    print(f"{verb} {len(result.remove)} tree(s), {result.freed_bytes} bytes")
+    return 0
