@@ -132,15 +132,15 @@ def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: 
         elif e.last_change > source:
             pairs.append((prev, e))
     _make_deltas(www, image_dir, pairs, workers, reporter)
-    deltas: list[PackMember] = []
+    deltas: dict[str, PackMember] = {}  # by name: paths sharing a hash share one delta
     for prev, e in pairs:
         member = _delta_member(www, prev, e)
         if member is None:
             staged.append(e)
         else:
-            deltas.append(member)
-    deltas.sort(key=lambda m: m.name)
-    members = [*_dir_members(_timestamp(new)), *deltas, *_staged(www, staged)]
+            deltas[member.name] = member
+    members = [*_dir_members(_timestamp(new)), *sorted(deltas.values(), key=lambda m: m.name),
+               *_staged(www, staged)]
     write_pack(out, plan_groups(members), previous=None, workers=workers, reporter=reporter,
                label=f"delta pack {bundle} from {source}", keep_index=False)
     reporter.info(f"{out.name}: {len(deltas)} deltas, {len(members) - len(deltas) - 2} staged")
