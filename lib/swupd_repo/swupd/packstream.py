@@ -40,6 +40,7 @@ from ..errors import BuildError
 from ..progress import Reporter
 from ..storage import atomic_write_bytes, fsync_dir, temp_path
 from .fullfiles import END_OF_ARCHIVE, member_headers, padding
+from .streamstore import StreamStore
 from .workpool import bounded_map
 
 #: xz preset of the pack streams (what ``tar -J`` used in the container).
@@ -59,7 +60,7 @@ _JOB_WEIGHT = 4 * 1024 * 1024
 #: pack (a few MiB of fresh groups) keeps every core busy instead of leaving one idle.
 _JOBS_PER_WORKER = 8
 _MIN_JOB_WEIGHT = 64 * 1024
-_INDEX_FORMAT = 1
+_INDEX_FORMAT = 2
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _XZ_FOOTER_MAGIC = b"YZ"
 _CHUNK = 1 << 20
@@ -77,6 +78,12 @@ class PackMember:
     weight: int = 0
     cut: str = ""  # hex digest that decides group cuts (the member's hash)
     mtime: int = 0
+    #: what else decides the member's bytes: the source file's size and mtime_ns (a
+    #: fullfile's header carries its mtime; a rewritten source is a new identity)
+    ident: str = ""
+    #: members of different eras (e.g. last_change versions) never share a group, so the
+    #: groups of a delta pack's staged members line up with the zero pack's
+    era: int = 0
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -87,6 +94,9 @@ def plan_groups(members: Sequence[PackMember]) -> list[list[PackMember]]:
     current: list[PackMember] = []
     weight = 0
     for m in members:
+        if current and current[-1].era != m.era:
+            groups.append(current)
+            current, weight = [], 0
         if m.weight >= BIG_MEMBER:
             if current:
                 groups.append(current)
@@ -117,10 +127,10 @@ def _cut_after(m: PackMember) -> bool:
 
 
 def group_key(group: Sequence[PackMember]) -> str:
-    """Identity of a group's compressed bytes: member names, kinds and the settings."""
+    """Identity of a group's compressed bytes: member names, kinds, sources and settings."""
     h = hashlib.sha256(f"v{_INDEX_FORMAT} xz{PRESET}\n".encode())
     for m in group:
-        h.update(f"{m.kind}\0{m.name}\0{m.mtime if m.kind == 'dir' else ''}\n"
+        h.update(f"{m.kind}\0{m.name}\0{m.mtime if m.kind == 'dir' else m.ident}\n"
                  .encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
@@ -270,6 +280,7 @@ def compress_job(groups: list[list[PackMember]], finals: list[bool], part: str) 
 class _Slot:
     key: str
     reuse: tuple[int, int] | None = None  # range in the previous pack
+    stored: bool = False  # in the stream store
     part: str = ""  # part file and offset of freshly compressed bytes
     offset: int = 0
     length: int = 0
@@ -277,18 +288,26 @@ class _Slot:
 
 def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | None,
                workers: int, reporter: Reporter, label: str,
-               keep_index: bool) -> tuple[int, int]:
+               keep_index: bool, store: StreamStore | None = None) -> tuple[int, int]:
     """Write the pack ``out`` atomically; returns (groups reused, groups compressed).
 
-    The last group always carries the end-of-archive blocks, so it is compressed afresh
-    (it is tiny: the final group is a dedicated empty one).
+    A group's stream comes from ``store`` when it holds the group's key, else from
+    ``previous`` (a pack with an index) when that has it, else it is compressed and added to
+    ``store``. The last group always carries the end-of-archive blocks, so it is compressed
+    afresh (it is tiny: the final group is a dedicated empty one).
     """
     groups = [*groups, []]  # the end-of-archive stream
     reusable = load_index(previous)
     slots = [_Slot(group_key(g) if g else "end") for g in groups]
     todo: list[int] = []
     for i, slot in enumerate(slots):
-        rng = reusable.get(slot.key) if i < len(groups) - 1 else None
+        if i == len(groups) - 1:
+            todo.append(i)
+            continue
+        if store is not None and store.has(slot.key):
+            slot.stored = True
+            continue
+        rng = reusable.get(slot.key)
         if rng is not None and previous is not None and _is_stream(previous, *rng):
             slot.reuse = rng
         else:
@@ -300,7 +319,7 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
     tmp = temp_path(out.parent, out.name)
     try:
         _compress_all(groups, todo, slots, parts_dir, workers, reporter)
-        index = _assemble(tmp, slots, previous)
+        index = _assemble(tmp, slots, groups, previous, store)
         os.replace(tmp, out)
         fsync_dir(out.parent)
     finally:
@@ -365,20 +384,34 @@ def _is_stream(path: Path, offset: int, length: int) -> bool:
     return head == _XZ_MAGIC and tail == _XZ_FOOTER_MAGIC
 
 
-def _assemble(tmp: Path, slots: list[_Slot], previous: Path | None) -> dict[str, list[int]]:
+def _assemble(tmp: Path, slots: list[_Slot], groups: list[list[PackMember]],
+              previous: Path | None, store: StreamStore | None) -> dict[str, list[int]]:
+    """Concatenate the streams in group order; fresh ones are also added to ``store``."""
     index: dict[str, list[int]] = {}
     prev = open(previous, "rb") if previous is not None else None  # noqa: SIM115
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "w+b") as out:  # readable: a recompressed stream is stored from it
             pos = 0
-            for slot in slots:
-                if slot.reuse is not None:
+            for slot, group in zip(slots, groups, strict=True):
+                length = None
+                if slot.stored:
+                    assert store is not None
+                    length = store.copy_into(slot.key, out)
+                    if length is None:  # damaged since it was looked up: compress again
+                        length = _compress_group(group, out, False)
+                        out.flush()
+                        store.put(slot.key, out.fileno(), pos, length)
+                elif slot.reuse is not None:
                     assert prev is not None
                     _copy(prev, slot.reuse[0], slot.reuse[1], out)
                     length = slot.reuse[1]
+                    if store is not None:  # a storage from before the store: fill it
+                        store.put(slot.key, prev.fileno(), *slot.reuse)
                 else:
                     with open(slot.part, "rb") as part:
                         _copy(part, slot.offset, slot.length, out)
+                        if store is not None and slot.key != "end":
+                            store.put(slot.key, part.fileno(), slot.offset, slot.length)
                     length = slot.length
                 if slot.key != "end":
                     index[slot.key] = [pos, length]
