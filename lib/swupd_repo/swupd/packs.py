@@ -66,15 +66,16 @@ def _dir_members(mtime: int) -> list[PackMember]:
 
 
 def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
-    """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, hash): old groups
-    then only lose members over time, and new content lands in new groups at the end."""
+    """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, path): old groups
+    then only lose members over time, new content lands in new groups at the end, and files
+    of one directory (one package) sit side by side, which xz finds more to share in."""
     best: dict[str, Entry] = {}
     for e in entries:
         cur = best.get(e.hash)
-        if cur is None or e.last_change < cur.last_change:
+        if cur is None or (e.last_change, e.path) < (cur.last_change, cur.path):
             best[e.hash] = e
     out = []
-    for e in sorted(best.values(), key=lambda e: (e.last_change, e.hash)):
+    for e in sorted(best.values(), key=lambda e: (e.last_change, e.path, e.hash)):
         src = fullfile_path(www, e)
         try:
             st = os.stat(src)
