@@ -357,8 +357,8 @@ def run_main(args: argparse.Namespace, work: Path) -> None:
     print(report(results[-1], workers), flush=True)
     print(check(storage, big + 20, args.simulate), flush=True)
     www = storage / "www"
-    packs = sorted((www / str(big)).glob("pack-*.tar")) + sorted(
-        (www / str(big + 20)).glob("pack-*.tar"))
+    packs = [www / f"{big}/pack-os-core-from-0.tar", www / f"{big}/pack-os-core-from-30.tar",
+             www / f"{big + 20}/pack-os-core-from-{big + 10}.tar"]
     for name, ours, solid in pack_ratios(packs, workers):
         print(f"{name:<34} {ours / 2**20:7.1f} MiB vs one xz -6 stream {solid / 2**20:7.1f} MiB"
               f"  ratio {ours / solid:5.3f} (target <= 1.05)")

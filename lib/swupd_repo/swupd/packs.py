@@ -75,8 +75,9 @@ def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
         if cur is None or (e.last_change, e.path) < (cur.last_change, cur.path):
             best[e.hash] = e
     out = []
+    root = os.fspath(www)
     for e in sorted(best.values(), key=lambda e: (e.last_change, e.path, e.hash)):
-        src = fullfile_path(www, e)
+        src = os.path.join(root, fullfile_relpath(e.last_change, e.hash))  # str: thousands
         try:
             st = os.stat(src)
         except OSError:
@@ -86,7 +87,7 @@ def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
                              hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
                              f"rebuild version {e.last_change} with --force")
         # weight for grouping: the fullfile's size (cheap, stable)
-        out.append(PackMember(f"staged/{e.hash}", "fullfile", str(src), st.st_size, e.hash,
+        out.append(PackMember(f"staged/{e.hash}", "fullfile", src, st.st_size, e.hash,
                               ident=_ident(st), era=e.last_change))
     return out
 

@@ -60,6 +60,8 @@ _JOB_WEIGHT = 4 * 1024 * 1024
 #: pack (a few MiB of fresh groups) keeps every core busy instead of leaving one idle.
 _JOBS_PER_WORKER = 8
 _MIN_JOB_WEIGHT = 64 * 1024
+#: Below this much fresh weight a pack's groups are compressed without a process pool.
+_INLINE_WEIGHT = 512 * 1024
 _INDEX_FORMAT = 2
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _XZ_FOOTER_MAGIC = b"YZ"
@@ -364,7 +366,9 @@ def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_
         return (job, part), ([groups[i] for i in job], [i == last for i in job], part)
 
     calls = (call(n, job) for n, job in enumerate(jobs))
-    parallel = workers > 1 and len(jobs) > 1
+    # a few small fresh groups (an incremental version) compress faster than a pool starts
+    fresh = sum(m.weight for i in todo for m in groups[i])
+    parallel = workers > 1 and len(jobs) > 1 and fresh >= _INLINE_WEIGHT
     with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
         for (job, part), lengths in bounded_map(pool, compress_job, calls, 4 * workers):
             offset = 0
