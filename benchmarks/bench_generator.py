@@ -141,11 +141,17 @@ def regular_files(tree: Path) -> list[Path]:
     return sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def floor_seconds(tree: Path, seen: set[str], workers: int) -> tuple[float, int]:
+def _cpu_children() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def floor_seconds(tree: Path, seen: set[str], workers: int) -> tuple[float, int, float]:
     """Read + SHA-256 of every file of ``tree``, then ``xz -6`` of the files whose content is
-    new to the storage (not in ``seen``, which is updated), on all cores. Returns the time and
-    the new bytes."""
+    new to the storage (not in ``seen``, which is updated), on all cores. Returns the time,
+    the new bytes and the CPU seconds."""
     regular = [str(p) for p in regular_files(tree)]
+    cpu = _cpu_children()
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         digests = list(pool.map(_sha, regular, chunksize=16))
@@ -154,7 +160,7 @@ def floor_seconds(tree: Path, seen: set[str], workers: int) -> tuple[float, int]
         list(pool.map(_xz, todo, chunksize=1))
     elapsed = time.perf_counter() - start
     seen.update(digests)
-    return elapsed, sum(os.path.getsize(p) for p in new.values())
+    return elapsed, sum(os.path.getsize(p) for p in new.values()), _cpu_children() - cpu
 
 
 # --- the build, with the process tree's RSS sampled -----------------------------------------
@@ -252,6 +258,7 @@ class Scenario:
     run: Run
     floor: float
     new_bytes: int
+    floor_cpu: float
     target: float
     limit_s: float | None = None
     note: str = ""
@@ -288,9 +295,10 @@ def copy_version(storage: Path, old: int, new: int) -> Path:
 
 def measure(storage: Path, name: str, version: int, seen: set[str], workers: int,
             target: float, compression: str, limit_s: float | None = None) -> Scenario:
-    floor, new_bytes = floor_seconds(storage / f"image/{version}/os-core", seen, workers)
+    floor, new_bytes, floor_cpu = floor_seconds(storage / f"image/{version}/os-core", seen,
+                                                workers)
     run = timed_build(storage, version, compression)
-    return Scenario(name, version, run, floor, new_bytes, target, limit_s)
+    return Scenario(name, version, run, floor, new_bytes, floor_cpu, target, limit_s)
 
 
 def report(s: Scenario, workers: int) -> str:
@@ -300,7 +308,9 @@ def report(s: Scenario, workers: int) -> str:
     return (f"{s.name:<34} v{s.version:<4} build {s.run.seconds:7.1f} s  floor {s.floor:6.1f} s "
             f"({s.new_bytes / 2**20:6.1f} MiB new)  ratio {ratio:5.2f} (target <= {s.target}"
             f"{limit}) {'ok' if ok else 'MISSED'}  peak {s.run.peak / 2**20:5.0f} MiB  "
-            f"cpu {s.run.cpu / s.run.seconds / workers:4.0%} of {workers} cores")
+            f"cpu {s.run.cpu / s.run.seconds / workers:4.0%} of {workers} cores  "
+            f"cpu time {s.run.cpu:6.1f} s / floor's {s.floor_cpu:6.1f} s = "
+            f"{s.run.cpu / s.floor_cpu:5.2f}")
 
 
 def synthesise_large(source: Path, dest: Path, total: int, count: int, seed: int = 11) -> None:
