@@ -116,7 +116,8 @@ def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
                               reporter=reporter, label=f"zero pack {bundle}", keep_index=True,
                               store=store)
     reporter.info(f"{out.name}: {len(members)} members in {reused + made} xz streams, "
-                  f"{reused} reused from {previous_pack.name if previous_pack else '-'}")
+                  f"{reused} reused (from the stream store or "
+                  f"{previous_pack.name if previous_pack else 'no previous pack'})")
 
 
 # --------------------------------------------------------------------------- delta pack
