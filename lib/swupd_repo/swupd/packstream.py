@@ -4,17 +4,21 @@ Why: the os-core zero pack holds the whole tree, and compressing it from scratch
 costs as much as the first build. A tar archive may be split anywhere between members, and
 every xz reader (``xz -d``, GNU tar ``-J``/auto-detect, libarchive, Python :mod:`lzma`)
 decodes concatenated streams as one byte sequence, so a pack made of one stream per member
-group is an ordinary ``.tar`` (xz) to clients. A group whose member list did not change since
-the previous pack is then copied byte for byte instead of being compressed again.
+group is an ordinary ``.tar`` (xz) to clients. A group whose members did not change is then
+copied byte for byte instead of being compressed again: from the storage's stream store
+(:mod:`.streamstore`), whichever pack compressed it first, or from the previous zero pack.
 
 Groups are planned from the member order alone (see :func:`plan_groups`): a cut after a
 member is decided by that member's own hash and weight, never by its neighbours, so removing
-or adding a member dirties only the group it lives in. Large members get a group of their own.
+or adding a member dirties only the group it lives in. Large members get a group of their own,
+and members of different eras (versions of last change) never share one.
 
 The sidecar index ``.<pack name>.index.json`` beside the pack maps each group's key (a digest
-of its member names and the compression settings) to its byte range. It lives in the published
-``www/<V>/`` tree (a dotfile; it names only public content) because the pack itself is there
-and both are moved into place together; a missing or stale index just means no reuse.
+of its member names, their sources and the compression settings) to its byte range; it lets a
+storage without a stream store (deleted, or from before it) still reuse the previous pack.
+It lives in the published ``www/<V>/`` tree (a dotfile; it names only public content) because
+the pack itself is there and both are moved into place together; a missing or stale index
+just means no reuse.
 
 Only the two zero blocks after the last group end the archive, so the concatenation is one
 tar archive. Groups are compressed in a process pool; each job writes its streams to its own
