@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Native generator speed and memory against a floor measured in the same run (issue 2).
+"""Native generator speed, memory and pack bytes against floors measured in the same run.
 
-Makes a realistic tree from this machine's ``/usr`` (thousands of files, hundreds of MB),
-publishes it as version 10, then an incremental version 20 (about 5% of the files changed, a
-few added and deleted), each with ``swupd-repo build`` in a child process whose whole process
-tree's RSS is sampled. Prints, per version::
+Scenarios (issue 16), each ``swupd-repo build --jobs 0`` in a child process whose whole
+process tree's RSS and CPU time are measured:
 
-    build time / floor, and peak memory
+1. a small history (versions 10-30, ~60 files on paths the big tree also has, other content),
+   then a 220 MB tree sampled from this machine's ``/usr`` (version 40): target <= 1.5x floor;
+2. only ``usr/lib/os-release`` changed (50): <= 10 s and <= 3x floor;
+3. 5 % of the files changed, a few added and deleted (60): <= 2x floor;
+4. pack bytes against ``xz -6`` of the same tar as one stream (<= 1.05x), for the packs of 40
+   and 60, and the CPU utilisation of every build (first publish: both cores busy);
+5. with ``--large``: a 2 GB / 60,000-file tree synthesised from ``/usr`` (copies with a few
+   bytes changed each), first and 5 %-changed ratios, peak memory < 1 GiB.
 
-Floor = reading and SHA-256 hashing every file + ``xz -6`` of the bytes that must be
-compressed (all file bytes for the first version, the changed and added ones after), spread
-over all cores with a process pool: the least any generator must do.
+Floor = read + SHA-256 of every file of the version + ``xz -6`` of only the bytes that are new
+to the storage (content never seen in an earlier version), spread over all cores with a
+process pool: the least any generator must do. ``check`` runs on the outputs (consistency only
+unless ``--simulate``).
 
 Usage (as root, so owners can be copied): ``python3 benchmarks/bench_generator.py
-[--size-mb 300] [--source /usr] [--workdir DIR] [--keep]``
+[--size-mb 220] [--compression gzip|xz|smallest] [--large] [--simulate] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import hashlib
 import lzma
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +37,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -112,12 +120,12 @@ def mutate(tree: Path, fraction: float, seed: int = 7) -> list[Path]:
 
 # --- the floor ------------------------------------------------------------------------------
 
-def _sha(path: str) -> int:
+def _sha(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return 0
+    return h.hexdigest()
 
 
 def _xz(path: str) -> int:
@@ -129,16 +137,30 @@ def _xz(path: str) -> int:
     return out + len(c.flush())
 
 
-def floor_seconds(tree: Path, to_compress: list[Path], workers: int) -> float:
-    regular = [str(p) for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+def regular_files(tree: Path) -> list[Path]:
+    return sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _cpu_children() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def floor_seconds(tree: Path, seen: set[str], workers: int) -> tuple[float, int, float]:
+    """Read + SHA-256 of every file of ``tree``, then ``xz -6`` of the files whose content is
+    new to the storage (not in ``seen``, which is updated), on all cores. Returns the time,
+    the new bytes and the CPU seconds."""
+    regular = [str(p) for p in regular_files(tree)]
+    cpu = _cpu_children()
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        jobs = [pool.submit(_sha, p) for p in regular]
-        jobs += [pool.submit(_xz, str(p)) for p in sorted(to_compress, key=lambda p:
-                                                          -p.stat().st_size)]
-        for j in jobs:
-            j.result()
-    return time.perf_counter() - start
+        digests = list(pool.map(_sha, regular, chunksize=16))
+        new = {d: p for p, d in zip(regular, digests, strict=True) if d not in seen}
+        todo = sorted(new.values(), key=lambda p: -os.path.getsize(p))
+        list(pool.map(_xz, todo, chunksize=1))
+    elapsed = time.perf_counter() - start
+    seen.update(digests)
+    return elapsed, sum(os.path.getsize(p) for p in new.values()), _cpu_children() - cpu
 
 
 # --- the build, with the process tree's RSS sampled -----------------------------------------
@@ -166,9 +188,17 @@ def _tree_rss(root_pid: int) -> int:
     return total
 
 
-def timed_build(storage: Path, version: int) -> tuple[float, int]:
+@dataclass
+class Run:
+    seconds: float
+    peak: int  # bytes, the whole process tree
+    cpu: float  # user + system seconds of the build and its workers
+
+
+def timed_build(storage: Path, version: int, compression: str) -> Run:
     cmd = [sys.executable, "-m", "swupd_repo.cli", "build", "--storage", str(storage),
-           "--version", str(version)]
+           "--version", str(version), "--jobs", "0", "--compression", compression]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -184,54 +214,215 @@ def timed_build(storage: Path, version: int) -> tuple[float, int]:
     t.start()
     _, err = proc.communicate()
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     done.set()
     t.join()
     if proc.returncode != 0:
         raise SystemExit(f"build {version} failed:\n{err}")
-    return elapsed, peak
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(elapsed, peak, cpu)
+
+
+def check(storage: Path, version: int, simulate: bool) -> str:
+    cmd = [sys.executable, "-m", "swupd_repo.cli", "check", "--storage", str(storage),
+           "--version", str(version)]
+    if not simulate:
+        cmd.append("--no-simulate")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"check of {version} failed:\n{res.stderr}{res.stdout}")
+    return "check ok" + ("" if simulate else " (no simulation)")
+
+
+# --- pack bytes against one solid stream ----------------------------------------------------
+
+def _solid(pack: str) -> tuple[int, int]:
+    """(pack bytes, bytes of the same tar as one ``xz -6`` stream)."""
+    with open(pack, "rb") as f:
+        data = lzma.decompress(f.read())
+    return os.path.getsize(pack), len(lzma.compress(data, preset=6))
+
+
+def pack_ratios(packs: list[Path], workers: int) -> list[tuple[str, int, int]]:
+    with ProcessPoolExecutor(workers) as pool:
+        sizes = list(pool.map(_solid, [str(p) for p in packs]))
+    return [(f"{p.parent.name}/{p.name}", a, b) for p, (a, b) in zip(packs, sizes, strict=True)]
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    name: str
+    version: int
+    run: Run
+    floor: float
+    new_bytes: int
+    floor_cpu: float
+    target: float
+    limit_s: float | None = None
+    note: str = ""
+
+
+def small_history(storage: Path, files: list[Path], source: Path, seed: int = 3
+                  ) -> list[int]:
+    """Versions 10, 20, 30: ~60 files each, on paths the big tree also has but with other
+    (random or shuffled) content, as when a minimal image grows into a real one."""
+    rng = random.Random(seed)
+    regular = [p for p in files if not p.is_symlink()]
+    picked = rng.sample(regular, min(60, len(regular)))
+    versions = []
+    for n, version in enumerate((10, 20, 30)):
+        tree = storage / f"image/{version}/os-core"
+        for i, src in enumerate(picked):
+            out = tree / src.relative_to(source.parent)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            size = min(src.stat().st_size, 256 << 10)
+            out.write_bytes(os.urandom(size) if i % 2 else
+                            rng.choice(regular).read_bytes()[:size] + bytes([n]))
+        write_os_release(tree, version)
+        versions.append(version)
+    return versions
+
+
+def copy_version(storage: Path, old: int, new: int) -> Path:
+    tree = storage / f"image/{new}/os-core"
+    tree.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(storage / f"image/{old}/os-core"), str(tree)], check=True)
+    write_os_release(tree, new)
+    return tree
+
+
+def measure(storage: Path, name: str, version: int, seen: set[str], workers: int,
+            target: float, compression: str, limit_s: float | None = None) -> Scenario:
+    floor, new_bytes, floor_cpu = floor_seconds(storage / f"image/{version}/os-core", seen,
+                                                workers)
+    run = timed_build(storage, version, compression)
+    return Scenario(name, version, run, floor, new_bytes, floor_cpu, target, limit_s)
+
+
+def report(s: Scenario, workers: int) -> str:
+    ratio = s.run.seconds / s.floor
+    ok = ratio <= s.target and (s.limit_s is None or s.run.seconds <= s.limit_s)
+    limit = f", <= {s.limit_s:.0f} s" if s.limit_s else ""
+    return (f"{s.name:<34} v{s.version:<4} build {s.run.seconds:7.1f} s  floor {s.floor:6.1f} s "
+            f"({s.new_bytes / 2**20:6.1f} MiB new)  ratio {ratio:5.2f} (target <= {s.target}"
+            f"{limit}) {'ok' if ok else 'MISSED'}  peak {s.run.peak / 2**20:5.0f} MiB  "
+            f"cpu {s.run.cpu / s.run.seconds / workers:4.0%} of {workers} cores  "
+            f"cpu time {s.run.cpu:6.1f} s / floor's {s.floor_cpu:6.1f} s = "
+            f"{s.run.cpu / s.floor_cpu:5.2f}")
+
+
+def synthesise_large(source: Path, dest: Path, total: int, count: int, seed: int = 11) -> None:
+    """About ``total`` bytes in ``count`` files from ``source`` with variations: each source
+    file appears several times under other names, with a few bytes changed per copy, so the
+    content is all distinct (no free deduplication) but compresses like real binaries."""
+    files = [p for p in collect(source, total) if not p.is_symlink()]
+    rng = random.Random(seed)
+    made = size = 0
+    while made < count and size < total:
+        src = files[made % len(files)]
+        data = bytearray(src.read_bytes())
+        for _ in range(4):
+            if data:
+                i = rng.randrange(len(data))
+                data[i:i + 8] = rng.randbytes(8)
+        out = dest / f"usr/lib/synth{made % 97:02d}/{made // len(files)}" / src.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bytes(data) + made.to_bytes(4, "little"))
+        made += 1
+        size += len(data)
+    (dest / "usr/lib").mkdir(parents=True, exist_ok=True)
+
+
+def run_main(args: argparse.Namespace, work: Path) -> None:
+    workers = len(os.sched_getaffinity(0))
+    storage = work / "storage"
+    seen: set[str] = set()
+    files = collect(args.source, args.size_mb << 20)
+    history = small_history(storage, files, args.source)
+    for v in history:
+        floor_seconds(storage / f"image/{v}/os-core", seen, workers)
+        timed_build(storage, v, args.compression)
+    big = 40
+    tree = storage / f"image/{big}/os-core"
+    make_tree(files, args.source, tree)
+    write_os_release(tree, big)
+    regular = regular_files(tree)
+    print(f"tree: {len(files)} paths, {len(regular)} files, "
+          f"{sum(p.stat().st_size for p in regular) / 2**20:.0f} MiB; {workers} cores; "
+          f"fullfiles {args.compression}; history {history}")
+    results = [measure(storage, "small history, then the big tree", big, seen, workers, 1.5,
+                       args.compression)]
+    print(report(results[-1], workers), flush=True)
+    print(check(storage, big, args.simulate), flush=True)
+    copy_version(storage, big, big + 10)
+    results.append(measure(storage, "only os-release changed", big + 10, seen, workers, 3.0,
+                           args.compression, limit_s=10.0))
+    print(report(results[-1], workers), flush=True)
+    tree = copy_version(storage, big + 10, big + 20)
+    mutate(tree, 0.05)
+    results.append(measure(storage, "5% of files changed", big + 20, seen, workers, 2.0,
+                           args.compression))
+    print(report(results[-1], workers), flush=True)
+    print(check(storage, big + 20, args.simulate), flush=True)
+    www = storage / "www"
+    packs = [www / f"{big}/pack-os-core-from-0.tar", www / f"{big}/pack-os-core-from-30.tar",
+             www / f"{big + 20}/pack-os-core-from-{big + 10}.tar"]
+    for name, ours, solid in pack_ratios(packs, workers):
+        print(f"{name:<34} {ours / 2**20:7.1f} MiB vs one xz -6 stream {solid / 2**20:7.1f} MiB"
+              f"  ratio {ours / solid:5.3f} (target <= 1.05)")
+    for v in (big, big + 10, big + 20):
+        size = sum(p.stat().st_size for p in (www / str(v)).rglob("*") if p.is_file())
+        print(f"www/{v}: {size / 2**20:.1f} MiB")
+    store = storage / ".swupd-repo-cache"
+    stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    print(f"stream store: {stored / 2**20:.0f} MiB")
+
+
+def run_large(args: argparse.Namespace, work: Path) -> None:
+    workers = len(os.sched_getaffinity(0))
+    storage = work / "large"
+    seen: set[str] = set()
+    tree = storage / "image/10/os-core"
+    synthesise_large(args.source, tree, args.large_mb << 20, args.large_files)
+    write_os_release(tree, 10)
+    regular = regular_files(tree)
+    print(f"large tree: {len(regular)} files, "
+          f"{sum(p.stat().st_size for p in regular) / 2**20:.0f} MiB", flush=True)
+    first = measure(storage, "large: first version", 10, seen, workers, 1.5, args.compression)
+    print(report(first, workers), flush=True)
+    tree = copy_version(storage, 10, 20)
+    mutate(tree, 0.05)
+    second = measure(storage, "large: 5% of files changed", 20, seen, workers, 2.0,
+                     args.compression)
+    print(report(second, workers), flush=True)
+    peak = max(first.run.peak, second.run.peak)
+    print(f"large: peak memory {peak / 2**20:.0f} MiB (target < 1024 MiB) "
+          f"{'ok' if peak < 1 << 30 else 'MISSED'}")
+    print(check(storage, 20, False), flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=Path("/usr"))
-    ap.add_argument("--size-mb", type=int, default=300)
+    ap.add_argument("--size-mb", type=int, default=220)
+    ap.add_argument("--compression", default="gzip", choices=("gzip", "xz", "smallest"),
+                    help="fullfile compression of every build")
+    ap.add_argument("--large", action="store_true",
+                    help="also the 2 GB / 60,000-file tree (slow: tens of minutes)")
+    ap.add_argument("--large-mb", type=int, default=2048)
+    ap.add_argument("--large-files", type=int, default=60_000)
+    ap.add_argument("--simulate", action="store_true",
+                    help="check with update simulation (slow), not only consistency")
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--keep", action="store_true", help="keep the storage directory")
+    ap.add_argument("--keep", action="store_true", help="keep the storage directories")
     args = ap.parse_args()
-    workers = len(os.sched_getaffinity(0))
     work = Path(tempfile.mkdtemp(prefix="swupd-bench-", dir=args.workdir))
-    storage = work / "storage"
     try:
-        files = collect(args.source, args.size_mb << 20)
-        tree10 = storage / "image/10/os-core"
-        make_tree(files, args.source, tree10)
-        write_os_release(tree10, 10)
-        regular10 = [p for p in tree10.rglob("*") if p.is_file() and not p.is_symlink()]
-        size10 = sum(p.stat().st_size for p in regular10)
-        print(f"tree: {len(files)} paths, {len(regular10)} files, {size10 / 2**20:.0f} MiB; "
-              f"{workers} cores")
-
-        floor10 = floor_seconds(tree10, regular10, workers)
-        time10, peak10 = timed_build(storage, 10)
-
-        tree20 = storage / "image/20/os-core"
-        tree20.parent.mkdir(parents=True)
-        subprocess.run(["cp", "-a", str(tree10), str(tree20)], check=True)
-        write_os_release(tree20, 20)
-        to_compress = mutate(tree20, 0.05)
-        floor20 = floor_seconds(tree20, to_compress, workers)
-        time20, peak20 = timed_build(storage, 20)
-        changed_mb = sum(p.stat().st_size for p in to_compress) / 2**20
-
-        print(f"first version      : build {time10:7.1f} s  floor {floor10:7.1f} s  "
-              f"ratio {time10 / floor10:5.2f} (target 2.5)  peak {peak10 / 2**20:6.0f} MiB")
-        print(f"incremental (~5%,  : build {time20:7.1f} s  floor {floor20:7.1f} s  "
-              f"ratio {time20 / floor20:5.2f} (target 3.0)  peak {peak20 / 2**20:6.0f} MiB")
-        print(f"  {len(to_compress)} files / {changed_mb:.0f} MiB changed or added)")
-        www = storage / "www"
-        for v in (10, 20):
-            size = sum(p.stat().st_size for p in (www / str(v)).rglob("*") if p.is_file())
-            print(f"www/{v}: {size / 2**20:.0f} MiB")
+        run_main(args, work)
+        if args.large:
+            run_large(args, work)
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -207,3 +207,31 @@ def test_xz_blocks_come_from_liblzma() -> None:
     data = bytes(range(256)) * 64
     import lzma
     assert lzma.decompress(d._xz(data)) == data
+
+
+def test_similarity_estimate_keeps_every_vector_delta(vectors: Path) -> None:
+    """The cheap estimate never skips a pair for which Clear's bsdiff made a delta (the
+    vectors hold similar pairs and unrelated but compressible ones)."""
+    for path, prev, entry in _vector_cases(vectors):
+        _, old_data = _fullfile(vectors, prev.last_change, prev.hash)
+        _, new_data = _fullfile(vectors, entry.last_change, entry.hash)
+        assert d.delta_may_pay(old_data, new_data), path.name
+
+
+def test_similarity_estimate_skips_unrelated_incompressible_file(monkeypatch) -> None:
+    """A completely new, incompressible file can only give FULLV20U (90 % rule): the full
+    bsdiff search (seconds per MB) is never entered for it."""
+    rng = random.Random(5)
+    old = rng.randbytes(300_000)
+    new = rng.randbytes(310_000)
+    assert d.encode_delta(old, new, 0o100755, 0, 0) == d.FULLDL  # what bsdiff would say
+    assert not d.delta_may_pay(old, new)
+
+    def refuse(*_args):  # a spy: the search must not run
+        raise AssertionError("bsdiff search entered for an unrelated file")
+
+    monkeypatch.setattr(d.bsdiff4.core, "diff", refuse)
+    assert d.make_delta(old, new, 0o100755, 0, 0) is None
+    # similar content still goes through the search
+    with pytest.raises(AssertionError, match="search entered"):
+        d.make_delta(old, old[:1000] + b"edit" + old[1000:], 0o100755, 0, 0)

@@ -238,3 +238,26 @@ def test_released_version_keeps_its_delta_pack_past_staged_versions(tmp_path: Pa
 
 def test_vectors_delta_pack_sources(vectors: Path) -> None:
     assert packs.delta_pack_sources(vectors / "www", "os-core", 20, 2) == [10]
+
+
+def test_delta_pack_lists_each_member_once(repo: Path) -> None:
+    """Two paths sharing a hash (``/usr/bin/perl`` and ``perl5.36.0``) share one delta: the
+    pack carries ``delta/<F>-<T>-<H>`` once, as a tar of unique names must."""
+    www = repo / "www"
+    old, new = _manifest(www, 10), _manifest(www, 20)
+    packs.write_delta_pack(www, "os-core", old, new, repo / "delta-once-a.tar",
+                           image_dir=repo / "image", workers=1, reporter=NullReporter())
+    delta_names = {p.name for p in (www / "20/delta").iterdir()}
+    by_hash = {e.hash: e for e in new.entries if e.last_change == 20 and not e.deleted}
+    entry = next(by_hash[n.split("-", 2)[2]] for n in sorted(delta_names))
+    prev = old.by_path()[entry.path]
+    twin = "/usr/bin/zz-twin-of-" + entry.path.rsplit("/", 1)[-1]
+    old.entries.append(prev.with_(path=twin))
+    new.entries.append(entry.with_(path=twin))
+    out = repo / "delta-once-b.tar"
+    packs.write_delta_pack(www, "os-core", old, new, out, image_dir=repo / "image",
+                           workers=1, reporter=NullReporter())
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert len(names) == len(set(names))
+    assert f"delta/{packs.delta_name(prev.last_change, 20, entry.hash)}" in names

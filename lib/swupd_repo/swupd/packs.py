@@ -41,6 +41,7 @@ from .hashing import hash_bytes
 from .manifest import Entry, Manifest, parse_manifest
 from .names import delta_name, fullfile_relpath
 from .packstream import PackMember, plan_groups, write_pack
+from .streamstore import StreamStore
 
 #: Sum of the estimated peaks of delta jobs running at once (one job always may run).
 DELTA_MEMORY_BUDGET = 768 * 1024 * 1024
@@ -48,6 +49,9 @@ NO_DELTA_FILE = ".delta-none"
 #: The container keeps a delta only if 1.05 x its size is below the fullfile's size.
 DELTA_KEEP_FACTOR = 1.05
 _MIN_DELTA = 8
+#: Group eras (see :class:`.packstream.PackMember`): the pack directories, then the deltas,
+#: then staged members by last_change.
+_DIR_ERA, _DELTA_ERA = -2, -1
 
 
 def fullfile_path(www: Path, entry: Entry) -> Path:
@@ -59,20 +63,23 @@ def _live(manifest: Manifest) -> list[Entry]:
 
 
 def _dir_members(mtime: int) -> list[PackMember]:
-    return [PackMember("delta", "dir", mtime=mtime), PackMember("staged", "dir", mtime=mtime)]
+    return [PackMember("delta", "dir", mtime=mtime, era=_DIR_ERA),
+            PackMember("staged", "dir", mtime=mtime, era=_DIR_ERA)]
 
 
 def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
-    """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, hash): old groups
-    then only lose members over time, and new content lands in new groups at the end."""
+    """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, path): old groups
+    then only lose members over time, new content lands in new groups at the end, and files
+    of one directory (one package) sit side by side, which xz finds more to share in."""
     best: dict[str, Entry] = {}
     for e in entries:
         cur = best.get(e.hash)
-        if cur is None or e.last_change < cur.last_change:
+        if cur is None or (e.last_change, e.path) < (cur.last_change, cur.path):
             best[e.hash] = e
     out = []
-    for e in sorted(best.values(), key=lambda e: (e.last_change, e.hash)):
-        src = fullfile_path(www, e)
+    root = os.fspath(www)
+    for e in sorted(best.values(), key=lambda e: (e.last_change, e.path, e.hash)):
+        src = os.path.join(root, fullfile_relpath(e.last_change, e.hash))  # str: thousands
         try:
             st = os.stat(src)
         except OSError:
@@ -82,8 +89,13 @@ def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
                              hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
                              f"rebuild version {e.last_change} with --force")
         # weight for grouping: the fullfile's size (cheap, stable)
-        out.append(PackMember(f"staged/{e.hash}", "fullfile", str(src), st.st_size, e.hash))
+        out.append(PackMember(f"staged/{e.hash}", "fullfile", src, st.st_size, e.hash,
+                              ident=_ident(st), era=e.last_change))
     return out
+
+
+def _ident(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _timestamp(manifest: Manifest) -> int:
@@ -93,18 +105,21 @@ def _timestamp(manifest: Manifest) -> int:
 # --------------------------------------------------------------------------- zero pack
 
 def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
-                    previous_pack: Path | None, workers: int, reporter: Reporter) -> None:
+                    previous_pack: Path | None, workers: int, reporter: Reporter,
+                    store: StreamStore | None = None) -> None:
     """``pack-<bundle>-from-0.tar``: every live entry staged, whatever its last_change.
 
-    Groups whose member list equals a group of ``previous_pack`` (the bundle's previous
-    zero pack, with its index) are copied from it instead of being compressed again.
+    Groups found in ``store`` or, failing that, in ``previous_pack`` (the bundle's previous
+    zero pack, with its index) are copied instead of being compressed again.
     """
     members = _staged(www, _live(manifest))
     groups = [_dir_members(_timestamp(manifest)), *plan_groups(members)]
     reused, made = write_pack(out, groups, previous=previous_pack, workers=workers,
-                              reporter=reporter, label=f"zero pack {bundle}", keep_index=True)
+                              reporter=reporter, label=f"zero pack {bundle}", keep_index=True,
+                              store=store)
     reporter.info(f"{out.name}: {len(members)} members in {reused + made} xz streams, "
-                  f"{reused} reused from {previous_pack.name if previous_pack else '-'}")
+                  f"{reused} reused (from the stream store or "
+                  f"{previous_pack.name if previous_pack else 'no previous pack'})")
 
 
 # --------------------------------------------------------------------------- delta pack
@@ -123,8 +138,12 @@ class _DeltaJob:
 
 
 def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: Path, *,
-                     image_dir: Path, workers: int, reporter: Reporter) -> None:
-    """``pack-<bundle>-from-<old.version>.tar`` for ``new``; makes the deltas it needs."""
+                     image_dir: Path, workers: int, reporter: Reporter,
+                     store: StreamStore | None = None) -> None:
+    """``pack-<bundle>-from-<old.version>.tar`` for ``new``; makes the deltas it needs.
+
+    Staged members are grouped by last_change like the zero pack's, so their streams come
+    from ``store`` (usually put there by this version's zero pack)."""
     source = old.version
     old_by_path = {e.path: e for e in old.entries if not e.deleted}
     pairs: list[tuple[Entry, Entry]] = []
@@ -136,17 +155,17 @@ def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: 
         elif e.last_change > source:
             pairs.append((prev, e))
     _make_deltas(www, image_dir, pairs, workers, reporter)
-    deltas: list[PackMember] = []
+    deltas: dict[str, PackMember] = {}  # by name: paths sharing a hash share one delta
     for prev, e in pairs:
         member = _delta_member(www, prev, e)
         if member is None:
             staged.append(e)
         else:
-            deltas.append(member)
-    deltas.sort(key=lambda m: m.name)
-    members = [*_dir_members(_timestamp(new)), *deltas, *_staged(www, staged)]
+            deltas[member.name] = member
+    members = [*_dir_members(_timestamp(new)), *sorted(deltas.values(), key=lambda m: m.name),
+               *_staged(www, staged)]
     write_pack(out, plan_groups(members), previous=None, workers=workers, reporter=reporter,
-               label=f"delta pack {bundle} from {source}", keep_index=False)
+               label=f"delta pack {bundle} from {source}", keep_index=False, store=store)
     reporter.info(f"{out.name}: {len(deltas)} deltas, {len(members) - len(deltas) - 2} staged")
 
 
@@ -157,13 +176,14 @@ def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
     name = delta_name(prev.last_change, e.last_change, e.hash)
     path = www / str(e.last_change) / "delta" / name
     try:
-        size = path.stat().st_size
+        st = path.stat()
         full = fullfile_path(www, e).stat().st_size
     except FileNotFoundError:
         return None
-    if size <= _MIN_DELTA or not DELTA_KEEP_FACTOR * size < full:
+    if st.st_size <= _MIN_DELTA or not DELTA_KEEP_FACTOR * st.st_size < full:
         return None
-    return PackMember(f"delta/{name}", "file", str(path), size, e.hash)
+    return PackMember(f"delta/{name}", "file", str(path), st.st_size, e.hash,
+                      ident=_ident(st), era=_DELTA_ERA)
 
 
 def _image_file(image_dir: Path, version: int, path: str,

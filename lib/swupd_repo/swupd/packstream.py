@@ -4,17 +4,21 @@ Why: the os-core zero pack holds the whole tree, and compressing it from scratch
 costs as much as the first build. A tar archive may be split anywhere between members, and
 every xz reader (``xz -d``, GNU tar ``-J``/auto-detect, libarchive, Python :mod:`lzma`)
 decodes concatenated streams as one byte sequence, so a pack made of one stream per member
-group is an ordinary ``.tar`` (xz) to clients. A group whose member list did not change since
-the previous pack is then copied byte for byte instead of being compressed again.
+group is an ordinary ``.tar`` (xz) to clients. A group whose members did not change is then
+copied byte for byte instead of being compressed again: from the storage's stream store
+(:mod:`.streamstore`), whichever pack compressed it first, or from the previous zero pack.
 
 Groups are planned from the member order alone (see :func:`plan_groups`): a cut after a
 member is decided by that member's own hash and weight, never by its neighbours, so removing
-or adding a member dirties only the group it lives in. Large members get a group of their own.
+or adding a member dirties only the group it lives in. Large members get a group of their own,
+and members of different eras (versions of last change) never share one.
 
 The sidecar index ``.<pack name>.index.json`` beside the pack maps each group's key (a digest
-of its member names and the compression settings) to its byte range. It lives in the published
-``www/<V>/`` tree (a dotfile; it names only public content) because the pack itself is there
-and both are moved into place together; a missing or stale index just means no reuse.
+of its member names, their sources and the compression settings) to its byte range; it lets a
+storage without a stream store (deleted, or from before it) still reuse the previous pack.
+It lives in the published ``www/<V>/`` tree (a dotfile; it names only public content) because
+the pack itself is there and both are moved into place together; a missing or stale index
+just means no reuse.
 
 Only the two zero blocks after the last group end the archive, so the concatenation is one
 tar archive. Groups are compressed in a process pool; each job writes its streams to its own
@@ -40,26 +44,32 @@ from ..errors import BuildError
 from ..progress import Reporter
 from ..storage import atomic_write_bytes, fsync_dir, temp_path
 from .fullfiles import END_OF_ARCHIVE, member_headers, padding
+from .streamstore import StreamStore
 from .workpool import bounded_map
 
 #: xz preset of the pack streams (what ``tar -J`` used in the container).
 PRESET = 6
 #: A member whose weight (compressed fullfile size) reaches this gets a group of its own.
-BIG_MEMBER = 64 * 1024
+BIG_MEMBER = 1024 * 1024
 #: Mean weight of a group of small members; a cut follows member m with chance weight/TARGET.
-#: Small on purpose: measured on 3168 files / 43 MB with 5% changed at random, 8 KiB groups
-#: made the pack 15% larger than 128 KiB groups but reused 79% of its bytes (27% at 128 KiB)
-#: and cut the incremental pack's CPU time from 13.7 s to 2.5 s.
-TARGET_GROUP = 8 * 1024
+#: Large on purpose (issue 16): one stream per 8 KiB made the zero pack 8 % larger than one
+#: solid xz stream of the same tar (26 % on a Debian tree); 256 KiB groups, members in path
+#: order, measured 3.9 % (74 MiB sample of /usr). The price: a group is copied from the
+#: stream store only while none of its members changed, so changes scattered at random
+#: over the tree recompress most groups (a package's files sit together, so its update
+#: dirties few).
+TARGET_GROUP = 256 * 1024
 #: Hard cap on a small-member group (rarely reached; keeps one stream's work bounded).
-MAX_GROUP = 1024 * 1024
+MAX_GROUP = 4 * 1024 * 1024
 #: A compression job takes groups up to this much weight, so pool overhead stays small...
 _JOB_WEIGHT = 4 * 1024 * 1024
 #: ...but the work is split into at least this many jobs per worker, so that an incremental
 #: pack (a few MiB of fresh groups) keeps every core busy instead of leaving one idle.
 _JOBS_PER_WORKER = 8
 _MIN_JOB_WEIGHT = 64 * 1024
-_INDEX_FORMAT = 1
+#: Below this much fresh weight a pack's groups are compressed without a process pool.
+_INLINE_WEIGHT = 512 * 1024
+_INDEX_FORMAT = 2
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _XZ_FOOTER_MAGIC = b"YZ"
 _CHUNK = 1 << 20
@@ -77,6 +87,12 @@ class PackMember:
     weight: int = 0
     cut: str = ""  # hex digest that decides group cuts (the member's hash)
     mtime: int = 0
+    #: what else decides the member's bytes: the source file's size and mtime_ns (a
+    #: fullfile's header carries its mtime; a rewritten source is a new identity)
+    ident: str = ""
+    #: members of different eras (e.g. last_change versions) never share a group, so the
+    #: groups of a delta pack's staged members line up with the zero pack's
+    era: int = 0
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -87,6 +103,9 @@ def plan_groups(members: Sequence[PackMember]) -> list[list[PackMember]]:
     current: list[PackMember] = []
     weight = 0
     for m in members:
+        if current and current[-1].era != m.era:
+            groups.append(current)
+            current, weight = [], 0
         if m.weight >= BIG_MEMBER:
             if current:
                 groups.append(current)
@@ -117,10 +136,10 @@ def _cut_after(m: PackMember) -> bool:
 
 
 def group_key(group: Sequence[PackMember]) -> str:
-    """Identity of a group's compressed bytes: member names, kinds and the settings."""
+    """Identity of a group's compressed bytes: member names, kinds, sources and settings."""
     h = hashlib.sha256(f"v{_INDEX_FORMAT} xz{PRESET}\n".encode())
     for m in group:
-        h.update(f"{m.kind}\0{m.name}\0{m.mtime if m.kind == 'dir' else ''}\n"
+        h.update(f"{m.kind}\0{m.name}\0{m.mtime if m.kind == 'dir' else m.ident}\n"
                  .encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
@@ -270,6 +289,7 @@ def compress_job(groups: list[list[PackMember]], finals: list[bool], part: str) 
 class _Slot:
     key: str
     reuse: tuple[int, int] | None = None  # range in the previous pack
+    stored: bool = False  # in the stream store
     part: str = ""  # part file and offset of freshly compressed bytes
     offset: int = 0
     length: int = 0
@@ -277,18 +297,26 @@ class _Slot:
 
 def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | None,
                workers: int, reporter: Reporter, label: str,
-               keep_index: bool) -> tuple[int, int]:
+               keep_index: bool, store: StreamStore | None = None) -> tuple[int, int]:
     """Write the pack ``out`` atomically; returns (groups reused, groups compressed).
 
-    The last group always carries the end-of-archive blocks, so it is compressed afresh
-    (it is tiny: the final group is a dedicated empty one).
+    A group's stream comes from ``store`` when it holds the group's key, else from
+    ``previous`` (a pack with an index) when that has it, else it is compressed and added to
+    ``store``. The last group always carries the end-of-archive blocks, so it is compressed
+    afresh (it is tiny: the final group is a dedicated empty one).
     """
     groups = [*groups, []]  # the end-of-archive stream
     reusable = load_index(previous)
     slots = [_Slot(group_key(g) if g else "end") for g in groups]
     todo: list[int] = []
     for i, slot in enumerate(slots):
-        rng = reusable.get(slot.key) if i < len(groups) - 1 else None
+        if i == len(groups) - 1:
+            todo.append(i)
+            continue
+        if store is not None and store.has(slot.key):
+            slot.stored = True
+            continue
+        rng = reusable.get(slot.key)
         if rng is not None and previous is not None and _is_stream(previous, *rng):
             slot.reuse = rng
         else:
@@ -300,7 +328,7 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
     tmp = temp_path(out.parent, out.name)
     try:
         _compress_all(groups, todo, slots, parts_dir, workers, reporter)
-        index = _assemble(tmp, slots, previous)
+        index = _assemble(tmp, slots, groups, previous, store)
         os.replace(tmp, out)
         fsync_dir(out.parent)
     finally:
@@ -345,7 +373,9 @@ def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_
         return (job, part), ([groups[i] for i in job], [i == last for i in job], part)
 
     calls = (call(n, job) for n, job in enumerate(jobs))
-    parallel = workers > 1 and len(jobs) > 1
+    # a few small fresh groups (an incremental version) compress faster than a pool starts
+    fresh = sum(m.weight for i in todo for m in groups[i])
+    parallel = workers > 1 and len(jobs) > 1 and fresh >= _INLINE_WEIGHT
     with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
         for (job, part), lengths in bounded_map(pool, compress_job, calls, 4 * workers):
             offset = 0
@@ -365,20 +395,34 @@ def _is_stream(path: Path, offset: int, length: int) -> bool:
     return head == _XZ_MAGIC and tail == _XZ_FOOTER_MAGIC
 
 
-def _assemble(tmp: Path, slots: list[_Slot], previous: Path | None) -> dict[str, list[int]]:
+def _assemble(tmp: Path, slots: list[_Slot], groups: list[list[PackMember]],
+              previous: Path | None, store: StreamStore | None) -> dict[str, list[int]]:
+    """Concatenate the streams in group order; fresh ones are also added to ``store``."""
     index: dict[str, list[int]] = {}
     prev = open(previous, "rb") if previous is not None else None  # noqa: SIM115
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "w+b") as out:  # readable: a recompressed stream is stored from it
             pos = 0
-            for slot in slots:
-                if slot.reuse is not None:
+            for slot, group in zip(slots, groups, strict=True):
+                length = None
+                if slot.stored:
+                    assert store is not None
+                    length = store.copy_into(slot.key, out)
+                    if length is None:  # damaged since it was looked up: compress again
+                        length = _compress_group(group, out, False)
+                        out.flush()
+                        store.put(slot.key, out.fileno(), pos, length)
+                elif slot.reuse is not None:
                     assert prev is not None
                     _copy(prev, slot.reuse[0], slot.reuse[1], out)
                     length = slot.reuse[1]
+                    if store is not None:  # a storage from before the store: fill it
+                        store.put(slot.key, prev.fileno(), *slot.reuse)
                 else:
                     with open(slot.part, "rb") as part:
                         _copy(part, slot.offset, slot.length, out)
+                        if store is not None and slot.key != "end":
+                            store.put(slot.key, part.fileno(), slot.offset, slot.length)
                     length = slot.length
                 if slot.key != "end":
                     index[slot.key] = [pos, length]

@@ -180,8 +180,12 @@ def _make_view(storage: Storage, view: Path, version: int, staging: Path) -> Non
 def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Built,
                  previous: builder.Previous, settings: Settings, reporter: Reporter,
                  signer: Any) -> None:
-    """Zero pack and delta packs of every bundle that changed in V (§5.1)."""
+    """Zero pack and delta packs of every bundle that changed in V (§5.1), their streams
+    shared through the storage's stream store (pruned to its bound afterwards)."""
     from . import packs
+    from .streamstore import STORE_DIR, StreamStore
+
+    store = StreamStore(storage.root / STORE_DIR)
 
     for name, manifest in built.bundles.items():
         old = previous.bundles.get(name)
@@ -195,15 +199,19 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
                                              storage.released())
         out = staging / pack_name(name, 0)
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
-                              workers=settings.workers, reporter=reporter)
+                              workers=settings.workers, reporter=reporter, store=store)
         _sign_file(signer, out)
         _write_delta_packs(storage, view, staging, name, manifest, old, sources, settings,
-                           reporter, signer)
+                           reporter, signer, store)
+    store.prune()
+    reporter.info(f"stream store: {store.hits} streams copied, {store.dropped} damaged "
+                  "entries dropped")
 
 
 def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
                        manifest: Manifest, previous: Manifest | None, sources: list[int],
-                       settings: Settings, reporter: Reporter, signer: Any) -> None:
+                       settings: Settings, reporter: Reporter, signer: Any,
+                       store: Any = None) -> None:
     """One delta pack per source version; ``previous`` (the bundle's manifest the build
     started from, usually the newest source) is used as is instead of being read again."""
     from . import packs
@@ -214,7 +222,7 @@ def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
                         else builder.read_manifest(storage.www(src) / f"Manifest.{name}"))
         packs.write_delta_pack(view, name, old_manifest, manifest, out,
                                image_dir=storage.image_dir, workers=settings.workers,
-                               reporter=reporter)
+                               reporter=reporter, store=store)
         _sign_file(signer, out)
 
 
