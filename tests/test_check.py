@@ -168,7 +168,9 @@ def test_cli_holds_the_storage_lock(storage: Storage,
     finally:
         release.set()
         holder.join()
-    assert "waiting for the run holding" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"is in use by another run: pid {os.getpid()} (" in err  # who holds it
+    assert "waiting for it to finish" in err
 
 
 class SnapshotReporter(RecordingReporter):

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import StorageBusyError, StorageError
+from ..errors import StorageError
 from ..progress import Reporter, TqdmReporter
 from ..storage import Storage
 
@@ -45,15 +45,7 @@ def locked(storage: Storage, wait: bool, reporter: Reporter) -> Iterator[None]:
     if not storage.root.is_dir():
         raise StorageError(f"storage directory {storage.root} does not exist",
                            hint="pass the --storage that holds image/ and www/")
-    held = contextlib.ExitStack()
-    try:
-        held.enter_context(storage.lock(wait=False))
-    except StorageBusyError:
-        if not wait:
-            raise
-        reporter.info(f"waiting for the run holding {storage.root}/.lock to finish")
-        held.enter_context(storage.lock(wait=True))
-    with held:
+    with storage.lock(wait=wait, notify=reporter.info):  # says whom it waits for
         yield
 
 
