@@ -32,3 +32,21 @@ def snapshot(root: Path, *, times: bool = False) -> dict[str, tuple]:
         found[path.relative_to(root).as_posix()] = (
             kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size, mtime, content)
     return found
+
+
+def packs_repo(root: Path, vectors: Path, trees: dict[int, Path]) -> Path:
+    """``root``: a writable copy of the vectors' www without packs and 20's deltas, plus the
+    extracted trees as ``image/<V>/os-core``: what the pack makers start from."""
+    import shutil
+    import subprocess
+
+    from conftest import copy_tree
+
+    shutil.copytree(vectors / "www", root / "www", symlinks=True)
+    subprocess.run(["chmod", "-R", "u+w", str(root / "www")], check=True)
+    for version in (10, 20):
+        for pack in (root / "www" / str(version)).glob("pack-*"):
+            pack.unlink()
+        copy_tree(trees[version], root / "image" / str(version) / "os-core")
+    shutil.rmtree(root / "www/20/delta")
+    return root

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_tree
+from helpers_trees import packs_repo
 from swupd_repo.progress import NullReporter, RecordingReporter
 from swupd_repo.swupd import packs, packstream
 from swupd_repo.swupd.delta import apply_delta
@@ -22,15 +21,7 @@ from swupd_repo.swupd.manifest import Manifest, bundle_line, parse_manifest
 def repo(vectors: Path, rootfs_trees: dict[int, Path],
          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable copy of the vectors' www (deltas and packs removed) plus extracted images."""
-    root = tmp_path_factory.mktemp("packs")
-    shutil.copytree(vectors / "www", root / "www", symlinks=True)
-    subprocess.run(["chmod", "-R", "u+w", str(root / "www")], check=True)
-    for version in (10, 20):
-        for pack in (root / "www" / str(version)).glob("pack-*"):
-            pack.unlink()
-        copy_tree(rootfs_trees[version], root / "image" / str(version) / "os-core")
-    shutil.rmtree(root / "www/20/delta")
-    return root
+    return packs_repo(tmp_path_factory.mktemp("packs"), vectors, rootfs_trees)
 
 
 def _manifest(www: Path, version: int) -> Manifest:

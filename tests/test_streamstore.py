@@ -3,14 +3,12 @@ entry is detected, dropped and recomputed, and the store stays within its bound.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_tree
+from helpers_trees import packs_repo
 from swupd_repo.progress import NullReporter
 from swupd_repo.swupd import packs, packstream
 from swupd_repo.swupd.manifest import Manifest, parse_manifest
@@ -21,15 +19,7 @@ from swupd_repo.swupd.streamstore import STORE_DIR, StreamStore
 def repo(vectors: Path, rootfs_trees: dict[int, Path],
          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The vectors' www without packs and deltas, plus the extracted images (as test_packs)."""
-    root = tmp_path_factory.mktemp("store")
-    shutil.copytree(vectors / "www", root / "www", symlinks=True)
-    subprocess.run(["chmod", "-R", "u+w", str(root / "www")], check=True)
-    for version in (10, 20):
-        for pack in (root / "www" / str(version)).glob("pack-*"):
-            pack.unlink()
-        copy_tree(rootfs_trees[version], root / "image" / str(version) / "os-core")
-    shutil.rmtree(root / "www/20/delta")
-    return root
+    return packs_repo(tmp_path_factory.mktemp("store"), vectors, rootfs_trees)
 
 
 def _manifest(www: Path, version: int) -> Manifest:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import build_version
 from ..progress import TqdmReporter
 from .options import add_settings_options, add_version_options, add_wait_option, settings_from_args
 
@@ -21,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..pipeline import build_version
+
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
         version = build_version(settings, reporter, settings.os_version, wait=args.wait)

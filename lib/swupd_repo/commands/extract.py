@@ -9,16 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..dedup import share_with_previous
 from ..errors import ExtractError
-from ..extract import extract_rootfs
-from ..gpt import find_partition
-from ..layout import load_layout
-from ..pipeline import locked_run
 from ..progress import TqdmReporter
 from ..settings import Settings
 from ..storage import Storage, remove_tree
-from ..treemeta import record_path
 from .options import add_wait_option
 
 
@@ -41,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dedup import share_with_previous
+    from ..extract import extract_rootfs
+    from ..gpt import find_partition
+    from ..layout import load_layout
+    from ..pipeline import locked_run
+    from ..treemeta import record_path
+
     if args.version <= 0:
         raise ExtractError(f"version {args.version} is invalid", hint="pass --version N, N > 0")
     if args.max_file_size < 1:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..progress import TqdmReporter
-from ..prune import prune
 from ..storage import Storage
 from .options import add_wait_option, settings_from_args
 
@@ -35,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..prune import prune
+
     settings = settings_from_args(args)
     keep = args.keep if args.keep is not None else max(settings.keep_trees, 1)
     if keep < 1:

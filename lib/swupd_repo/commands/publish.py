@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..pipeline import publish
 from ..progress import TqdmReporter
 from .options import add_settings_options, add_version_options, add_wait_option, settings_from_args
 
@@ -26,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..pipeline import publish
+
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
         version = publish(settings, reporter, wait=args.wait)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..errors import StorageError
 from ..storage import Storage
-from ..treemeta import record_path, write_from_disk
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..treemeta import record_path, write_from_disk
+
     storage = Storage(args.storage)
     with storage.lock():
         versions = [args.version] if args.version else sorted(

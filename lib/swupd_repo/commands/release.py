@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..progress import TqdmReporter
-from ..release import release
 from ..settings import load_settings
 from .options import add_wait_option
 
@@ -30,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..release import release
+
     settings = load_settings(args.config, {"storage_dir": args.storage_dir, "check": args.check,
                                            "signing_cert": args.signing_cert})
     with TqdmReporter() as reporter:

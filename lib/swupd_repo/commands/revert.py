@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..progress import TqdmReporter
-from ..release import revert
 from .options import (
     add_settings_options,
     add_version_options,
@@ -28,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..release import revert
+
     settings = settings_from_args(args)
     with TqdmReporter() as reporter:
         version = revert(settings, args.to_version, reporter, wait=args.wait)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..prune import inodes, plan
 from ..settings import Settings
 from ..storage import Storage
 from .options import settings_from_args
@@ -25,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def storage_status(storage: Storage, settings: Settings, keep: int) -> list[str]:
     """The report's lines (read-only: no lock is taken, numbers are a snapshot)."""
+    from ..prune import inodes, plan
+
     versions = sorted({int(p.name) for top in (storage.image_dir, storage.www_dir)
                        if top.is_dir() for p in top.iterdir() if p.name.isdigit()})
     trees = {v: storage.image(v) for v in versions if storage.image(v).is_dir()}
