@@ -166,7 +166,8 @@ def test_mutated_images(pristine: Pristine, data: st.DataObject) -> None:
             assert "\n" not in str(exc), "one line"
             assert list(fence.iterdir()) == [], "a failed extraction leaves nothing"
         else:
-            assert os.listdir(fence / "storage") == ["os-core"]
+            # the tree and its metadata record (swupd_repo.treemeta), nothing else
+            assert sorted(os.listdir(fence / "storage")) == ["os-core", "os-core.meta"]
         assert sorted(os.listdir(sandbox)) == ["fence", "image.img"], "wrote outside"
     finally:
         shutil.rmtree(sandbox)

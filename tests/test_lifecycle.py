@@ -155,10 +155,14 @@ def _disk_usage(root: Path) -> int:
 
 def _www_files(storage: Path, version: int) -> dict[str, object]:
     """``www/<version>`` and every delta file: bytes, or for a tar its members (name, mode,
-    data) without their mtimes, which are when the file was written (a delta made later)."""
+    data) without their mtimes, which are when the file was written (a delta made later).
+    Dotfiles are left out: they are the generator's own bookkeeping (the pack-reuse index,
+    which names its sources' sizes and mtimes), never served to devices."""
     www = storage / "www"
     out: dict[str, object] = {}
     for path in sorted((www / str(version)).rglob("*")):
+        if path.name.startswith("."):
+            continue
         if path.is_file() and path.name.endswith(".tar"):
             with tarfile.open(path) as tar:
                 out[str(path.relative_to(www))] = [

@@ -105,14 +105,15 @@ def test_download_prediction_equals_a_real_update(repo: Path, tmp_path: Path) ->
                 if packs:
                     assert [f"{p}" for p in stats.packs] == list(cost.packs), label
     # no pack from 10 (the client asks, gets a 404 and takes fullfiles); packs from 20 and
-    # 30 make those updates cheaper than fullfiles
+    # 30 save requests (on a tree this small a pack's tar and xz framing can weigh more than
+    # the few gzip fullfiles it replaces, so bytes are not compared here: the prediction
+    # above equals what the client really fetched either way)
     ten, twenty, thirty = report.updates
     assert ten.packs == () and ten.requests_with_packs == ten.requests_without_packs + 1
     assert ten.bytes_with_packs == ten.bytes_without_packs
     assert twenty.packs == ("40/pack-os-core-from-20.tar",)
     assert thirty.packs == ("40/pack-os-core-from-30.tar",)
     assert twenty.requests_with_packs < twenty.requests_without_packs
-    assert twenty.bytes_with_packs < twenty.bytes_without_packs
 
 
 def test_cli_text_json_and_html(repo: Path, tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ from typing import BinaryIO
 #: Default bound of the store (bytes); never below what the current build used.
 DEFAULT_LIMIT = 4 << 30
 #: Store location relative to the storage directory.
-STORE_DIR = ".swupd-repo-cache/streams"
+#: The storage's cache directory (beside ``www``; kept between runs, never served).
+CACHE_DIR = ".swupd-repo-cache"
+STORE_DIR = f"{CACHE_DIR}/streams"
 _MAGIC = b"swst0001"
 _TRAILER = struct.Struct("<Q32s8s")  # stream length, sha256 of the stream, magic
 _XZ_MAGIC = b"\xfd7zXZ\x00"
