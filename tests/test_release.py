@@ -234,3 +234,17 @@ def test_revert_of_a_recorded_tree_keeps_its_metadata(
 
     old, new = entries(20), entries(30)
     assert {p for p in new if new[p] != old.get(p)} == {"/usr/lib/os-release"}
+
+
+def test_prune_keeps_the_released_and_staged_trees(staged: Path, tree30: Path) -> None:
+    """With 10 released and 20, 30 staged, a prune that only counts the delta window of
+    latest (one change point: 20) would drop 10: the tree devices run, the one `release
+    --check` and `revert --to 10` read, and the next build's extra delta pack starts from."""
+    build(staged, tree30, 30, "--stage")
+    done = swupd_repo("prune", "--storage", staged, "--keep", "1", "--deltapack-versions", "1")
+    assert done.returncode == 0, done.stderr
+    st = Storage(staged)
+    assert sorted(int(p.name) for p in st.image_dir.iterdir() if p.name.isdigit()) == \
+        [10, 20, 30]
+    assert f"kept {st.image(10)}: released" in done.stdout
+    assert f"kept {st.image(20)}: staged" in done.stdout

@@ -66,10 +66,21 @@ def needed_trees(storage: Storage, deltapack_versions: int) -> dict[int, str]:
     needed: dict[int, str] = {v: "not published yet" for v in stored if v > latest}
     if latest in stored:
         needed[latest] = "latest"
+    # Staged versions (after the released one): release checks them against their trees,
+    # revert may bring them back, and the next build adds a delta pack from the released
+    # version's change point (packs.with_released_source), where devices are.
+    released = storage.released()
+    for version in stored:
+        if released and released <= version < latest:
+            needed.setdefault(version, "released" if version == released else "staged")
     mom = _read_mom(storage.www_dir, latest) if latest else None
+    released_mom = _read_mom(storage.www_dir, released) if 0 < released < latest else None
     for entry in mom.entries if mom is not None else ():
-        for source in change_points(storage.www_dir, entry.path, latest,
-                                    deltapack_versions):
+        sources = change_points(storage.www_dir, entry.path, latest, deltapack_versions)
+        if released_mom is not None:
+            point = _bundle_version(released_mom, entry.path)
+            sources = [*sources, *([point] if point is not None else [])]
+        for source in sources:
             if source in stored:
                 needed.setdefault(source, f"delta packs of {entry.path} start from it")
     return needed
