@@ -7,6 +7,7 @@ compare with the native backend.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -250,6 +251,28 @@ def test_success_streams_logs_and_restores_markers(engine, base_image, storage, 
     gap = reporter.times["container: done 20"] - reporter.times["container: building 20"]
     assert gap > 1.5
     assert leftover_containers(engine) == []
+
+
+def test_a_killed_runs_container_is_stopped_by_the_next_run(engine, base_image, storage,
+                                                            made_www):
+    """A SIGKILLed run cannot stop its container: the next run (holding the lock) stops
+    every container whose ``swupd-repo.pid`` names a process that is gone, before it starts
+    its own, so no orphan goes on writing into the storage or moves ``latest``."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = engine.containers.run(BASE_IMAGE, ["sleep", "600"], detach=True,
+                                   labels={"swupd-repo.pid": str(gone.pid),
+                                           "swupd-repo.version": "20"})
+    try:
+        reporter = RecordingReporter()
+        DockerBackend().build(storage, 20, settings_for(
+            storage, made_www, docker_command=shell_command(WRITES_VERSION)), reporter)
+        assert leftover_containers(engine, gone.pid) == []
+        assert f"stopping container {orphan.short_id} left by killed run {gone.pid}" in \
+            reporter.infos
+    finally:
+        with contextlib.suppress(Exception):
+            orphan.remove(force=True)
 
 
 def test_privileged_run(engine, base_image, storage, made_www):

@@ -163,3 +163,20 @@ def test_children_forked_under_the_lock_do_not_hold_it(tmp_path) -> None:
         p.start()
         p.join()
     assert queue.get(timeout=5) == []
+
+
+def test_container_still_sees_the_publishing_flag(tmp_path) -> None:
+    """The flag that makes a killed run's www/<V> a leftover stays in www/ while a container
+    runs (a later run's clean_leftovers must find it), and comes back if the container's
+    generator cleaned it."""
+    from swupd_repo.backends.storage_guard import hidden_temporaries
+
+    st = Storage(tmp_path)
+    hiding_place = tmp_path / "run-dir"
+    hiding_place.mkdir()
+    with st.publishing(30):
+        (flag,) = [p for p in st.temporaries() if st.is_publishing_flag(p)]
+        with hidden_temporaries(st, hiding_place):
+            assert flag.exists()
+            flag.unlink()  # what `swupd-repo build` inside our image does first
+        assert flag.exists()

@@ -323,8 +323,12 @@ def write_report(settings: Settings) -> None:
     from .pipeline import storage_of
     from .report import write_report_files
 
+    storage = storage_of(settings)
     try:
-        html, _ = write_report_files(storage_of(settings))
+        # under the lock: another image's run on a shared storage would clean the report's
+        # temporary file as a leftover, and a container run would take it for its scratch
+        with storage.lock():
+            html, _ = write_report_files(storage)
     except (SwupdRepoError, OSError) as exc:
         bb.warn(f"swupd-repo: no report written ({exc}); set SWUPD_REPO_REPORT = \"0\" to "
                 "skip it")

@@ -222,6 +222,10 @@ class Storage:
             with contextlib.suppress(OSError):  # a flag left is cleaned like a killed run's
                 flag.unlink()
 
+    def is_publishing_flag(self, path: Path) -> bool:
+        """Whether ``path`` is a :meth:`publishing` flag (``www/`` holds them)."""
+        return path.parent == self.www_dir and _PUBLISHING.match(path.name) is not None
+
     def write_error(self, exc: OSError, doing: str | None = None) -> StorageError | None:
         """The one-line error for a write the storage's filesystem refused for lack of
         space, quota or writability (None for any other error: that one is not the user's)."""
@@ -251,7 +255,7 @@ class Storage:
         removed = list(self.temporaries())
         latest = self.latest()
         for flag in list(removed):
-            match = _PUBLISHING.match(flag.name) if flag.parent == self.www_dir else None
+            match = _PUBLISHING.match(flag.name) if self.is_publishing_flag(flag) else None
             if match and int(match.group(1)) > latest and self.www(int(match.group(1))).exists():
                 removed.append(self.www(int(match.group(1))))
         for entry in removed:

@@ -143,6 +143,7 @@ class DockerBackend:
         try:
             require_image(client, settings.docker_image, address)
             with sigterm_raises_systemexit(), restored_markers(storage):
+                reap_orphans(client, reporter)  # a killed run's container, still writing
                 stale = stale_copies(storage) + stale_runs(storage)  # of a killed run
                 remove_in_container(client, settings.docker_image, storage, stale, reporter)
                 run = prepare_run_dir(storage, version)
@@ -297,6 +298,17 @@ def split_volumes(storage: Storage, version: int, source: Path) -> list[str]:
     if source != storage.os_core(version):
         volumes.append(f"{source}:{CONTAINER_STATE}/image/{version}/os-core:rw")
     return volumes
+
+
+def reap_orphans(client: Any, reporter: Reporter) -> None:
+    """Stop and remove our containers whose run is gone (``swupd-repo.pid`` names a process
+    that no longer exists): a SIGKILLed run cannot stop its container, which would go on
+    writing into the storage this run now holds (and move ``latest`` at its end)."""
+    for container in client.containers.list(all=True, filters={"label": "swupd-repo.pid"}):
+        pid = container.labels.get("swupd-repo.pid", "")
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            reporter.info(f"stopping container {container.short_id} left by killed run {pid}")
+            stop_and_remove(container)
 
 
 def stale_runs(storage: Storage) -> list[Path]:

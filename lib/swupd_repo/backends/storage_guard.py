@@ -116,7 +116,12 @@ def hidden_temporaries(storage: Storage, hiding_place: Path) -> Iterator[None]:
     and not one of those places) keeps them for the run.
     """
     moved: list[tuple[Path, Path]] = []
+    # The publishing flag stays where a later run's clean_leftovers looks for it should this
+    # run be killed; a generator in the container may clean it away, so it is put back.
+    flags = [e for e in storage.temporaries() if storage.is_publishing_flag(e)]
     for entry in list(storage.temporaries()):
+        if entry in flags:
+            continue
         where = entry.parent.relative_to(storage.root).as_posix().replace("/", "-")
         target = hiding_place / f"{entry.name}.{where}"
         with contextlib.suppress(OSError):
@@ -129,6 +134,9 @@ def hidden_temporaries(storage: Storage, hiding_place: Path) -> Iterator[None]:
             for target, original in moved:
                 if not original.exists():
                     target.rename(original)
+            for flag in flags:
+                with contextlib.suppress(OSError):
+                    flag.touch()
 
 
 @dataclass(frozen=True)
