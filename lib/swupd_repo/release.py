@@ -91,13 +91,19 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
         if storage.image(version).exists():
             raise StorageError(f"{storage.image(version)} already exists",
                                hint=f"remove it, or pass --version above {version}")
+        # Made under a temporary name and renamed whole, like an extraction: a killed copy
+        # is a leftover the next run removes, never a half tree at image/<N>.
+        work = storage.temp_path(storage.image_dir, f"revert-{version}")
         try:
             run.step(f"copying the tree of version {to} as version {version}")
-            copy_tree(source, storage.os_core(version))
-            stamp_version_id(storage.os_core(version), version)
-            check_os_release(storage.os_core(version), version)
+            work.mkdir(parents=True)
+            copy_tree(source, work / "os-core")
+            stamp_version_id(work / "os-core", version)
+            check_os_release(work / "os-core", version)
+            work.rename(storage.image(version))
             _build_and_mark(storage, version, settings, run)
         except BaseException:
+            remove_tree(work)
             remove_tree(storage.image(version))
             raise
     return version

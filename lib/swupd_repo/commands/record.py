@@ -14,7 +14,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import StorageError
+from ..progress import TqdmReporter
 from ..storage import Storage
+from .options import add_wait_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,14 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "extracted the tree. Existing records are left alone.")
     p.add_argument("--storage", type=Path, required=True, help="storage directory")
     p.add_argument("--version", type=int, help="only this version")
+    add_wait_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..pipeline import locked_run
     from ..treemeta import record_path, write_from_disk
 
     storage = Storage(args.storage)
-    with storage.lock():
+    with TqdmReporter() as reporter, locked_run(storage, reporter, wait=args.wait):
         versions = [args.version] if args.version else sorted(
             int(p.name) for p in storage.image_dir.glob("*") if p.name.isdigit())
         done = 0
