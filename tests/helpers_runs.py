@@ -19,7 +19,7 @@ import pytest
 
 
 def start_paused(storage: Path, image: tuple[Path, Path], pause: str,
-                 resume: Path | None = None, *, jobs: int = 2) -> subprocess.Popen:
+                 resume: Path | None = None, *extra: str, jobs: int = 2) -> subprocess.Popen:
     """``swupd-repo publish --jobs <jobs>`` of ``image``, in its own process group, stopped
     at ``pause`` (until ``resume`` exists, or for good)."""
     env = {**os.environ, "SWUPD_REPO_TEST_PAUSE": pause}
@@ -28,7 +28,7 @@ def start_paused(storage: Path, image: tuple[Path, Path], pause: str,
     dsk, layout = image
     proc = subprocess.Popen(
         [sys.executable, "-m", "swupd_repo.cli", "publish", "--dsk", dsk, "--layout", layout,
-         "--storage", storage, "--jobs", str(jobs)],
+         "--storage", storage, "--jobs", str(jobs), *extra],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, start_new_session=True)
     seen: list[str] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_cli import publish
+from helpers_cli import publish, swupd_repo
 from helpers_runs import group, kill_group, start_paused
 from helpers_trees import snapshot
 from swupd_repo.storage import TEMP_PREFIX, Storage
@@ -147,6 +147,28 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
     finally:
         kill_group(proc.pid)  # whatever a failing run left, for the next tests
     assert Storage(storage).latest() == 30
+    _earlier_intact(before, storage)
+    assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
+
+
+@pytest.mark.parametrize("step", ["hashing files|workers", "zero pack",
+                                  "moving latest"])
+def test_a_killed_forced_rebuild_leaves_the_published_version(step, tmp_path, history,
+                                                              vector_images) -> None:
+    """``publish --force`` of the published 20 sets its www/20 and tree aside; killed before
+    it committed, the next run puts them back (it used to remove them as leftovers)."""
+    from conftest import copy_tree
+
+    storage = copy_tree(history, tmp_path / "storage")
+    before = _earlier(storage)
+    proc = start_paused(storage, vector_images[20], step, None, "--version", "20", "--force")
+    try:
+        proc.kill()
+        proc.wait()
+    finally:
+        kill_group(proc.pid)
+    cleaned = swupd_repo("prune", "--storage", storage, "--dry-run")  # cleans, changes nothing
+    assert cleaned.returncode == 0, cleaned.stderr
     _earlier_intact(before, storage)
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
 

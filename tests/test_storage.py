@@ -180,3 +180,50 @@ def test_container_still_sees_the_publishing_flag(tmp_path) -> None:
             assert flag.exists()
             flag.unlink()  # what `swupd-repo build` inside our image does first
         assert flag.exists()
+
+
+def test_a_killed_replacement_puts_the_old_tree_back(tmp_path) -> None:
+    """A forced rebuild killed half-way never committed: its half-written www/<V> goes and
+    the tree it set aside (Storage.replacing) is the published one again."""
+    st = Storage(tmp_path)
+    www = st.www(20)
+    www.mkdir(parents=True)
+    (www / "Manifest.MoM").write_text("published\n")
+    aside = st.www_dir / f"{TEMP_PREFIX}old-20.999999"
+    www.rename(aside)
+    www.mkdir()
+    (www / "half-written").write_text("new\n")
+    st.clean_leftovers()
+    assert sorted(p.name for p in www.iterdir()) == ["Manifest.MoM"]
+    assert (www / "Manifest.MoM").read_text() == "published\n"
+    assert list(st.temporaries()) == []
+
+
+def test_what_a_killed_container_run_hid_is_put_back(tmp_path) -> None:
+    """The Docker backend hides our temporaries in its run directory for the container's
+    run (hidden_temporaries, with a journal); after a kill, the next clean finds them there."""
+    from swupd_repo.storage import HIDDEN_JOURNAL
+
+    st = Storage(tmp_path)
+    st.www_dir.mkdir()
+    hidden = tmp_path / ".swupd-repo-docker-run.20.999999" / "hidden"
+    (hidden / "0").mkdir(parents=True)
+    (hidden / "0" / "Manifest.MoM").write_text("published\n")
+    (hidden / HIDDEN_JOURNAL).write_text(f"0\twww/{TEMP_PREFIX}old-20.999999\n")
+    st.clean_leftovers()
+    assert (st.www(20) / "Manifest.MoM").read_text() == "published\n"
+
+
+def test_hidden_temporaries_journal_lets_a_later_run_restore(tmp_path) -> None:
+    from swupd_repo.backends.storage_guard import hidden_temporaries
+
+    st = Storage(tmp_path)
+    aside = st.www_dir / f"{TEMP_PREFIX}old-20.999999"
+    aside.mkdir(parents=True)
+    (aside / "Manifest.MoM").write_text("published\n")
+    hidden = tmp_path / "run" / "hidden"
+    hidden.mkdir(parents=True)
+    with hidden_temporaries(st, hidden):
+        assert not aside.exists()
+        assert st.restore_hidden(hidden) == [aside]  # what the next run does after a kill
+    assert (aside / "Manifest.MoM").read_text() == "published\n"

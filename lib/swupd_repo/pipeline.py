@@ -97,8 +97,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
             # killed run left: either way it is put back, with its record, if this run fails.
-            with storage.replacing(dest, "old-os-core"), \
-                    storage.replacing(record_path(dest), "old-os-core.meta"):
+            with storage.replacing(dest), storage.replacing(record_path(dest)):
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
@@ -178,7 +177,7 @@ def _build_and_mark(storage: Storage, version: int, settings: Settings,
         reporter.info(f"using {settings.workers} worker processes, not {settings.jobs}: "
                       "at most one per usable core and per 256 MiB of available memory")
     # A failure up to and including the markers removes www/<V>; a kill leaves the flag.
-    with storage.publishing(version), storage.replacing(www, f"old-{version}"):
+    with storage.publishing(version), storage.replacing(www):
         get_backend(settings.backend).build(storage, version, settings, reporter)
         if not (www / "Manifest.MoM").is_file():
             raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")

@@ -32,6 +32,11 @@ from .swupd.workpool import die_with_parent, prctl
 TEMP_PREFIX = ".swupd-repo-tmp-"
 #: ``www/<TEMP_PREFIX>publishing-<V>.<pid>``: www/<V> is this run's until the markers name it.
 _PUBLISHING = re.compile(re.escape(TEMP_PREFIX) + r"publishing-(\d+)\.\d+$")
+#: In a directory where a run hid its temporaries from a container (see
+#: ``backends.storage_guard.hidden_temporaries``): ``<name there>\t<storage path>`` per line.
+HIDDEN_JOURNAL = "hidden.journal"
+#: ``<TEMP_PREFIX>old-<name>.<pid>``: the tree :meth:`Storage.replacing` set aside for <name>.
+_ASIDE = re.compile(re.escape(TEMP_PREFIX) + r"old-(.+)\.\d+$")
 
 #: Write errors that mean "the storage's filesystem cannot take more", with what to do.
 SPACE_ERRORS = {
@@ -252,7 +257,16 @@ class Storage:
         run put in place but never released (its :meth:`publishing` flag is left, V above
         latest) goes too.
         """
+        for journal in sorted(self.root.glob(f"*/hidden/{HIDDEN_JOURNAL}")):
+            self.restore_hidden(journal.parent)  # a killed container run's, first
         removed = list(self.temporaries())
+        for aside in list(removed):
+            match = _ASIDE.match(aside.name)
+            if match:  # a killed replacement: its old tree stands again, the new one goes
+                original = aside.parent / match.group(1)
+                remove_tree(original)
+                aside.rename(original)
+                removed.remove(aside)
         latest = self.latest()
         for flag in list(removed):
             match = _PUBLISHING.match(flag.name) if self.is_publishing_flag(flag) else None
@@ -262,15 +276,35 @@ class Storage:
             remove_tree(entry)
         return removed
 
+    def restore_hidden(self, hiding_place: Path) -> list[Path]:
+        """Put back what a killed run hid from a container (a forced rebuild's set-aside
+        tree above all) where :meth:`clean_leftovers` finds it; returns what went back."""
+        try:
+            lines = (hiding_place / HIDDEN_JOURNAL).read_text(
+                encoding="utf-8", errors="surrogateescape").splitlines()
+        except OSError:
+            return []
+        restored = []
+        for line in lines:
+            name, _, where = line.partition("\t")
+            target, original = hiding_place / name, self.root / where
+            if name and where and target.exists() and not os.path.lexists(original):
+                with contextlib.suppress(OSError):
+                    target.rename(original)
+                    restored.append(original)
+        return restored
+
     @contextlib.contextmanager
-    def replacing(self, path: Path, label: str) -> Iterator[None]:
+    def replacing(self, path: Path) -> Iterator[None]:
         """Replace ``path`` (if it exists) with what the block writes there, or lose nothing.
 
-        The old tree is set aside under a temporary name first; if the block fails, what it
-        wrote at ``path`` goes and the old tree is put back; if it succeeds, the old tree goes.
-        A killed run leaves the copy for :meth:`clean_leftovers`.
+        The old tree is set aside under a temporary name first (``old-<name>``, see
+        :data:`_ASIDE`); if the block fails, what it wrote at ``path`` goes and the old tree is
+        put back; if it succeeds, the old tree goes. A killed run leaves the copy, which
+        :meth:`clean_leftovers` puts back: the run never committed, so the old one stands.
         """
-        aside = self.temp_path(path.parent, label) if os.path.lexists(path) else None
+        aside = self.temp_path(path.parent, f"old-{path.name}") if os.path.lexists(path) \
+            else None
         if aside is not None:
             path.rename(aside)
         try:

@@ -279,8 +279,11 @@ def storage_volumes(storage: Storage, version: int, run: Path, source: Path) -> 
     """
     root = storage.root.resolve()
     state = CONTAINER_STATE
+    # Our temporaries hidden for the run stay out of the container's reach: a generator
+    # there cleaning leftovers must not put them back (Storage.restore_hidden) mid-run.
     volumes = [f"{root}:{state}:rw", f"{run / 'lock'}:{state}/.lock:rw",
-               f"{run / 'image'}:{state}/image:rw"]
+               f"{run / 'image'}:{state}/image:rw",
+               f"{run / 'hidden'}:{state}/{run.name}/hidden:ro"]
     if (root / STAMP_DIR).is_dir():
         volumes.append(f"{root / STAMP_DIR}:{state}/{STAMP_DIR}:ro")
     volumes += [f"{tree.resolve()}:{state}/image/{tree.name}:ro"

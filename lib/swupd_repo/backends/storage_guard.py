@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..storage import TEMP_PREFIX, atomic_write_text
+from ..storage import HIDDEN_JOURNAL, TEMP_PREFIX, atomic_write_text
 from ..swupd.packs import NO_DELTA_FILE
 
 if TYPE_CHECKING:
@@ -113,20 +113,26 @@ def hidden_temporaries(storage: Storage, hiding_place: Path) -> Iterator[None]:
     everywhere it writes (:meth:`Storage.temporaries`, the storage root included); that would
     include the pipeline's copies of a ``www/<V>`` or ``image/<V>/os-core`` being replaced with
     ``force``. ``hiding_place`` (a directory on the storage's filesystem, so a rename does,
-    and not one of those places) keeps them for the run.
+    and not one of those places) keeps them for the run. A journal written before each move
+    lets the next run put them back (:meth:`Storage.restore_hidden`) if this one is killed.
     """
     moved: list[tuple[Path, Path]] = []
     # The publishing flag stays where a later run's clean_leftovers looks for it should this
     # run be killed; a generator in the container may clean it away, so it is put back.
     flags = [e for e in storage.temporaries() if storage.is_publishing_flag(e)]
-    for entry in list(storage.temporaries()):
-        if entry in flags:
-            continue
-        where = entry.parent.relative_to(storage.root).as_posix().replace("/", "-")
-        target = hiding_place / f"{entry.name}.{where}"
-        with contextlib.suppress(OSError):
-            entry.rename(target)
-            moved.append((target, entry))
+    hiding_place.mkdir(parents=True, exist_ok=True)
+    with open(hiding_place / HIDDEN_JOURNAL, "a", encoding="utf-8",
+              errors="surrogateescape") as journal:
+        for entry in list(storage.temporaries()):
+            if entry in flags:
+                continue
+            target = hiding_place / str(len(moved))
+            journal.write(f"{target.name}\t{entry.relative_to(storage.root).as_posix()}\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            with contextlib.suppress(OSError):
+                entry.rename(target)
+                moved.append((target, entry))
     try:
         yield
     finally:
