@@ -28,7 +28,7 @@ from pathlib import Path
 from .dedup import stored_trees
 from .progress import Reporter
 from .storage import Storage, fsync_dir, remove_tree, temp_path
-from .swupd.packs import _bundle_version, _read_mom
+from .swupd.packs import _bundle_version, _read_mom, walk_change_points
 
 
 @dataclass
@@ -43,20 +43,7 @@ class PrunePlan:
 def change_points(www: Path, bundle: str, latest: int, count: int) -> list[int]:
     """The last ``count`` versions ``bundle`` changed in, up to ``latest``: the delta sources
     of the next build (what :func:`~.swupd.packs.delta_pack_sources` walks from there)."""
-    found: list[int] = []
-    cursor = latest
-    while len(found) < count and cursor > 0:
-        mom = _read_mom(www, cursor)
-        if mom is None:
-            cursor -= 10
-            continue
-        version = _bundle_version(mom, bundle)
-        if version is None:
-            break
-        found.append(version)
-        at = _read_mom(www, version)
-        cursor = at.previous if at is not None else 0
-    return found
+    return walk_change_points(www, bundle, latest, count)
 
 
 def needed_trees(storage: Storage, deltapack_versions: int) -> dict[int, str]:

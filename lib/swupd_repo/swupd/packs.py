@@ -340,8 +340,14 @@ def delta_pack_sources(www: Path, bundle: str, version: int, count: int) -> list
     mom = _read_mom(www, version)
     if mom is None or _bundle_version(mom, bundle) != version:
         return []
+    return walk_change_points(www, bundle, mom.previous, count)[::-1]
+
+
+def walk_change_points(www: Path, bundle: str, cursor: int, count: int) -> list[int]:
+    """Up to ``count`` versions ``bundle`` last changed in, newest first, starting from the
+    MoM of ``cursor`` and following ``previous:`` links (stepping back 10 where a MoM is
+    missing); stops where the bundle did not exist yet."""
     found: list[int] = []
-    cursor = mom.previous
     while len(found) < count and cursor > 0:
         older = _read_mom(www, cursor)
         if older is None:
@@ -350,7 +356,7 @@ def delta_pack_sources(www: Path, bundle: str, version: int, count: int) -> list
         bundle_version = _bundle_version(older, bundle)
         if bundle_version is None:
             break  # back before the bundle existed
-        found.insert(0, bundle_version)
+        found.append(bundle_version)
         at = _read_mom(www, bundle_version)
         cursor = at.previous if at is not None else 0
     return found
