@@ -50,3 +50,18 @@ def packs_repo(root: Path, vectors: Path, trees: dict[int, Path]) -> Path:
         copy_tree(trees[version], root / "image" / str(version) / "os-core")
     shutil.rmtree(root / "www/20/delta")
     return root
+
+
+def disown(tree: Path, uid: int = 65534) -> Path:
+    """Make the disk say nothing true about ``tree``'s metadata: every entry owned by
+    ``uid`` and stripped of xattrs (what an unprivileged extraction leaves; the truth is in
+    the tree's record)."""
+    import subprocess
+
+    subprocess.run(["chown", "-hR", f"{uid}:{uid}", str(tree)], check=True)
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            for key in os.listxattr(path, follow_symlinks=False):
+                os.removexattr(path, key, follow_symlinks=False)
+    return tree

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tree
-from helpers_cli import swupd_repo
-from helpers_trees import snapshot
+from helpers_cli import build, swupd_repo
+from helpers_trees import disown, snapshot
 from swupd_repo.check import check_repository
 from swupd_repo.client import compare_trees, install, update
 from swupd_repo.osrelease import read_version_id, stamp_version_id
@@ -19,13 +19,6 @@ from swupd_repo.storage import Storage
 
 def is_os_release(path: str) -> bool:
     return path in ("/usr/lib/os-release", "/etc/os-release")
-
-
-def build(storage: Path, tree: Path, version: int, *extra: str) -> None:
-    """``swupd-repo build`` of ``tree`` as ``version`` (the tree is copied into the storage)."""
-    copy_tree(tree, Storage(storage).os_core(version))
-    done = swupd_repo("build", "--storage", storage, "--version", str(version), *extra)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +200,6 @@ def test_revert_of_a_recorded_tree_keeps_its_metadata(
     """A tree stored with a metadata record (every extraction since issue 11) says nothing true
     about owners and xattrs on disk: revert must copy the record with it, or version 30 would
     be published with the build user's owners and no xattrs."""
-    import os
-    import subprocess
-
     from swupd_repo.swupd.manifest import parse_manifest
     from swupd_repo.treemeta import record_path, write_from_disk
 
@@ -218,12 +208,7 @@ def test_revert_of_a_recorded_tree_keeps_its_metadata(
     build(storage, rootfs_trees[20], 20)
     st = Storage(storage)
     write_from_disk(st.os_core(20))  # the record of what root sees: the true metadata
-    subprocess.run(["chown", "-hR", "65534:65534", str(st.os_core(20))], check=True)
-    for dirpath, dirnames, filenames in os.walk(st.os_core(20)):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            for key in os.listxattr(path, follow_symlinks=False):
-                os.removexattr(path, key, follow_symlinks=False)
+    disown(st.os_core(20))
     done = swupd_repo("revert", "--to", "20", "--storage", storage)
     assert done.returncode == 0, done.stderr
     assert record_path(st.os_core(30)).read_bytes() == record_path(st.os_core(20)).read_bytes()

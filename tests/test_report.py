@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tree
-from helpers_cli import swupd_repo
+from helpers_cli import build, swupd_repo
 from swupd_repo.client import install, update
 from swupd_repo.osrelease import stamp_version_id
 from swupd_repo.report import collect, to_html, write_report_files
@@ -29,12 +29,6 @@ from swupd_repo.report.svg import byte_ticks, nice_ticks
 from swupd_repo.serve import serve_in_thread
 from swupd_repo.storage import Storage
 from swupd_repo.swupd.manifest import Entry, Manifest, deleted_entry
-
-
-def build(storage: Path, tree: Path, version: int, *extra: str) -> None:
-    copy_tree(tree, Storage(storage).os_core(version))
-    done = swupd_repo("build", "--storage", storage, "--version", str(version), *extra)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")

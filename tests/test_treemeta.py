@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tree
+from helpers_trees import disown
 from swupd_repo import treemeta
 from swupd_repo.cli import main as cli_main
 from swupd_repo.errors import StorageError
@@ -41,13 +42,7 @@ def stored_tree(dsk: Path, layout: Path, dest: Path) -> Path:
     """Extract ``dsk`` into ``dest``, then make the disk say nothing true about metadata."""
     extent = find_partition(dsk, load_layout(layout).rootfs(), NullReporter())
     extract_rootfs(dsk, extent.offset, extent.size, dest, RecordingReporter())
-    subprocess.run(["chown", "-hR", f"{NOBODY}:{NOBODY}", str(dest)], check=True)
-    for dirpath, dirnames, filenames in os.walk(dest):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            for key in os.listxattr(path, follow_symlinks=False):
-                os.removexattr(path, key, follow_symlinks=False)
-    return dest
+    return disown(dest, NOBODY)
 
 
 def hashes(tree: Path) -> dict[str, str]:
