@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
 from swupd_repo.errors import ExtractError, VersionError
-from swupd_repo.osrelease import parse_version_id, read_version_id, set_version_id
+from swupd_repo.osrelease import (
+    parse_version_id,
+    read_version_id,
+    set_version_id,
+    stamp_version_id,
+)
 from swupd_repo.pipeline import check_os_release
 
 
@@ -50,3 +56,41 @@ def test_check_os_release_messages(tmp_path) -> None:
     check_os_release(tmp_path, 10)
     with pytest.raises(VersionError, match="OS_VERSION"):
         check_os_release(tmp_path, 20)
+
+
+def test_stamp_keeps_a_stored_trees_record_in_step(tmp_path) -> None:
+    """A stored tree's record names exactly its paths: the usr/lib/os-release (and the
+    directories) the stamp creates must be added to it, owned by root like the rootfs hook
+    makes them, and every path recorded before keeps its line."""
+    from swupd_repo import treemeta
+
+    tree = tmp_path / "os-core"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/os-release").write_text("NAME=x\nVERSION_ID=20\n")
+    os.chown(tree / "etc/os-release", 1000, 1001)
+    treemeta.write_from_disk(tree)
+    before = treemeta.read_record(treemeta.record_path(tree))
+    stamp_version_id(tree, 30)
+    assert read_version_id(tree) == (30, tree / "usr/lib/os-release")
+    assert (tree / "etc/os-release").read_text() == "NAME=x\nVERSION_ID=30\n"
+    meta = treemeta.load(tree)  # checks the record against the tree on disk
+    assert meta is not None
+    assert {p: m for p, m in meta.entries.items() if p in before} == before
+    assert {p: m for p, m in meta.entries.items() if p not in before} == {
+        "/usr": treemeta.Meta(stat.S_IFDIR | 0o755, 0, 0, 0, {}),
+        "/usr/lib": treemeta.Meta(stat.S_IFDIR | 0o755, 0, 0, 0, {}),
+        "/usr/lib/os-release": treemeta.Meta(stat.S_IFREG | 0o644, 0, 0, 0, {})}
+
+
+def test_stamp_of_a_tree_without_a_record_writes_none(tmp_path) -> None:
+    """A rootfs (the bbclass hook) or a tree stored before records: nothing beside it."""
+    from swupd_repo import treemeta
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").write_text("VERSION_ID=1\n")
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/os-release").symlink_to("../../etc/os-release")
+    stamp_version_id(tmp_path, 40)
+    assert read_version_id(tmp_path)[0] == 40
+    assert (tmp_path / "usr/lib/os-release").is_symlink()
+    assert not treemeta.record_path(tmp_path).exists()

@@ -221,6 +221,33 @@ def test_revert_of_a_recorded_tree_keeps_its_metadata(
     assert {p for p in new if new[p] != old.get(p)} == {"/usr/lib/os-release"}
 
 
+def test_revert_of_a_recorded_tree_without_usr_lib_os_release(
+        tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    """An image with only etc/os-release: the revert's stamp creates usr/lib/os-release,
+    which must enter the copy's record, or the copy and its record disagree and the revert
+    is refused."""
+    from swupd_repo.swupd.manifest import parse_manifest
+    from swupd_repo.treemeta import read_record, record_path, write_from_disk
+
+    storage = tmp_path / "storage"
+    tree20 = copy_tree(rootfs_trees[20], tmp_path / "20")
+    (tree20 / "usr/lib/os-release").unlink()
+    build(storage, rootfs_trees[10], 10)
+    build(storage, tree20, 20)
+    st = Storage(storage)
+    write_from_disk(st.os_core(20))
+    disown(st.os_core(20))
+    done = swupd_repo("revert", "--to", "20", "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    assert read_version_id(st.os_core(30)) == (30, st.os_core(30) / "usr/lib/os-release")
+    old, new = (read_record(record_path(st.os_core(v))) for v in (20, 30))
+    assert set(new) - set(old) == {"/usr/lib/os-release"}
+    assert all(new[p] == old[p] for p in old)
+    manifest = parse_manifest((st.www(30) / "Manifest.os-core").read_bytes())
+    # (the stateless format leaves /etc out)
+    assert {e.path for e in manifest.entries if e.last_change == 30} == {"/usr/lib/os-release"}
+
+
 def test_prune_keeps_the_released_and_staged_trees(staged: Path, tree30: Path) -> None:
     """With 10 released and 20, 30 staged, a prune that only counts the delta window of
     latest (one change point: 20) would drop 10: the tree devices run, the one `release

@@ -48,19 +48,40 @@ def set_version_id(text: str, version: int) -> str:
 
 
 def stamp_version_id(root: Path, version: int) -> None:
-    """Make a tree say ``VERSION_ID=<version>``: ``usr/lib/os-release`` (created from a regular
-    ``etc/os-release`` when missing) and a regular ``etc/os-release``; a symlink between
-    them is left as it is. Files are rewritten, keeping their mode and owner.
+    """Make a tree say ``VERSION_ID=<version>``: the one implementation, for the image's rootfs
+    (the bbclass's post-process command, under pseudo) and for a stored tree (``revert``).
+
+    ``usr/lib/os-release``, which the client reads first, is created when missing (from a
+    regular ``etc/os-release``, with the directories it needs: owned by root, mode 0644 and
+    0755, as the rootfs hook under pseudo makes them); a regular ``usr/lib/os-release`` and
+    ``etc/os-release`` are rewritten in place, which keeps each file's mode, owner, xattrs and
+    hard links; a symlink between them is left as it is.
+
+    A stored tree's metadata is in its record (:mod:`.treemeta`), which must name exactly the
+    tree's paths: when ``root`` has one, what this creates is added to it. In place means
+    through the inode: give a stored tree only when it is a fresh copy (``revert`` makes one
+    with ``cp -a``), never a tree whose inodes other versions share.
     """
+    from . import treemeta  # here: the client reads os-release and needs none of the storage
+
     usr_lib, etc = root / OS_RELEASE_FILES[0], root / OS_RELEASE_FILES[1]
+    created: list[Path] = []
     if not usr_lib.exists() and not usr_lib.is_symlink():
         base = etc.read_text() if etc.is_file() and not etc.is_symlink() else ""
-        usr_lib.parent.mkdir(parents=True, exist_ok=True)
+        created = [d for d in reversed(usr_lib.parents) if d.is_relative_to(root)
+                   and d != root and not d.exists()]
+        for directory in created:
+            directory.mkdir()
+            os.chmod(directory, 0o755)
         usr_lib.write_text(set_version_id(base, version))
         os.chmod(usr_lib, 0o644)
+        created.append(usr_lib)
     for path in (usr_lib, etc):
-        if path.is_file() and not path.is_symlink():
-            st = path.stat()
-            path.write_text(set_version_id(path.read_text(), version))
-            os.chown(path, st.st_uid, st.st_gid)
-            os.chmod(path, stat.S_IMODE(st.st_mode))
+        if path.is_file() and not path.is_symlink() and path not in created:
+            path.write_text(set_version_id(path.read_text(), version))  # through the inode
+    if created and treemeta.record_path(root).exists():
+        treemeta.add_entries(root, {
+            "/" + path.relative_to(root).as_posix():
+                treemeta.Meta(stat.S_IFDIR | 0o755 if path.is_dir() else stat.S_IFREG | 0o644,
+                              0, 0, 0, {})
+            for path in created})

@@ -202,6 +202,18 @@ def _damaged(path: Path, why: str) -> StorageError:
                              "restore the storage from a backup")
 
 
+def add_entries(tree: Path, added: dict[str, Meta]) -> None:
+    """Add paths just created in ``tree`` to its record, which is rewritten whole and sealed
+    again (atomically: a reader sees the old record or the new one). Existing lines keep their
+    order; a path already recorded takes the new metadata."""
+    entries = read_record(record_path(tree))
+    entries.update(added)
+    with RecordWriter(tree) as writer:
+        for path, meta in entries.items():
+            writer.add(path, meta)
+        writer.install()
+
+
 # --------------------------------------------------------------------------- reading a tree
 
 
