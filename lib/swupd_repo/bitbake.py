@@ -22,7 +22,7 @@ import bb.parse
 import bb.utils
 
 from .errors import LayoutError, SettingsError, StorageError, SwupdRepoError
-from .osrelease import set_version_id
+from .osrelease import stamp_version_id
 from .settings import Settings, load_settings
 from .versions import next_version
 
@@ -263,30 +263,12 @@ def setup_recipe(d: Datastore) -> None:
 
 @fatal_on_error
 def write_os_release(d: Datastore) -> None:
-    """Rootfs post-process: ``VERSION_ID=${OS_VERSION}`` in usr/lib/os-release and etc/os-release.
-
-    usr/lib/os-release is what the swupd client reads first. It is created when missing (from
-    etc/os-release when that is a file); a regular etc/os-release is updated too, a symlink to
-    the usr/lib file is left as it is.
-    """
+    """Rootfs post-process: ``VERSION_ID=${OS_VERSION}`` in usr/lib/os-release (created when
+    missing) and a regular etc/os-release (:func:`~swupd_repo.osrelease.stamp_version_id`)."""
     rootfs = Path(d.getVar("IMAGE_ROOTFS"))
     version = int(d.getVar("OS_VERSION"))
-    usr_lib = rootfs / "usr/lib/os-release"
-    etc = rootfs / "etc/os-release"
-    if not usr_lib.exists() and not usr_lib.is_symlink():
-        base = etc.read_text() if etc.is_file() and not etc.is_symlink() else ""
-        usr_lib.parent.mkdir(parents=True, exist_ok=True)
-        _write(usr_lib, set_version_id(base, version))
-    for path in (usr_lib, etc):
-        if path.is_file() and not path.is_symlink():
-            _write(path, set_version_id(path.read_text(), version))
+    stamp_version_id(rootfs, version)
     bb.note(f"os-release of {rootfs} says VERSION_ID={version}")
-
-
-def _write(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    path.write_text(text)
-    os.chmod(path, mode)
 
 
 @fatal_on_error
