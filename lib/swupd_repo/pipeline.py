@@ -50,7 +50,7 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
     """
     storage = storage_of(settings)
     with locked_run(storage, reporter, wait=wait) as run:
-        _clean(storage, run)
+        remove_leftovers(storage, run)
         if version is not None:
             settings = settings.replace(os_version=version)
         version = version_to_publish(settings, storage)
@@ -59,7 +59,7 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
                 f"{storage.os_core(version)} does not exist",
                 hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
             )
-        _build_and_mark(storage, version, settings, run)
+        build_and_mark(storage, version, settings, run)
         _prune_after(storage, settings, run)
     return version
 
@@ -90,7 +90,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
     part = layout.rootfs(settings.partition)
     extent = find_partition(Path(settings.disk_image), part, reporter)
     with locked_run(storage, reporter, wait=wait) as run:
-        _clean(storage, run)
+        remove_leftovers(storage, run)
         version = version_to_publish(settings, storage)
         dest = storage.os_core(version)
         image_existed = storage.image(version).exists()
@@ -104,7 +104,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
                                run, max_file_size=settings.max_file_size)
                 check_os_release(dest, version)
                 share_with_previous(storage, version, run)
-                _build_and_mark(storage, version, settings, run)
+                build_and_mark(storage, version, settings, run)
         except BaseException:
             if not image_existed:
                 shutil.rmtree(storage.image(version), ignore_errors=True)
@@ -152,7 +152,9 @@ def check_os_release(root: Path, version: int) -> None:
         )
 
 
-def _clean(storage: Storage, reporter: Reporter) -> None:
+def remove_leftovers(storage: Storage, reporter: Reporter) -> None:
+    """What an interrupted run left (:meth:`Storage.clean_leftovers`); every locked run
+    that writes starts with it."""
     for path in storage.clean_leftovers():
         reporter.info(f"removed {path} left by an interrupted run")
 
@@ -166,8 +168,8 @@ def _prune_after(storage: Storage, settings: Settings, reporter: Reporter) -> No
                                    deltapack_versions=settings.deltapack_versions), reporter)
 
 
-def _build_and_mark(storage: Storage, version: int, settings: Settings,
-                    reporter: Reporter) -> None:
+def build_and_mark(storage: Storage, version: int, settings: Settings,
+                   reporter: Reporter) -> None:
     """Backend, optional check, then the markers; an existing www/<V> only with force."""
     www = storage.www(version)
     if www.exists() and not settings.force:

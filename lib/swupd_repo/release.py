@@ -31,10 +31,10 @@ from pathlib import Path
 from .errors import StorageError, VersionError
 from .osrelease import stamp_version_id
 from .pipeline import (
-    _build_and_mark,
-    _clean,
+    build_and_mark,
     check_os_release,
     locked_run,
+    remove_leftovers,
     run_gate,
     storage_of,
     version_to_publish,
@@ -63,7 +63,7 @@ def release(settings: Settings, version: int, reporter: Reporter, *, wait: bool 
     """Point devices at the staged ``version``; returns the version released before it."""
     storage = storage_of(settings)
     with locked_run(storage, reporter, wait=wait) as run:
-        _clean(storage, run)
+        remove_leftovers(storage, run)
         check_releasable(storage, version)
         before = storage.released()
         if settings.check:
@@ -78,7 +78,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
     """Publish version V's tree again as the next version N; returns N."""
     storage = storage_of(settings)
     with locked_run(storage, reporter, wait=wait) as run:
-        _clean(storage, run)
+        remove_leftovers(storage, run)
         if not (storage.www(to) / "Manifest.MoM").is_file():
             raise VersionError(f"version {to} is not published ({storage.www(to)}/Manifest.MoM "
                                "does not exist)",
@@ -101,7 +101,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
             stamp_version_id(work / "os-core", version)
             check_os_release(work / "os-core", version)
             work.rename(storage.image(version))
-            _build_and_mark(storage, version, settings, run)
+            build_and_mark(storage, version, settings, run)
         except BaseException:
             remove_tree(work)
             remove_tree(storage.image(version))

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..extract import extract_rootfs
     from ..gpt import find_partition
     from ..layout import load_layout
-    from ..pipeline import locked_run
+    from ..pipeline import locked_run, remove_leftovers
     from ..treemeta import record_path
 
     if args.version <= 0:
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     part = load_layout(args.layout).rootfs(args.partition)  # bad input: nothing created
     storage = Storage(args.storage)
     with TqdmReporter() as reporter, locked_run(storage, reporter, wait=args.wait) as run:
-        for path in storage.clean_leftovers():
-            run.info(f"removed {path} left by an interrupted run")
+        remove_leftovers(storage, run)
         dest = storage.os_core(args.version)
         if dest.exists():
             if args.version in storage.published_versions():
