@@ -248,6 +248,58 @@ def test_revert_of_a_recorded_tree_without_usr_lib_os_release(
     assert {e.path for e in manifest.entries if e.last_change == 30} == {"/usr/lib/os-release"}
 
 
+def test_revert_of_a_tree_without_a_record_as_a_user_is_refused(
+        tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    """A tree stored before records keeps its metadata on disk (root's owners, xattrs): a
+    user's ``cp -a`` makes every copied file its own, so version 30 would be published with
+    other owners. The revert is refused with one line and the fix, and changes nothing."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from helpers_users import as_nobody
+    from swupd_repo.progress import NullReporter
+    from swupd_repo.release import revert
+    from swupd_repo.settings import load_settings
+
+    base = Path(tempfile.mkdtemp(prefix="swupd-repo-nobody-"))  # pytest's tmp is root's 0700
+    try:
+        storage = base / "storage"
+        build(storage, rootfs_trees[10], 10)
+        build(storage, rootfs_trees[20], 20)
+        st = Storage(storage)
+        # the storage is the user's; the stored trees keep the owners root gave them
+        subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+        for version in (10, 20):
+            shutil.rmtree(st.os_core(version))
+            copy_tree(rootfs_trees[version], st.os_core(version))
+        # readable by all, so the user's copy would not fail: it would drop owners silently
+        subprocess.run(["chmod", "-R", "a+rX", str(st.os_core(10)), str(st.os_core(20))],
+                       check=True)
+        assert {path.lstat().st_uid for path in st.os_core(20).rglob("*")} != {65534}
+        before = snapshot(storage)
+        settings = load_settings(None, {"storage_dir": storage})
+        _import_what_a_build_imports()  # the child cannot read /root, where Python lives
+        outcome = as_nobody(lambda: revert(settings, 20, NullReporter()))
+        after = snapshot(storage)
+    finally:
+        shutil.rmtree(base)
+    assert outcome.startswith("StorageError: "), outcome
+    assert "has no metadata record" in outcome and "swupd-repo record" in outcome
+    assert "\n" not in outcome
+    assert after == before
+
+
+def _import_what_a_build_imports() -> None:
+    import multiprocessing.popen_fork
+    import multiprocessing.synchronize  # noqa: F401
+    from importlib import import_module
+
+    for module in ("backends.native", "swupd.publish", "swupd.builder", "swupd.packs",
+                   "swupd.delta", "swupd.fullfiles", "swupd.scan", "dedup", "prune"):
+        import_module(f"swupd_repo.{module}")
+
+
 def test_prune_keeps_the_released_and_staged_trees(staged: Path, tree30: Path) -> None:
     """With 10 released and 20, 30 staged, a prune that only counts the delta window of
     latest (one change point: 20) would drop 10: the tree devices run, the one `release

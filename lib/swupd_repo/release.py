@@ -24,6 +24,7 @@ version move back to V's content by an ordinary update, since versions only ever
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,6 +88,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
         if not source.is_dir():
             raise StorageError(f"{source} does not exist: version {to}'s tree is gone",
                                hint="pass --to a version whose image/<V>/os-core is kept")
+        refuse_a_lossy_copy(storage, to)
         version = version_to_publish(settings, storage)
         if storage.image(version).exists():
             raise StorageError(f"{storage.image(version)} already exists",
@@ -109,11 +111,31 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
     return version
 
 
+def refuse_a_lossy_copy(storage: Storage, version: int) -> None:
+    """Refuse to copy a tree stored without a metadata record as a user other than root.
+
+    Such a tree keeps its metadata on disk (stored before records, as root or under pseudo),
+    and only root (or that pseudo, where the process is root too) can copy it with its owners,
+    devices and ``security.*``/``trusted.*`` xattrs: a user's ``cp -a`` would make every file
+    its own and publish the revert with those owners, without a word. Its record, written where
+    that metadata is visible, makes the copy faithful for anyone.
+    """
+    tree = storage.os_core(version)
+    if record_path(tree).exists() or os.geteuid() == 0:
+        return
+    raise StorageError(
+        f"version {version}'s tree {tree} has no metadata record, and a copy made by uid "
+        f"{os.geteuid()} would lose its owners, devices and xattrs",
+        hint=f"write its record first, as root (or under the pseudo that extracted it): "
+             f"swupd-repo record --storage {storage.root} --version {version}")
+
+
 def copy_tree(source: Path, dest: Path) -> None:
     """A faithful copy of a stored tree and its metadata record (:mod:`.treemeta`), if any.
 
     ``cp -a`` keeps owners, modes, xattrs, times, hard links and devices (shutil.copytree
-    keeps neither owners nor hard links) for a tree stored without a record, and the record
+    keeps neither owners nor hard links) for a tree stored without a record, when run as root
+    (:func:`refuse_a_lossy_copy`), and the record
     keeps them for one stored with it: the record is copied first, as extraction installs it
     first. A copy, not hard links: the os-release file is rewritten.
     """
