@@ -110,6 +110,35 @@ def test_release_cannot_go_back(staged: Path) -> None:
     assert snapshot(staged) == before
 
 
+def test_release_and_revert_refresh_the_report_a_publish_wrote(staged: Path) -> None:
+    """STORAGE/report.* (the BitBake task writes it after each publish) shows the released
+    version and every device's download to it: a release and a revert change both."""
+    import json
+
+    from swupd_repo.report import write_report_files
+
+    st = Storage(staged)
+    html, data = write_report_files(st)
+    assert json.loads(data.read_text())["released"] == 10
+    done = swupd_repo("release", "20", "--storage", staged)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(data.read_text())
+    assert report["released"] == 20
+    assert [(u["from_version"], u["to_version"]) for u in report["updates"]] == [(10, 20)]
+    assert f"report: {html}" in done.stderr
+    done = swupd_repo("revert", "--to", "20", "--storage", staged, "--stage")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(data.read_text())
+    assert [v["version"] for v in report["versions"]] == [10, 20, 30]
+    assert (report["latest"], report["released"]) == (30, 20)
+    assert '<svg' in html.read_text() and ">30<" in html.read_text()
+
+
+def test_release_writes_no_report_where_none_was_asked_for(staged: Path) -> None:
+    assert swupd_repo("release", "20", "--storage", staged).returncode == 0
+    assert not (staged / "report.json").exists() and not (staged / "report.html").exists()
+
+
 def test_revert_publishes_the_old_tree_as_a_new_version(
         tmp_path: Path, rootfs_trees: dict[int, Path], tree30: Path) -> None:
     storage = tmp_path / "storage"

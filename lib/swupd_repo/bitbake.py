@@ -289,30 +289,28 @@ def publish_image(d: Datastore) -> int:
 
         os.environ[PSEUDO_VAR] = d.getVar("FAKEROOTCMD") or ""
         os.environ[PSEUDO_ENV_VAR] = d.getVar("FAKEROOTENV") or ""
-    version = publish(settings, BitBakeReporter(d), layout_text=layout_text)
+    reporter = BitBakeReporter(d)
+    version = publish(settings, reporter, layout_text=layout_text)
     storage = settings.storage_dir
     verb = "published" if settings.release else "staged (swupd-repo release to release it)"
     bb.plain(f"swupd-repo: {verb} version {version} in {storage}/www; serve it with "
              f"`swupd-repo serve --storage {storage}`")
     if settings.report:
-        write_report(settings)
+        write_report(settings, reporter)
     return version
 
 
-def write_report(settings: Settings) -> None:
-    """SWUPD_REPO_REPORT: ``STORAGE/report.html`` and ``report.json`` after a publish. The
-    version is published by then, so a failure here is a warning, not a failed task."""
+def write_report(settings: Settings, reporter: BitBakeReporter) -> None:
+    """SWUPD_REPO_REPORT: ``STORAGE/report.html`` and ``report.json`` after a publish
+    (:func:`~swupd_repo.report.refresh_report_files`: a failure is a warning)."""
     from .pipeline import storage_of
-    from .report import write_report_files
+    from .report import refresh_report_files
 
     storage = storage_of(settings)
+    # under the lock: another image's run on a shared storage would clean the report's
+    # temporary file as a leftover, and a container run would take it for its scratch
     try:
-        # under the lock: another image's run on a shared storage would clean the report's
-        # temporary file as a leftover, and a container run would take it for its scratch
         with storage.lock():
-            html, _ = write_report_files(storage)
-    except (SwupdRepoError, OSError) as exc:
-        bb.warn(f"swupd-repo: no report written ({exc}); set SWUPD_REPO_REPORT = \"0\" to "
-                "skip it")
-        return
-    bb.note(f"report: {html}")
+            refresh_report_files(storage, reporter)
+    except SwupdRepoError as exc:  # the lock; the version is published all the same
+        reporter.warning(f"no report written ({exc})")
