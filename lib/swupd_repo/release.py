@@ -48,16 +48,21 @@ from .treemeta import record_path
 
 def check_releasable(storage: Storage, version: int) -> None:
     """Refuse a version devices cannot be moved to: not built, or not after the released one."""
-    if not (storage.www(version) / "Manifest.MoM").is_file():
-        raise VersionError(f"version {version} is not published ({storage.www(version)}/"
-                           "Manifest.MoM does not exist)",
-                           hint="stage it first: swupd-repo publish --stage (or build --stage)")
+    require_published(storage, version,
+                      hint="stage it first: swupd-repo publish --stage (or build --stage)")
     released = storage.released()
     if version <= released:
         raise VersionError(f"version {version} is not after the released version {released}: "
                            "latest only moves forward",
                            hint="to go back to an earlier version's content, use "
                                 f"swupd-repo revert --to {version}")
+
+
+def require_published(storage: Storage, version: int, *, hint: str) -> None:
+    """Refuse a version whose ``www/<V>`` is not complete (no MoM), with what to do."""
+    if not (storage.www(version) / "Manifest.MoM").is_file():
+        raise VersionError(f"version {version} is not published ({storage.www(version)}/"
+                           "Manifest.MoM does not exist)", hint=hint)
 
 
 def release(settings: Settings, version: int, reporter: Reporter, *, wait: bool = True) -> int:
@@ -81,10 +86,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
     storage = storage_of(settings)
     with locked_run(storage, reporter, wait=wait) as run:
         remove_leftovers(storage, run)
-        if not (storage.www(to) / "Manifest.MoM").is_file():
-            raise VersionError(f"version {to} is not published ({storage.www(to)}/Manifest.MoM "
-                               "does not exist)",
-                               hint="pass --to one of the versions in STORAGE/www")
+        require_published(storage, to, hint="pass --to one of the versions in STORAGE/www")
         source = storage.os_core(to)
         if not source.is_dir():
             raise StorageError(f"{source} does not exist: version {to}'s tree is gone",
