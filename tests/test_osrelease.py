@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,30 @@ def test_stamp_of_a_tree_without_a_record_writes_none(tmp_path) -> None:
     assert read_version_id(tmp_path)[0] == 40
     assert (tmp_path / "usr/lib/os-release").is_symlink()
     assert not treemeta.record_path(tmp_path).exists()
+
+
+def test_stamp_rewrites_a_read_only_file_of_a_users_copy(tmp_path) -> None:
+    """An etc/os-release equal to the previous version's shares its inode, read-only on disk
+    (dedup), and a user's ``cp -a`` for revert copies that mode: the stamp must still write it
+    (as that user, who owns the copy) and leave the mode as it was."""
+    import shutil
+    import tempfile
+
+    from helpers_users import as_nobody
+
+    base = Path(tempfile.mkdtemp(prefix="swupd-repo-nobody-"))  # pytest's tmp is root's 0700
+    try:
+        (base / "etc").mkdir()
+        (base / "usr/lib").mkdir(parents=True)
+        for rel in ("etc/os-release", "usr/lib/os-release"):
+            (base / rel).write_text("VERSION_ID=20\n")
+        os.chmod(base / "etc/os-release", 0o444)
+        for path in (base, *base.rglob("*")):
+            os.chown(path, 65534, 65534)
+        outcome = as_nobody(lambda: stamp_version_id(base, 30))
+        texts = [(base / rel).read_text() for rel in ("etc/os-release", "usr/lib/os-release")]
+        mode = stat.S_IMODE((base / "etc/os-release").stat().st_mode)
+    finally:
+        shutil.rmtree(base)
+    assert outcome == "ok", outcome
+    assert texts == ["VERSION_ID=30\n", "VERSION_ID=30\n"] and mode == 0o444

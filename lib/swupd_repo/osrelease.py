@@ -54,16 +54,14 @@ def stamp_version_id(root: Path, version: int) -> None:
     ``usr/lib/os-release``, which the client reads first, is created when missing (from a
     regular ``etc/os-release``, with the directories it needs: owned by root, mode 0644 and
     0755, as the rootfs hook under pseudo makes them); a regular ``usr/lib/os-release`` and
-    ``etc/os-release`` are rewritten in place, which keeps each file's mode, owner, xattrs and
-    hard links; a symlink between them is left as it is.
+    ``etc/os-release`` are rewritten in place, which keeps each file's mode (read-only ones
+    too), owner, xattrs and hard links; a symlink between them is left as it is.
 
     A stored tree's metadata is in its record (:mod:`.treemeta`), which must name exactly the
     tree's paths: when ``root`` has one, what this creates is added to it. In place means
     through the inode: give a stored tree only when it is a fresh copy (``revert`` makes one
     with ``cp -a``), never a tree whose inodes other versions share.
     """
-    from . import treemeta  # here: the client reads os-release and needs none of the storage
-
     usr_lib, etc = root / OS_RELEASE_FILES[0], root / OS_RELEASE_FILES[1]
     created: list[Path] = []
     if not usr_lib.exists() and not usr_lib.is_symlink():
@@ -78,10 +76,30 @@ def stamp_version_id(root: Path, version: int) -> None:
         created.append(usr_lib)
     for path in (usr_lib, etc):
         if path.is_file() and not path.is_symlink() and path not in created:
-            path.write_text(set_version_id(path.read_text(), version))  # through the inode
-    if created and treemeta.record_path(root).exists():
+            _rewrite(path, set_version_id(path.read_text(), version))
+    if not created:
+        return
+    from . import treemeta  # here: the client reads os-release and needs none of the storage
+
+    if treemeta.record_path(root).exists():
         treemeta.add_entries(root, {
             "/" + path.relative_to(root).as_posix():
                 treemeta.Meta(stat.S_IFDIR | 0o755 if path.is_dir() else stat.S_IFREG | 0o644,
                               0, 0, 0, {})
             for path in created})
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Write ``text`` through ``path``'s inode, also when its owner's write bit is clear (a
+    file a stored tree shared with the previous version is read-only on disk, and ``cp -a``
+    copies that mode; under pseudo the kernel still checks the real mode); the mode is put
+    back."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & stat.S_IWUSR:
+        path.write_text(text)
+        return
+    os.chmod(path, mode | stat.S_IWUSR)
+    try:
+        path.write_text(text)
+    finally:
+        os.chmod(path, mode)
