@@ -207,6 +207,16 @@ def test_rebase_retire_and_devices_on_retired_versions(tmp_path, series) -> None
         ran = swupd_repo(command, "--storage", storage)
         assert ran.returncode == 0, ran.stdout + ran.stderr
 
+    # once the trees of 10 and 20 are pruned as well, what those versions held that changed
+    # before the rebase is stored nowhere: check says it cannot lay them down, and passes
+    pruned = swupd_repo("prune", "--storage", storage)
+    assert pruned.returncode == 0, pruned.stderr
+    assert not st.image(10).exists() and not st.image(20).exists()
+    out = _check(storage)
+    for source in (10, 20):
+        assert f"not simulating an update from the retired version {source}" in out.stderr
+    assert "update 30 -> 50" in out.stdout + out.stderr
+
 
 def test_www_prune_refuses_without_a_released_rebase(tmp_path, series) -> None:
     storage = tmp_path / "s"
