@@ -234,6 +234,26 @@ def test_www_prune_refuses_without_a_released_rebase(tmp_path, series) -> None:
     assert all((Storage(storage).www(v) / "files").is_dir() for v in (10, 20, 30, 40))
 
 
+def test_a_rebuild_on_a_retired_version_must_be_a_rebase(tmp_path, series) -> None:
+    """A forced rebuild of the rebase (latest) is built on the version before it, which is
+    retired: as a plain version it would name fullfiles that are gone."""
+    from swupd_repo.swupd.rebase import is_rebase
+
+    storage = tmp_path / "s"
+    st = Storage(storage)
+    _publish(storage, series, VERSIONS[:3])
+    done = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE))
+    assert done.returncode == 0, done.stderr
+    plain = publish(storage, series[REBASE], "--version", str(REBASE), "--force")
+    assert plain.returncode == 2
+    assert "version 30 would be built on version 20, whose content was retired" in plain.stderr
+    assert is_rebase(st.www_dir, REBASE) and st.latest() == REBASE
+    again = publish(storage, series[REBASE], "--version", str(REBASE), "--force", "--rebase")
+    assert again.returncode == 0, again.stderr
+    assert is_rebase(st.www_dir, REBASE)
+    _check(storage)
+
+
 def _start_paused_prune(storage: Path, pause: str, before: int) -> subprocess.Popen:
     env = {**os.environ, "SWUPD_REPO_TEST_PAUSE": pause}
     proc = subprocess.Popen([sys.executable, "-m", "swupd_repo.cli", "prune", "--storage",

@@ -28,8 +28,9 @@ from ..client.manifests import read_manifest_tar
 from ..progress import NullReporter
 from ..storage import Storage
 from ..swupd.manifest import Entry, Manifest, parse_manifest
-from ..swupd.names import fullfile_relpath, pack_name
+from ..swupd.names import fullfile_relpath
 from ..swupd.packs import _read_mom
+from ..swupd.rebase import content_retired
 
 
 class Unseedable(Exception):
@@ -37,12 +38,9 @@ class Unseedable(Exception):
 
 
 def needs_seed(storage: Storage, version: int) -> bool:
-    """Whether a device on ``version`` must be laid down from a seed: a zero pack its MoM
-    names is gone from ``www``."""
-    mom = _read_mom(storage.www_dir, version)
-    return mom is not None and any(
-        not (storage.www(line.last_change) / pack_name(line.path, 0)).is_file()
-        for line in mom.entries)
+    """Whether a device on ``version`` must be laid down from a seed: its content was
+    retired (a zero pack its MoM names is gone from ``www``)."""
+    return content_retired(storage.www_dir, version)
 
 
 def make_seed(storage: Storage, version: int, seed: Path) -> None:

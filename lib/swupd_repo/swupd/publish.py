@@ -37,7 +37,7 @@ from . import builder
 from .fullfiles import write_fullfiles
 from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
 from .names import pack_name
-from .rebase import is_rebase
+from .rebase import content_retired, is_rebase
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
@@ -84,6 +84,12 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
     previous = builder.load_previous(storage, version, warn=reporter.warning)
+    if previous.version and not settings.rebase and content_retired(storage.www_dir,
+                                                                    previous.version):
+        raise BuildError(f"version {version} would be built on version {previous.version}, "
+                         "whose content was retired (prune --www-before): its unchanged "
+                         "files would name fullfiles that are gone",
+                         hint="build it as a rebase (--rebase, SWUPD_REPO_REBASE = \"1\")")
     storage.www_dir.mkdir(parents=True, exist_ok=True)
     staging = storage.temp_path(storage.www_dir, f"build-{version}")
     view = storage.temp_path(storage.www_dir, f"view-{version}")

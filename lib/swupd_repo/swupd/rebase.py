@@ -49,6 +49,14 @@ def newest_rebase(www: Path, versions: list[int], upto: int) -> int:
     return 0
 
 
+def content_retired(www: Path, version: int) -> bool:
+    """Whether ``prune --www-before`` retired ``version`` (or a killed one started to): a zero
+    pack its MoM names is gone (a retirement moves packs first). Its manifests are kept."""
+    mom = _lines(www / str(version) / "Manifest.MoM")
+    return mom is not None and any(
+        len(f) == 4 and not (www / f[2] / f"pack-{f[3]}-from-0.tar").is_file() for f in mom)
+
+
 def _all_live_at(path: Path, version: int) -> bool:
     """Every non-deleted entry of the manifest at ``path`` changed in ``version``.
 
