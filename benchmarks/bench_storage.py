@@ -12,7 +12,11 @@ measures ``image/`` on disk (every inode once, ``st_blocks``) and prints:
 * full copy: what the version's tree costs stored on its own (today's cost before sharing,
   measured on the same tree in the same run), and the ratio growth/full copy.
 
-Run as root or any user: ``python benchmarks/bench_storage.py [--keep DIR]``.
+With ``--rebase-at K`` build K is a rebase version (``--rebase``); after the builds it prints
+each version's ``www/`` on disk, retires the versions before the rebase (``prune
+--www-before``) and prints what that freed (reported and measured) against ``www/`` before.
+
+Run as root or any user: ``python benchmarks/bench_storage.py [--keep DIR] [--rebase-at K]``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64 << 10, help="bytes per file")
     parser.add_argument("--change", type=float, default=0.02, help="fraction changed")
+    parser.add_argument("--rebase-at", type=int, default=0,
+                        help="make build K (1-based) a rebase and retire www/ before it")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: temporary)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="swupd-repo-bench-storage-"))
@@ -93,7 +99,7 @@ def main() -> None:
             dsk, layout = make_dsk(tree, work, "bench", rootfs_mb=rootfs_mb)
             settings = make_settings({"storage_dir": storage, "disk_image": dsk,
                                       "disk_layout": layout, "os_version": version,
-                                      "jobs": 2})
+                                      "jobs": 2, "rebase": build + 1 == args.rebase_at})
             start = time.perf_counter()
             publish(settings, NullReporter())
             seconds = time.perf_counter() - start
@@ -121,9 +127,31 @@ def main() -> None:
         trees = [p for p in (storage / "image").iterdir() if p.name.isdigit()]
         print(f"image/ on disk: {disk_bytes([storage / 'image']) / 1e6:.1f} MB; as full "
               f"copies: {sum(disk_bytes([p]) for p in trees) / 1e6:.1f} MB")
+        if args.rebase_at:
+            retire_figures(storage, 10 * args.rebase_at)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def retire_figures(storage: Path, rebase: int) -> None:
+    """``www/`` per version, then what retiring the versions before ``rebase`` frees."""
+    from swupd_repo.retire import retire
+    from swupd_repo.storage import Storage
+
+    st = Storage(storage)
+    sizes = {v: disk_bytes([st.www(v)]) for v in st.published_versions()}
+    print("www/ on disk per version (MB): " +
+          ", ".join(f"{v}{'*' if v == rebase else ''} {b / 1e6:.2f}" for v, b in sizes.items())
+          + "  (* the rebase)")
+    before = disk_bytes([st.www_dir])
+    result = retire(st, rebase, dry_run=False, reporter=NullReporter())
+    after = disk_bytes([st.www_dir])
+    kept = disk_bytes([st.www(v) for v in result.versions])
+    print(f"prune --www-before {rebase}: retired {len(result.versions)} versions, reported "
+          f"{result.freed_bytes / 1e6:.2f} MB freed, measured {(before - after) / 1e6:.2f} MB; "
+          f"www/ {before / 1e6:.1f} -> {after / 1e6:.1f} MB; the retired versions keep "
+          f"{kept / 1e3:.0f} KB of manifests")
 
 
 if __name__ == "__main__":

@@ -237,6 +237,28 @@ def test_release_0_stages_the_build_and_report_0_writes_none(tmp_path):
     assert not (storage.root / "report.html").exists()
 
 
+def test_rebase_1_makes_that_build_a_rebase_version(tmp_path):
+    """``SWUPD_REPO_REBASE = "1"`` for one build: every live entry of its manifests changes in
+    it, and its pack from the previous version is its zero pack."""
+    from swupd_repo.swupd.manifest import parse_manifest
+    from swupd_repo.swupd.rebase import is_rebase
+
+    builddir = bed.make_builddir(tmp_path, 'SWUPD_REPO_REPORT = "0"\n')
+    first = bed.bitbake(builddir)
+    assert first.ok, first.output
+    bed.set_local_conf(builddir, 'SWUPD_REPO_REPORT = "0"\nSWUPD_REPO_REBASE = "1"\n'
+                                 'IMAGE_MOTD = "rebase"\n')
+    second = bed.bitbake(builddir)
+    assert second.ok, second.output
+    storage = storage_of(builddir)
+    assert storage.published_versions() == [10, 20]
+    full = parse_manifest((storage.www(20) / "Manifest.full").read_bytes())
+    assert {e.last_change for e in full.entries if not e.deleted} == {20}
+    assert is_rebase(storage.www_dir, 20)
+    assert (storage.www(20) / "pack-os-core-from-10.tar").stat().st_ino == \
+        (storage.www(20) / "pack-os-core-from-0.tar").stat().st_ino
+
+
 def version_id_text(text: str) -> str:
     return next((line.split("=", 1)[1] for line in text.splitlines()
                  if line.startswith("VERSION_ID=")), "")

@@ -65,3 +65,10 @@ def test_jobs_are_bounded_by_cores_and_memory() -> None:
     assert worker_count(100000, 8, None) == 8
     assert 1 <= Settings(jobs=100000).workers <= usable_cores()
     assert Settings(jobs=1).workers == 1
+
+
+def test_rebase_is_a_boolean_of_the_native_backend() -> None:
+    assert make_settings({"rebase": "1"}).rebase is True
+    with pytest.raises(SettingsError, match="rebase in SWUPD_REPO_REBASE needs the native"):
+        make_settings({"rebase": "1", "backend": "docker"},
+                      origins={"rebase": "SWUPD_REPO_REBASE"})

@@ -147,7 +147,10 @@ def freed_bytes(roots: list[Path]) -> int:
 def _lstat_all(root: Path) -> Iterator[os.stat_result]:
     if not os.path.lexists(root):
         return
-    yield os.lstat(root)
+    top = os.lstat(root)
+    yield top
+    if not stat.S_ISDIR(top.st_mode):
+        return  # a file (retire removes packs and notes as well as directories)
     stack = [os.fspath(root)]
     while stack:
         directory = stack.pop()

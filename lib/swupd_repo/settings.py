@@ -52,6 +52,7 @@ class Settings:
     docker_host: str | None = None
     check: bool = False
     force: bool = False
+    rebase: bool = False
     release: bool = True
     report: bool = True
 
@@ -77,7 +78,7 @@ _PATH_KEYS = {"storage_dir", "disk_layout", "disk_image", "signing_key", "signin
               "signing_chain", "signing_passphrase_file"}
 _INT_KEYS = {"version_step": 1, "os_version": 1, "deltapack_versions": 0, "keep_trees": 0,
              "jobs": 0, "max_file_size": 1}
-_BOOL_KEYS = {"docker_privileged", "check", "force", "release", "report"}
+_BOOL_KEYS = {"docker_privileged", "check", "force", "rebase", "release", "report"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -131,6 +132,11 @@ def make_settings(values: dict[str, Any], source: str = "settings",
     if settings.backend not in BACKENDS:
         raise SettingsError(f"backend {settings.backend!r} in {source} is not one of "
                             f"{', '.join(BACKENDS)}", hint="set SWUPD_REPO_BACKEND / --backend")
+    if settings.rebase and settings.backend != "native":
+        raise SettingsError(f"rebase in {origins.get('rebase', source)} needs the native "
+                            "backend: the container's scripts cannot pass a minimum version",
+                            hint="build the rebase version with SWUPD_REPO_BACKEND = "
+                            "\"native\" (--backend native)")
     if settings.compression not in COMPRESSIONS:
         raise SettingsError(f"compression {settings.compression!r} in {source} is not one of "
                             f"{', '.join(COMPRESSIONS)}", hint="set SWUPD_REPO_COMPRESSION")

@@ -103,6 +103,14 @@ SWUPD_REPO_CHECK ??= "0"
 # "1" allows rebuilding an existing www/<OS_VERSION> (never a version below the latest).
 SWUPD_REPO_FORCE ??= "0"
 
+# "1" makes this build a rebase (Clear's minimum version): every live manifest entry gets
+# OS_VERSION as its last change, with its fullfile in www/<OS_VERSION>/files, so that
+# `swupd-repo prune --www-before <OS_VERSION>` may later retire the www/ of older versions
+# (devices on them still update: their small manifest files stay). Set it for one build,
+# e.g. `SWUPD_REPO_REBASE = "1"` in local.conf, then remove it; every later build would be a
+# full respin. Native backend only.
+SWUPD_REPO_REBASE ??= "0"
+
 # "0" stages the build: www/<OS_VERSION> is published (and checked, with SWUPD_REPO_CHECK)
 # but www/version/format3/latest stays where it was, so devices do not see it until
 # `swupd-repo release <OS_VERSION> --storage ${SWUPD_REPO_STORAGE_DIR}`. The next build still
@@ -124,7 +132,7 @@ SWUPD_REPO_TASK_VARIABLES = "\
     SWUPD_REPO_SIGNING_KEY SWUPD_REPO_SIGNING_CERT SWUPD_REPO_SIGNING_CHAIN \
     SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
     SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \
-    SWUPD_REPO_CHECK SWUPD_REPO_FORCE SWUPD_REPO_RELEASE SWUPD_REPO_REPORT \
+    SWUPD_REPO_CHECK SWUPD_REPO_FORCE SWUPD_REPO_REBASE SWUPD_REPO_RELEASE SWUPD_REPO_REPORT \
     DSK_IMAGE_LAYOUT IMAGE_LINK_NAME MACHINE \
 "
 

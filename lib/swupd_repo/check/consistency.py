@@ -4,7 +4,10 @@ For each published version up to the one checked: each MoM line's bundle manifes
 hashes to it; each non-deleted entry has its fullfile with exactly one member ``<H>`` whose data
 and metadata hash to H; zero packs hold every entry and each pack member hashes to its name;
 plain manifests equal their tars; signatures verify (given certificates); the markers agree
-and point at a published version. Problems accumulate in the report, so one run lists them all.
+and point at a published version. Versions before a rebase version (:mod:`..swupd.rebase`)
+get their manifests checked only: devices on them fetch nothing else of theirs, and
+``prune --www-before`` may have retired the rest. Problems accumulate in the report, so one
+run lists them all.
 
 Fullfiles and packs verified clean by an earlier run and unchanged since are skipped
 (:mod:`.stamps`): the gate runs on every publish and would otherwise re-read the whole history.
@@ -86,7 +89,9 @@ class Consistency:
             self.problem(f"{self.storage.latest_www_marker} names version {www}, after the "
                          f"checked {version}")
 
-    def version(self, v: int) -> None:
+    def version(self, v: int, content: bool = True) -> None:
+        """``content=False``: a version before a rebase (see :mod:`...retire`), whose files
+        and packs no device fetches any more: only its manifests are checked."""
         self.rep.step(f"checking www/{v}")
         mom = self.manifest("MoM", v, None)
         if mom is None:
@@ -99,7 +104,7 @@ class Consistency:
             key = (line.path, line.last_change)
             if key not in self.bundles_tried:
                 self.bundles_tried.add(key)
-                self.bundle(line.path, line.last_change, line.hash, v)
+                self.bundle(line.path, line.last_change, line.hash, v, content)
             elif key in self.manifest_hashes:
                 # already checked; the hash must still match this MoM's line
                 self._mom_line(line.path, line.last_change, line.hash, v)
@@ -142,10 +147,11 @@ class Consistency:
                 self._verify(plain, sig, f"{tar} (member Manifest.{name}.signed)")
         return manifest
 
-    def bundle(self, name: str, bv: int, expected: str, mom_version: int) -> Manifest | None:
+    def bundle(self, name: str, bv: int, expected: str, mom_version: int,
+               content: bool = True) -> Manifest | None:
         manifest = self.manifest(name, bv, expected, mom_version)
-        if manifest is None:
-            return None
+        if manifest is None or not content:
+            return manifest
         live = [e for e in manifest.entries if not e.deleted]
         self.rep.step(f"checking fullfiles of {name} at {bv}", len(live))
         for entry in live:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..progress import NullReporter, Reporter
 from ..storage import Storage
+from ..swupd.rebase import newest_rebase
 from .consistency import Consistency
 from .report import CheckFailed, CheckReport, Context
 from .simulation import simulate as simulate_updates
@@ -47,8 +48,9 @@ def check_repository(storage: Storage, version: int | None = None, *,
     stamp_book = Stamps(storage, trust=trust_stamps)
     consistency = Consistency(storage, report, rep, trusted_certs, check_time, stamp_book)
     consistency.markers(version)
+    rebase = newest_rebase(storage.www_dir, versions, version)
     for v in versions:
-        consistency.version(v)
+        consistency.version(v, content=v >= rebase)
     if simulate and report.ok:
         explicit = from_versions is not None
         candidates = list(from_versions) if explicit else [v for v in versions if v < version]

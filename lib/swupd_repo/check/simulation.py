@@ -2,6 +2,8 @@
 the new version over real HTTP (our own server on 127.0.0.1) and compare the result with
 ``image/<V>/os-core`` (with its metadata record) object by object (except what the format
 leaves to the device: ``/etc``, state paths). A fresh install of the new version is simulated too.
+A device on a version retired from ``www`` (``prune --www-before``) is laid down from a seed
+of what that version held (:mod:`.retired`) and then updated from the real ``www``.
 
 Scratch roots live under the system temporary directory (``TMPDIR``), never in the storage: a
 concurrent publish removes the storage's temporary names, and the storage may be on a disk
@@ -25,6 +27,7 @@ from ..treemeta import load as load_meta
 from ..versions import is_update_source
 from .loopback import bring_up_loopback
 from .report import CheckReport, Simulation
+from .retired import Unseedable, make_seed, needs_seed
 from .unprivileged import can_set_owners, simulate_under_pseudo
 
 
@@ -119,7 +122,11 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                 work = scratch / str(start)
                 root, state = work / "root", work / "state"
                 try:
-                    stats = install(url, root, start or version, state_dir=state, **options)
+                    if start and needs_seed(storage, start):
+                        stats = install_retired(storage, start, root, state, work, options)
+                    else:
+                        stats = install(url, root, start or version, state_dir=state,
+                                        **options)
                     if start:
                         stats = update(url, root, to=version, state_dir=state, **options)
                     found = verify(url, root, version=version, **options)
@@ -130,6 +137,10 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                         # a pristine root: every delta in the pack should have applied
                         problems.append(f"{label}: {stats.deltas_failed} delta(s) in "
                                         f"{', '.join(stats.packs)} failed (see warnings)")
+                except Unseedable as exc:
+                    rep.warning(f"not simulating an update from the retired version {start}: "
+                                f"{exc}")
+                    continue
                 except SwupdRepoError as exc:
                     problems = [f"{label}: {exc}"]
                     stats = None
@@ -147,3 +158,17 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                     rep.info(f"{label}: {stats.counts()}; {len(problems)} problems")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def install_retired(storage: Storage, version: int, root: Path, state: Path, work: Path,
+                    options: dict[str, Any]) -> Any:
+    """Lay down a device on the retired ``version`` with the client, from a seed repository
+    of what ``www/<version>`` held (:mod:`.retired`), served on its own over real HTTP."""
+    from ..client import install
+    from ..serve import serve_in_thread
+
+    seed = work / "seed"
+    make_seed(storage, version, seed)
+    marker = f"/{storage.latest_www_marker.relative_to(storage.www_dir)}"
+    with serve_in_thread(seed, overrides={marker: f"{version}\n".encode()}) as seed_url:
+        return install(seed_url, root, version, state_dir=state, packs=False, **options)

@@ -53,6 +53,9 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                         help="check the repository and simulate updates before moving latest")
     parser.add_argument("--force", action="store_const", const=True, default=None,
                         help="rebuild an existing www/<version>")
+    parser.add_argument("--rebase", action="store_const", const=True, default=None,
+                        help="make this version a rebase: every manifest entry changes here, "
+                        "with its fullfile (allows `prune --www-before` this version)")
     parser.add_argument("--stage", dest="release", action="store_const", const=False,
                         default=None, help="publish www/<version> without moving latest: "
                         "devices see it after `swupd-repo release VERSION`")

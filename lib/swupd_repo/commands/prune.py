@@ -1,6 +1,7 @@
 """``swupd-repo prune``: remove the stored trees (``image/<V>``) no future build reads.
 
-See :mod:`swupd_repo.prune` for what is kept and why the delta packs stay the same.
+See :mod:`swupd_repo.prune` for what is kept and why the delta packs stay the same. With
+``--www-before V`` it retires old versions from ``www/`` instead (:mod:`swupd_repo.retire`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also keep this many newest trees (default: keep_trees, at least 1)")
     p.add_argument("--deltapack-versions", dest="deltapack_versions", type=int,
                    help="delta packs per bundle the next builds make (default: the settings')")
+    p.add_argument("--www-before", dest="www_before", type=int, metavar="V",
+                   help="instead of trees, retire www/<X> for every X < V: its files, deltas "
+                   "and packs go, its manifests stay (devices on X still update); refused "
+                   "unless a released rebase version >= V exists")
     p.add_argument("--dry-run", action="store_true",
                    help="list what would go and the bytes it would free; change nothing")
     add_wait_option(p)
@@ -43,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass --keep 1 or more")
     assert settings.storage_dir is not None
     storage = Storage(settings.storage_dir)
+    if args.www_before is not None:
+        return _retire(storage, args)
     with TqdmReporter() as reporter:
         result = prune(storage, keep=keep, deltapack_versions=settings.deltapack_versions,
                        dry_run=args.dry_run, reporter=reporter, wait=args.wait)
@@ -52,4 +59,22 @@ def run(args: argparse.Namespace) -> int:
     for version, why in sorted(result.keep.items()):
         print(f"kept {storage.image(version)}: {why}")
     print(f"{verb} {len(result.remove)} tree(s), {result.freed_bytes} bytes")
+    return 0
+
+
+def _retire(storage: Storage, args: argparse.Namespace) -> int:
+    from ..retire import retire
+
+    if args.www_before < 1:
+        raise SettingsError(f"--www-before {args.www_before} is not a version",
+                            hint="pass the rebase version (or one before it)")
+    with TqdmReporter() as reporter:
+        result = retire(storage, args.www_before, dry_run=args.dry_run, reporter=reporter,
+                        wait=args.wait)
+    verb = "would retire" if args.dry_run else "retired"
+    for version in result.versions:
+        names = ", ".join(p.name for p in result.content[version])
+        print(f"{verb} {storage.www(version)}: {names} (its manifests stay)")
+    print(f"{verb} {len(result.versions)} version(s) before {result.before} from www/ "
+          f"(rebase version {result.rebase}), {result.freed_bytes} bytes")
     return 0

@@ -41,6 +41,7 @@ from .hashing import hash_bytes
 from .manifest import Entry, Manifest, parse_manifest
 from .names import delta_name, fullfile_relpath
 from .packstream import PackMember, plan_groups, write_pack
+from .rebase import is_rebase
 from .streamstore import StreamStore
 
 #: Sum of the estimated peaks of delta jobs running at once (one job always may run).
@@ -346,7 +347,9 @@ def delta_pack_sources(www: Path, bundle: str, version: int, count: int) -> list
 def walk_change_points(www: Path, bundle: str, cursor: int, count: int) -> list[int]:
     """Up to ``count`` versions ``bundle`` last changed in, newest first, starting from the
     MoM of ``cursor`` and following ``previous:`` links (stepping back 10 where a MoM is
-    missing); stops where the bundle did not exist yet."""
+    missing); stops where the bundle did not exist yet, and after a rebase version
+    (:mod:`.rebase`): every entry changed there, so a pack from before it would stage every
+    file again, and the versions before it may be retired."""
     found: list[int] = []
     while len(found) < count and cursor > 0:
         older = _read_mom(www, cursor)
@@ -357,6 +360,8 @@ def walk_change_points(www: Path, bundle: str, cursor: int, count: int) -> list[
         if bundle_version is None:
             break  # back before the bundle existed
         found.append(bundle_version)
+        if is_rebase(www, bundle_version):
+            break
         at = _read_mom(www, bundle_version)
         cursor = at.previous if at is not None else 0
     return found

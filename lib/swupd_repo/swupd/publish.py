@@ -37,6 +37,7 @@ from . import builder
 from .fullfiles import write_fullfiles
 from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
 from .names import pack_name
+from .rebase import content_retired, is_rebase
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
     previous = builder.load_previous(storage, version, warn=reporter.warning)
+    if previous.version and not settings.rebase and content_retired(storage.www_dir,
+                                                                    previous.version):
+        raise BuildError(f"version {version} would be built on version {previous.version}, "
+                         "whose content was retired (prune --www-before): its unchanged "
+                         "files would name fullfiles that are gone",
+                         hint="build it as a rebase (--rebase, SWUPD_REPO_REBASE = \"1\")")
     storage.www_dir.mkdir(parents=True, exist_ok=True)
     staging = storage.temp_path(storage.www_dir, f"build-{version}")
     view = storage.temp_path(storage.www_dir, f"view-{version}")
@@ -92,7 +99,8 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                          cache_file=storage.image(version) / CACHE_NAME)
         reporter.info(f"{len(scan.records)} paths; {scan.hashed} files hashed, "
                       f"{scan.cached} from the hash cache")
-        built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp)
+        built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp,
+                                        minversion=version if settings.rebase else 0)
         staging.mkdir()
         reporter.step("writing manifests")
         tars = _start_manifests(staging, built, signer, executor)
@@ -186,6 +194,7 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
     from .streamstore import STORE_DIR, StreamStore
 
     store = StreamStore(storage.root / STORE_DIR)
+    rebase = is_rebase(view, built.version)
 
     for name, manifest in built.bundles.items():
         old = previous.bundles.get(name)
@@ -201,11 +210,33 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
                               workers=settings.workers, reporter=reporter, store=store)
         _sign_file(signer, out)
+        if rebase:  # every file changed: a delta pack would be the zero pack again
+            _link_zero_pack(staging, name, sources, reporter)
+            continue
         _write_delta_packs(storage, view, staging, name, manifest, old, sources, settings,
                            reporter, signer, store)
     store.prune()
     reporter.info(f"stream store: {store.hits} streams copied, {store.dropped} damaged "
                   "entries dropped")
+
+
+def _link_zero_pack(staging: Path, name: str, sources: list[int], reporter: Reporter) -> None:
+    """A rebase's packs from ``sources``: hard links of its zero pack (and its signature).
+
+    Every entry of a rebase changed in it, so the delta pack from an earlier version stages
+    every file (deltas of unchanged files aside, which would cost a bsdiff per file for
+    nothing a device needs). The zero pack holds exactly those files; as a link it costs no
+    space and gives a device on an earlier version one download instead of a request per
+    file."""
+    zero = staging / pack_name(name, 0)
+    for src in sources:
+        for suffix in ("", ".signed"):
+            source = zero.with_name(zero.name + suffix)
+            if source.is_file():
+                os.link(source, staging / (pack_name(name, src) + suffix))
+    if sources:
+        reporter.info(f"rebase: the packs of {name} from {', '.join(map(str, sources))} are "
+                      "its zero pack")
 
 
 def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
