@@ -172,5 +172,5 @@ def package_files(tree: Path, databases: list[PackageDatabase], bundle: str, pac
     where = ", ".join(d.where for d in databases)
     raise BundleError(f"bundle {bundle} names the package {package}, which is not installed "
                       f"in the image ({where})",
-                      hint="install it in the image (IMAGE_INSTALL) or remove it from the "
-                           f"bundle's packages (SWUPD_REPO_BUNDLE_PACKAGES[{bundle}])")
+                      hint=f"install it in the image (IMAGE_INSTALL) or remove it from the "
+                           f"packages of bundle {bundle}")

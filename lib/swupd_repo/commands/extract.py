@@ -7,6 +7,7 @@ Finds the rootfs partition through the disk-layout JSON and the GPT, then writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..errors import ExtractError
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             remove_tree(dest)
             record_path(dest).unlink(missing_ok=True)
             assignment_path(dest).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # image/<V>, when nothing else is there
             raise
         share_with_previous(storage, args.version, run)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
