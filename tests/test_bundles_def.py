@@ -359,3 +359,19 @@ def test_docker_backend_refuses_bundles_naming_the_variable_and_native(tmp_path)
     settings = make_settings({"backend": "docker", "docker_host": "tcp://127.0.0.1:9"})
     with pytest.raises(BackendError, match=r"stored with the bundles docs .* native backend"):
         DockerBackend().build(storage, 10, settings, NullReporter())
+
+
+def test_glob_semantics():
+    from swupd_repo.bundles.resolve import GlobMatcher
+
+    cases = {
+        "/usr/share/doc/**": {"/usr/share/doc": True, "/usr/share/doc/a/.b/c": True,
+                              "/usr/share/docs": False, "/usr/share": False},
+        "/us?/bin/*": {"/usr/bin/gdb": True, "/usr/bin": False, "/usr/bin/x/y": False},
+        "/**/*.py": {"/usr/share/gdb/python/gdb.py": True, "/x.py": True, "/x.pyc": False},
+        "/usr/lib/[a-c]*": {"/usr/lib/bfd": True, "/usr/lib/gdb": False},
+        "/usr/bin/gdb": {"/usr/bin/gdb": True, "/usr/bin/gdbserver": False},
+    }
+    for glob, expected in cases.items():
+        matcher = GlobMatcher([glob])
+        assert {p: matcher.matches(p) for p in expected} == expected, glob

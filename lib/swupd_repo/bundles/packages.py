@@ -19,6 +19,7 @@ through the tree's symlinks (merged ``/usr``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class ListDatabase:
     root: Path  # the tree
     directory: str  # e.g. "var/lib/dpkg", relative to the tree
     _status: dict[str, bool] | None = field(default=None, repr=False)
+    _arch_lists: dict[str, list[Path]] | None = field(default=None, repr=False)
 
     @property
     def where(self) -> str:
@@ -76,6 +78,17 @@ class ListDatabase:
             self._status = parse_status(path.read_text(errors="replace"))
         return self._status
 
+    def _qualified_lists(self, info: Path) -> dict[str, list[Path]]:
+        """dpkg multiarch lists (``<name>:<arch>.list``) by package name, read once."""
+        if self._arch_lists is None:
+            self._arch_lists = {}
+            names = sorted(os.listdir(info)) if info.is_dir() else []
+            for entry in names:
+                name, colon, rest = entry.partition(":")
+                if colon and rest.endswith(".list"):
+                    self._arch_lists.setdefault(name, []).append(info / entry)
+        return self._arch_lists
+
     def files(self, package: str) -> list[str] | None:
         """Paths ``package`` installed, or None when it is not installed."""
         status = self.status()
@@ -87,7 +100,7 @@ class ListDatabase:
         if ":" in package:
             candidates.append(info / f"{name}.list")  # dpkg's native architecture
         else:
-            candidates.extend(sorted(info.glob(f"{_escape(name)}:*.list")))
+            candidates.extend(self._qualified_lists(info).get(name, []))
         lists = [c for c in candidates if c.is_file() and not c.is_symlink()]
         if not lists:
             return None if status is None else []  # installed, but ships no file
@@ -98,11 +111,6 @@ class ListDatabase:
                 if entry.startswith("/"):
                     paths.append(entry)
         return paths
-
-
-def _escape(name: str) -> str:
-    """``name`` for Path.glob: package names may hold ``+``, never glob characters but ``[``."""
-    return name.replace("[", "[[]")
 
 
 @dataclass

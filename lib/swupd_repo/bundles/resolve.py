@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -86,7 +87,11 @@ class TreeLinks:
                     done.pop()
                 continue
             disk = os.path.join(self.tree, *done, name)
-            if (parts or follow_last) and os.path.islink(disk):
+            try:
+                mode = os.lstat(disk).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if (parts or follow_last) and stat.S_ISLNK(mode):
                 hops += 1
                 if hops > _MAX_LINKS:
                     return None
@@ -95,8 +100,6 @@ class TreeLinks:
                     done = []
                 parts = [p for p in target.split("/") if p and p != "."] + parts
                 continue
-            if not os.path.lexists(disk):
-                return None
             done.append(name)
         return "/" + "/".join(done)
 
@@ -109,13 +112,37 @@ def _parents(path: str) -> Iterable[str]:
         yield path
 
 
-def _glob_matcher(globs: Iterable[str]) -> re.Pattern[str] | None:
-    patterns: list[str] = []
-    for glob in globs:
-        patterns.extend(wcglob.translate(glob, flags=_GLOB_FLAGS)[0])
-        if glob.endswith("/**") and len(glob) > 3:  # DIR/** claims DIR too
-            patterns.extend(wcglob.translate(glob[:-3], flags=_GLOB_FLAGS)[0])
-    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+_MAGIC = re.compile(r"[*?\[]")
+
+
+class GlobMatcher:
+    """The globs of one bundle, each tried only on paths under its literal leading directory
+    (``/usr/share/doc`` for ``/usr/share/doc/*/copyright``), so a bundle of hundreds of
+    globs costs a few dictionary look-ups per path, not hundreds of regular expressions."""
+
+    def __init__(self, globs: Iterable[str]) -> None:
+        self._by_prefix: dict[str, list[re.Pattern[str]]] = {}
+        for glob in globs:
+            patterns = list(wcglob.translate(glob, flags=_GLOB_FLAGS)[0])
+            if glob.endswith("/**") and len(glob) > 3:  # DIR/** claims DIR too
+                patterns.extend(wcglob.translate(glob[:-3], flags=_GLOB_FLAGS)[0])
+            literal = []
+            for part in glob.split("/")[1:]:
+                if _MAGIC.search(part):
+                    break
+                literal.append(part)
+            prefix = "/" + "/".join(literal[:-1] if len(literal) == glob.count("/") else literal)
+            self._by_prefix.setdefault(prefix, []).extend(re.compile(p) for p in patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_prefix)
+
+    def matches(self, path: str) -> bool:
+        for prefix in (path, *_parents(path), "/"):
+            for pattern in self._by_prefix.get(prefix, ()):
+                if pattern.fullmatch(path):
+                    return True
+        return False
 
 
 def package_claims(tree: Path, bundle: BundleDef, kinds: Mapping[str, bool],
@@ -149,13 +176,12 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
     claims: dict[str, set[str]] = {}
     for bundle in bundles:
         claimed = package_claims(tree, bundle, kinds, links, databases)
-        matcher = _glob_matcher(bundle.globs)
-        if matcher is not None:
-            claimed.update(p for p in kinds if p != "/" and matcher.fullmatch(p))
+        matcher = GlobMatcher(bundle.globs)
+        if matcher:
+            claimed.update(p for p in kinds if p != "/" and matcher.matches(p))
         claimed.difference_update(tracking)
         claimed.update(p for p, b in tracking.items() if b == bundle.name)
-        claimed.update({parent for p in claimed for parent in _parents(p)})
-        claims[bundle.name] = claimed
+        claims[bundle.name] = _with_parents(claimed)
 
     claimers: dict[str, list[str]] = {}
     for name in sorted(claims):
@@ -182,6 +208,17 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
                              "globs match nothing); it is published with its tracking file "
                              "alone")
     return Assignment({n: frozenset(p) for n, p in assignment.items()})
+
+
+def _with_parents(paths: set[str]) -> set[str]:
+    """``paths`` and every directory above them (but ``/``)."""
+    result = set(paths)
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in result:
+            result.add(parent)
+            parent = parent.rpartition("/")[0]
+    return result
 
 
 def _owners(kinds: Mapping[str, str], claimers: Mapping[str, list[str]]) -> dict[str, str]:
