@@ -164,6 +164,16 @@ def test_forced_rebuild_resolves_again_and_a_failed_one_keeps_the_split(images, 
     assert assignment_path(tree).read_bytes() == before
     assert (tree / "usr/share/clear/bundles/docs").is_file()
     assert not list(storage.temporaries())
+    # a run that fails after the new split was written (here: the backend, signing with a key
+    # that is not one) puts the published split back with its tree
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    line = one_line_error(publish(tmp_path, images["dpkg10"], "--version", "10", "--force",
+                                  "--bundle-globs", "other=/usr/bin/sh",
+                                  "--signing-key", junk, "--signing-cert", junk))
+    assert "signing key" in line
+    assert assignment_path(tree).read_bytes() == before
+    assert not (tree / "usr/share/clear/bundles/other").exists()
     # no bundles: no split file, and the tree is the image's rootfs again
     assert publish(tmp_path, images["dpkg10"], "--version", "10", "--force").returncode == 0
     assert not assignment_path(tree).exists()
