@@ -50,6 +50,13 @@ def test_variables_and_varflags_become_bundle_definitions():
     assert glue.bundle_vardeps(d).split() == [
         "SWUPD_REPO_BUNDLE_PACKAGES[docs]", "SWUPD_REPO_BUNDLE_GLOBS[docs]",
         "SWUPD_REPO_BUNDLE_PACKAGES[debug]", "SWUPD_REPO_BUNDLE_GLOBS[debug]"]
+    # a bundle may have the name of a flag BitBake uses itself
+    d.setVar("SWUPD_REPO_BUNDLES", "doc")
+    d.setVarFlag("SWUPD_REPO_BUNDLE_GLOBS", "doc", "/usr/share/doc/**")
+    d.delVarFlag("SWUPD_REPO_BUNDLE_GLOBS", "docs")
+    d.delVarFlag("SWUPD_REPO_BUNDLE_GLOBS", "debug")
+    d.delVarFlag("SWUPD_REPO_BUNDLE_PACKAGES", "debug")
+    assert glue.bundles_from_datastore(d) == (BundleDef("doc", (), ("/usr/share/doc/**",)),)
 
 
 @pytest.mark.parametrize(("names", "flags", "message"), [

@@ -105,9 +105,13 @@ BUNDLE_FLAG_VARIABLES = ("SWUPD_REPO_BUNDLE_PACKAGES", "SWUPD_REPO_BUNDLE_GLOBS"
 def bundles_from_datastore(d: Datastore) -> tuple[BundleDef, ...]:
     """``SWUPD_REPO_BUNDLES`` with ``SWUPD_REPO_BUNDLE_PACKAGES[name]`` and
     ``SWUPD_REPO_BUNDLE_GLOBS[name]``, validated (errors name the variable and flag)."""
+    names = set((d.getVar("SWUPD_REPO_BUNDLES") or "").split())
+    # listed names are read as they are (a bundle may be called "doc"); other flags are
+    # typos of a bundle's name unless BitBake's own
     packages, globs = ({name: d.getVarFlag(variable, name) or ""
-                        for name in (d.getVarFlags(variable) or {}) if not name.startswith("_")
-                        and name not in _NOT_BUNDLE_FLAGS}
+                        for name in names | set(d.getVarFlags(variable) or {})
+                        if name in names or not (name.startswith("_")
+                                                 or name in _NOT_BUNDLE_FLAGS)}
                        for variable in BUNDLE_FLAG_VARIABLES)
     return from_bitbake(d.getVar("SWUPD_REPO_BUNDLES"), packages, globs)
 
