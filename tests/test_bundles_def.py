@@ -182,6 +182,28 @@ def test_forced_rebuild_resolves_again_and_a_failed_one_keeps_the_split(images, 
     assert treemeta.load(tree) is not None
 
 
+def test_a_killed_forced_rebuild_leaves_the_published_split(images, tmp_path):
+    """SIGKILL after the new split was written: the next run puts the old one back."""
+    from helpers_runs import kill_group, start_paused
+
+    storage = Storage(tmp_path)
+    assert publish(tmp_path, images["dpkg10"], *DEBUG_BY_PACKAGES).returncode == 0
+    tree = storage.os_core(10)
+    before = assignment_path(tree).read_bytes()
+    proc = start_paused(tmp_path, images["dpkg10"], "writing manifests", None, "--version",
+                        "10", "--force", *DOCS_BY_GLOBS)
+    try:
+        assert set(read_assignment(tree).bundles) == {"docs"}  # the new split, not committed
+    finally:
+        kill_group(proc.pid)
+        proc.wait()
+    done = swupd_repo("prune", "--storage", tmp_path, "--dry-run")  # any run cleans first
+    assert done.returncode == 0, done.stderr
+    assert assignment_path(tree).read_bytes() == before
+    assert not (tree / "usr/share/clear/bundles/docs").exists()
+    assert treemeta.load(tree) is not None
+
+
 def test_revert_copies_the_split_with_the_tree(images, tmp_path):
     storage = Storage(tmp_path)
     for image in ("dpkg10", "dpkg20"):
