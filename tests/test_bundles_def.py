@@ -407,3 +407,16 @@ def test_glob_semantics():
     for glob, expected in cases.items():
         matcher = GlobMatcher([glob])
         assert {p: matcher.matches(p) for p in expected} == expected, glob
+
+
+def test_build_uses_the_stored_split_and_says_so_when_bundles_are_configured(images, tmp_path):
+    storage = Storage(tmp_path / "s")
+    assert extract(storage.root, images["dpkg10"], *DEBUG_BY_PACKAGES).returncode == 0
+    before = assignment_path(storage.os_core(10)).read_bytes()
+    config = tmp_path / "c.yaml"
+    config.write_text("bundles:\n  docs: {globs: [/usr/share/doc/**]}\n")
+    done = swupd_repo("build", "--storage", storage.root, "--version", "10", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert "version 10 is built with the split stored in" in done.stderr
+    assert assignment_path(storage.os_core(10)).read_bytes() == before
+    assert "--bundle-globs" not in swupd_repo("build", "--help").stdout

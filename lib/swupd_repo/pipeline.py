@@ -61,6 +61,12 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
                 f"{storage.os_core(version)} does not exist",
                 hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
             )
+        if settings.bundles:
+            split = assignment_path(storage.os_core(version))
+            run.warning("bundle definitions are resolved when a rootfs is stored (publish, "
+                        f"extract); version {version} is built with "
+                        + (f"the split stored in {split}" if split.exists() else
+                           "os-core alone, as it was stored"))
         _build_and_mark(storage, version, settings, run)
         _prune_after(storage, settings, run)
     return version

@@ -50,7 +50,6 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                         help="run the container privileged (the contract's default: yes)")
     parser.add_argument("--docker-volume", dest="docker_volumes", action="append",
                         metavar="HOST:CONTAINER[:ro]", help="extra volume (repeatable)")
-    add_bundle_options(parser)
     parser.add_argument("--check", action="store_const", const=True, default=None,
                         help="check the repository and simulate updates before moving latest")
     parser.add_argument("--force", action="store_const", const=True, default=None,
