@@ -297,7 +297,7 @@ def test_no_bundles_store_nothing(tmp_path):
     assert not (tree / "usr/share/clear").exists()
 
 
-def test_rpm_database_read_with_the_rpm_tool(tmp_path):
+def test_rpm_database_read_with_the_rpm_tool(tmp_path, monkeypatch):
     """A real rpm database: rpmbuild makes a package, rpm --justdb installs it in the tree."""
     import subprocess
 
@@ -322,7 +322,8 @@ def test_rpm_database_read_with_the_rpm_tool(tmp_path):
     (tree / "usr/share/hello/data").write_text("data\n")
     subprocess.run(["rpm", "--root", str(tree), "--dbpath", "/var/lib/rpm", "-i", "--justdb",
                     "--nodeps", "--noscripts", str(package)], check=True, capture_output=True)
-    result = resolve(tree, [BundleDef("hello", packages=("hello",))], tracking={})
+    monkeypatch.chdir(tmp_path)  # a storage given as a relative path
+    result = resolve(Path("t"), [BundleDef("hello", packages=("hello",))], tracking={})
     assert split(result) == {"hello": {"/usr/bin/hello", "/usr/share/hello",
                                        "/usr/share/hello/data"}}
     with pytest.raises(BundleError, match="bundle hello names the package nope, which is not "

@@ -132,7 +132,9 @@ class RpmDatabase:
                               "reading it needs the rpm tool, which is not installed",
                               hint="install it (Debian: apt-get install rpm) or define the "
                                    "bundles by path globs (SWUPD_REPO_BUNDLE_GLOBS)")
-        done = subprocess.run([rpm, "--root", str(self.root), "--dbpath", f"/{self.directory}",
+        # rpm wants an absolute root; the storage may have been given relative
+        done = subprocess.run([rpm, "--root", str(self.root.absolute()),
+                               "--dbpath", f"/{self.directory}",
                                "-q", "--qf", "[%{FILENAMES}\\n]", "--", package],
                               capture_output=True, text=True, errors="surrogateescape",
                               check=False)
