@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .backends import get_backend
+from .bundles.assignment import assignment_path
+from .bundles.tracking import store_split
 from .dedup import share_with_previous
 from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
 from .osrelease import read_version_id
@@ -59,6 +61,12 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
                 f"{storage.os_core(version)} does not exist",
                 hint="extract the rootfs first (swupd-repo extract) or use swupd-repo publish",
             )
+        if settings.bundles:
+            split = assignment_path(storage.os_core(version))
+            run.warning("bundle definitions are resolved when a rootfs is stored (publish, "
+                        f"extract); version {version} is built with "
+                        + (f"the split stored in {split}" if split.exists() else
+                           "os-core alone, as it was stored"))
         build_and_mark(storage, version, settings, run)
         _prune_after(storage, settings, run)
     return version
@@ -97,12 +105,16 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
             # killed run left: either way it is put back, with its record, if this run fails.
-            with storage.replacing(dest), storage.replacing(record_path(dest)):
+            # The bundle split (image/<V>/os-core.bundles) is part of the stored tree: a
+            # forced rebuild resolves the definitions again, a failed one puts the old back.
+            with storage.replacing(dest), storage.replacing(record_path(dest)), \
+                    storage.replacing(assignment_path(dest)):
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
                                run, max_file_size=settings.max_file_size)
                 check_os_release(dest, version)
+                store_split(dest, settings.bundles, run)
                 share_with_previous(storage, version, run)
                 build_and_mark(storage, version, settings, run)
         except BaseException:

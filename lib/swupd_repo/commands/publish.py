@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 
 from ..progress import TqdmReporter
-from .options import add_settings_options, add_version_options, add_wait_option, settings_from_args
+from .options import (
+    add_bundle_options,
+    add_settings_options,
+    add_version_options,
+    add_wait_option,
+    settings_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", dest="disk_layout", type=Path, required=True,
                    help="disk-layout JSON of the image")
     p.add_argument("--partition", help="rootfs partition number or name (overrides the JSON)")
+    add_bundle_options(p)
     add_version_options(p, "publish")
     add_wait_option(p)
     p.set_defaults(func=run)
