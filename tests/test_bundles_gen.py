@@ -270,3 +270,18 @@ def test_check_fails_on_a_path_two_bundles_give_different_content(two: Path,
     assert err.value.report.problems == [
         f"{www20}/Manifest.MoM: /usr/bin/gdb is in bundles debug and editors with different "
         "hashes (a client installs neither)"]
+
+
+def test_revert_keeps_the_bundles_of_the_reverted_tree(two: Path, tmp_path: Path) -> None:
+    from helpers_bundles import swupd_repo
+
+    storage = _copy(two, tmp_path)
+    done = swupd_repo("revert", "--to", "10", "--storage", storage.root, "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    mom30 = mom_lines(storage.root, 30)
+    assert set(mom30) == {"os-core", "editors", "debug"}
+    assert mom30["debug"][0] == 10  # the same as at 10 and 20
+    # vi goes back to its content of 10: editors changes again
+    assert mom30["editors"][0] == 30
+    assert manifest(storage.root, 30, "editors").by_path()["/usr/bin/vi"].hash == \
+        manifest(storage.root, 10, "editors").by_path()["/usr/bin/vi"].hash
