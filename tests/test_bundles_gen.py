@@ -318,3 +318,14 @@ def test_definitions_by_packages_and_globs_publish_10_and_20(tmp_path: Path) -> 
     mom20 = mom_lines(storage.root, 20)
     assert mom20["debug"][0] == mom20["docs"][0] == 10 and mom20["os-core"][0] == 20
     assert check_repository(storage, simulate=False).ok
+
+
+def test_prune_keeps_the_change_point_of_an_unchanged_bundle(two: Path) -> None:
+    """With one delta-pack version os-core's and editors' next delta packs start from 20,
+    but debug last changed at 10: its next delta pack reads the tree of 10."""
+    from swupd_repo.prune import plan
+    from swupd_repo.storage import Storage
+
+    result = plan(Storage(two), keep=0, deltapack_versions=1)
+    assert result.keep == {20: "latest", 10: "delta packs of debug start from it"}
+    assert result.remove == []
