@@ -117,6 +117,8 @@ class Consistency:
             elif key in self.manifest_hashes:
                 # already checked; the hash must still match this MoM's line
                 self._mom_line(line.path, line.last_change, line.hash, v)
+                if key not in self.loaded:
+                    self.loaded[key] = self._reread(line.path, line.last_change)
             listed[line.path] = self.loaded.get(key)
         if CORE not in listed:
             self.problem(f"{where} has no {CORE} line: no device can install or update")
@@ -126,6 +128,15 @@ class Consistency:
         self.loaded = {(n, m.version): m for n, m in listed.items() if m is not None}
         if self.certs:
             self.signatures(v)
+
+    def _reread(self, name: str, bv: int) -> Manifest | None:
+        """A manifest checked for an earlier version and since dropped from memory."""
+        tar = self.www / str(bv) / f"Manifest.{name}.tar"
+        try:
+            plain, _ = read_manifest_tar(tar.read_bytes(), name, str(tar))
+            return parse_manifest(plain, str(tar))
+        except (OSError, ClientError, ManifestError):
+            return None  # reported when it was checked
 
     def _split(self, v: int, where: str, names: set[str]) -> None:
         """The MoM lists exactly os-core and the bundles of the split V was built from, when
