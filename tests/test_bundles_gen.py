@@ -380,3 +380,27 @@ def test_a_dropped_bundle_is_named_in_a_warning(tmp_path: Path) -> None:
     assert "warning: bundle debug of version 10 is not defined for 20: it leaves the MoM, " \
         "and devices that have it keep its files" in done.stderr
     assert set(mom_lines(storage, 20)) == {"os-core", "editors"}
+
+
+def test_check_names_a_mom_without_os_core_a_bundle_twice_and_one_from_the_future(
+        two: Path, tmp_path: Path) -> None:
+    from swupd_repo.check import CheckFailed, check_repository
+    from swupd_repo.swupd.manifest_tar import manifest_tar_bytes
+
+    storage = _copy(two, tmp_path)
+    www20 = storage.www(20)
+    mom = manifest(storage.root, 20, "MoM")
+    lines_by_name = {e.path: e for e in mom.entries}
+    mom.entries = [lines_by_name["editors"], lines_by_name["editors"],
+                   lines_by_name["debug"].with_(last_change=30)]
+    (www20 / "Manifest.MoM").write_bytes(mom.to_bytes())
+    (www20 / "Manifest.MoM.tar").write_bytes(
+        manifest_tar_bytes([("Manifest.MoM", mom.to_bytes())]))
+    with pytest.raises(CheckFailed) as err:
+        check_repository(storage, simulate=False)
+    problems = err.value.report.problems
+    where = f"{www20}/Manifest.MoM"
+    for expected in (f"{where}: bundle editors is listed twice",
+                     f"{where}: bundle debug names version 30, after this one",
+                     f"{where} has no os-core line: no device can install or update"):
+        assert expected in problems, problems
