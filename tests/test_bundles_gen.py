@@ -334,9 +334,10 @@ def test_prune_keeps_the_change_point_of_an_unchanged_bundle(two: Path) -> None:
 # --- a device with every bundle, over real HTTP (our verifying client, as check uses it) -----
 
 def _device(storage: Path, tmp_path: Path, install_version: int, bundles: list[str],
-            to: int) -> list[str]:
-    """Install ``bundles`` of ``install_version`` into a scratch root, update it to ``to``,
-    return its differences from ``image/<to>/os-core`` (the format's exceptions aside)."""
+            to: int) -> tuple[list[str], list[str]]:
+    """Install ``bundles`` of ``install_version`` into a scratch root, update it to ``to``;
+    returns its differences from ``image/<to>/os-core`` (the format's exceptions aside) and
+    the packs the client downloaded."""
     from swupd_repo.client import compare_trees, install, update
     from swupd_repo.client.compare import skip_for
     from swupd_repo.serve import serve_in_thread
@@ -346,23 +347,29 @@ def _device(storage: Path, tmp_path: Path, install_version: int, bundles: list[s
     store = Storage(storage)
     root, state = tmp_path / "root", tmp_path / "state"
     with serve_in_thread(store.www_dir) as url:
-        install(url, root, install_version, state_dir=state, bundles=bundles)
-        update(url, root, to=to, state_dir=state)
+        installed = install(url, root, install_version, state_dir=state, bundles=bundles)
+        updated = update(url, root, to=to, state_dir=state)
     entries = manifest(storage, to, "full").by_path()
-    return compare_trees(root, store.os_core(to), skip_for(entries),
-                         load_meta(store.os_core(to)))
+    return (compare_trees(root, store.os_core(to), skip_for(entries),
+                          load_meta(store.os_core(to))), installed.packs + updated.packs)
 
 
 def test_device_with_every_bundle_follows_a_file_into_os_core(moves: Path,
                                                              tmp_path: Path) -> None:
     """10 -> 20: gdbinit is deleted in debug and new in os-core; a device with both keeps it
     (a live entry wins over a deleted one) and equals the image of 20."""
-    assert _device(moves, tmp_path, 10, ["os-core", "editors", "debug"], 20) == []
+    diffs, packs = _device(moves, tmp_path, 10, ["os-core", "editors", "debug"], 20)
+    assert diffs == []
+    # each bundle came from its own packs; editors did not change at 20: no pack of it there
+    assert sorted(packs) == ["10/pack-debug-from-0.tar", "10/pack-editors-from-0.tar",
+                             "10/pack-os-core-from-0.tar", "20/pack-debug-from-10.tar",
+                             "20/pack-os-core-from-10.tar"]
 
 
 def test_device_with_os_core_and_one_bundle(two: Path, tmp_path: Path) -> None:
     """os-core and editors of 10, updated to 20: the image of 20 without debug's files."""
-    diffs = _device(two, tmp_path, 10, ["os-core", "editors"], 20)
+    diffs, packs = _device(two, tmp_path, 10, ["os-core", "editors"], 20)
+    assert not any("debug" in p for p in packs)
     assert diffs == [f"{p}: missing (expected a {kind})" for p, kind in (
         ("/usr/bin/gdb", "file"), ("/usr/share/clear/bundles/debug", "file"),
         ("/usr/share/gdb", "directory"), ("/usr/share/gdb/gdbinit", "file"))]
