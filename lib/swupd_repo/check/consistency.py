@@ -11,6 +11,10 @@ run lists them all.
 
 Fullfiles and packs verified clean by an earlier run and unchanged since are skipped
 (:mod:`.stamps`): the gate runs on every publish and would otherwise re-read the whole history.
+
+Bundles (issue 15): each MoM must list os-core, each bundle once and at a version not after its
+own, exactly the bundles of the split the version was built from (while its tree is stored),
+and no path live in two of its bundles with different hashes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from ..bundles.assignment import CORE, assignment_path, read_assignment
 from ..client.archive import ARCHIVE_ERRORS, member_hash, open_tar, strip_dot
 from ..client.manifests import read_manifest_tar
 from ..errors import ClientError, ManifestError, StorageError, SwupdRepoError
@@ -59,6 +64,8 @@ class Consistency:
         self.stamps = stamps
         self.signed_in_tar: set[tuple[str, int]] = set()
         self.bundles_tried: set[tuple[str, int]] = set()
+        #: bundle manifests parsed for the versions checked last, by (name, version)
+        self.loaded: dict[tuple[str, int], Manifest] = {}
         self.manifest_hashes: dict[tuple[str, int], str] = {}
         self.fullfiles: set[tuple[int, str]] = set()
         self.packs: set[Path] = set()
@@ -108,8 +115,77 @@ class Consistency:
             elif key in self.manifest_hashes:
                 # already checked; the hash must still match this MoM's line
                 self._mom_line(line.path, line.last_change, line.hash, v)
+        self.bundle_rules(v, mom)
         if self.certs:
             self.signatures(v)
+
+    def bundle_rules(self, v: int, mom: Manifest) -> None:
+        """The MoM's bundles as a whole (see the module docstring)."""
+        where = f"{self.www / str(v)}/Manifest.MoM"
+        listed: dict[str, Manifest | None] = {}
+        for line in mom.entries:
+            if line.type != "M" or line.deleted:
+                continue  # reported by version()
+            if line.path in listed:
+                self.problem(f"{where}: bundle {line.path} is listed twice")
+                continue
+            if line.last_change > v:
+                self.problem(f"{where}: bundle {line.path} names version {line.last_change}, "
+                             "after this one")
+                listed[line.path] = None
+                continue
+            key = (line.path, line.last_change)
+            if key not in self.loaded and key in self.manifest_hashes:
+                found = self._reread(line.path, line.last_change)
+                if found is not None:
+                    self.loaded[key] = found
+            listed[line.path] = self.loaded.get(key)
+        if CORE not in listed:
+            self.problem(f"{where} has no {CORE} line: no device can install or update")
+        self._split(v, where, set(listed))
+        self._conflicts(where, {n: m for n, m in listed.items() if m is not None})
+        # the next version mostly names the same manifests: keep only these in memory
+        self.loaded = {(n, m.version): m for n, m in listed.items() if m is not None}
+
+    def _reread(self, name: str, bv: int) -> Manifest | None:
+        """A manifest checked for an earlier version and since dropped from memory."""
+        tar = self.www / str(bv) / f"Manifest.{name}.tar"
+        try:
+            plain, _ = read_manifest_tar(tar.read_bytes(), name, str(tar))
+            return parse_manifest(plain, str(tar))
+        except (OSError, ClientError, ManifestError):
+            return None  # reported when it was checked
+
+    def _split(self, v: int, where: str, names: set[str]) -> None:
+        """The MoM lists exactly os-core and the bundles of the split V was built from, when
+        V's tree is still stored (:mod:`...bundles.assignment`)."""
+        tree = self.storage.os_core(v)
+        if not tree.is_dir():
+            return
+        try:
+            split = read_assignment(tree)
+        except StorageError as exc:
+            self.problem(str(exc))
+            return
+        expected = set(split.names())
+        if names != expected:
+            self.problem(f"{where} lists the bundles {', '.join(sorted(names))}, but "
+                         f"{assignment_path(tree)} gives {', '.join(sorted(expected))}")
+
+    def _conflicts(self, where: str, manifests: dict[str, Manifest]) -> None:
+        """A path live in two bundles must be the same object in both: the client drops both
+        entries of a conflicting pair ("CONFLICT IN MANIFESTS"), so neither gets installed."""
+        if len(manifests) < 2:
+            return
+        seen: dict[str, tuple[str, str]] = {}
+        for name, manifest in sorted(manifests.items()):
+            for e in manifest.entries:
+                if e.deleted:
+                    continue
+                other = seen.setdefault(e.path, (name, e.hash))
+                if other[1] != e.hash:
+                    self.problem(f"{where}: {e.path} is in bundles {other[0]} and {name} with "
+                                 "different hashes (a client installs neither)")
 
     def _mom_line(self, name: str, bv: int, expected: str, v: int) -> None:
         actual = self.manifest_hashes[(name, bv)]
@@ -134,6 +210,8 @@ class Consistency:
             return None
         self.report.manifests += 1
         self.manifest_hashes[(name, v)] = manifest_hash(plain)
+        if name != "MoM":
+            self.loaded[(name, v)] = manifest
         loose = tar.with_suffix("")
         if loose.is_file() and loose.read_bytes() != plain:
             self.problem(f"{loose} differs from the Manifest.{name} inside {tar}")

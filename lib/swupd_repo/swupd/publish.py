@@ -17,8 +17,10 @@ downloads ``Manifest.<X>.tar`` instead.
 ``image/<V>/full``: the container reads ``image/<old>/full/<path>`` to make deltas against old
 versions. Instead of copying the tree we make ``image/<V>/full`` a relative symlink to
 ``os-core`` (no copy, no hard links that would change every file's ctime and defeat the hash
-cache); the content is identical because the container's full tree of an os-core-only
-repository *is* os-core. An existing ``full`` (e.g. from a container build) is left alone.
+cache); the content is identical because the container's full tree is the union of the bundle
+trees, which is the whole image we store as ``os-core`` (its split into bundles is kept beside
+it, :mod:`...bundles.assignment`). An existing ``full`` (e.g. from a container build) is left
+alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bundles.assignment import read_assignment
 from ..errors import BuildError, VersionError
 from ..progress import Reporter
 from ..storage import Storage, fsync_dir
@@ -72,7 +75,8 @@ def manifest_timestamp() -> int | None:
 
 def build_version(storage: Storage, version: int, settings: Settings, reporter: Reporter,
                   *, timestamp: int | None = None) -> builder.Built:
-    """Build and publish ``www/<version>`` from ``image/<version>/os-core``.
+    """Build and publish ``www/<version>`` from ``image/<version>/os-core`` and its bundle
+    split (``os-core.bundles``; none: os-core alone).
 
     ``timestamp`` (default: :func:`manifest_timestamp`) goes into every manifest header.
     """
@@ -83,7 +87,7 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         raise VersionError(f"{www} already exists",
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
-    previous = builder.load_previous(storage, version, warn=reporter.warning)
+    previous = builder.load_previous(storage, version)
     if previous.version and not settings.rebase and content_retired(storage.www_dir,
                                                                     previous.version):
         raise BuildError(f"version {version} would be built on version {previous.version}, "
@@ -99,8 +103,14 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                          cache_file=storage.image(version) / CACHE_NAME)
         reporter.info(f"{len(scan.records)} paths; {scan.hashed} files hashed, "
                       f"{scan.cached} from the hash cache")
+        split = read_assignment(storage.os_core(version))
+        for name in sorted(set(previous.bundles) - set(split.names())):
+            reporter.warning(f"bundle {name} of version {previous.version} is not defined for "
+                             f"{version}: it leaves the MoM, and devices that have it keep "
+                             "its files")
         built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp,
-                                        minversion=version if settings.rebase else 0)
+                                        minversion=version if settings.rebase else 0,
+                                        bundles=split.bundles)
         staging.mkdir()
         reporter.step("writing manifests")
         tars = _start_manifests(staging, built, signer, executor)
