@@ -289,3 +289,59 @@ def test_sigkill_during_www_prune_leaves_a_valid_storage(tmp_path, series, pause
     for version in (10, 20):
         assert {p.name for p in st.www(version).iterdir()} == KEPT_NAMES
     _check(storage)
+
+
+@pytest.fixture(scope="module")
+def rebased(tmp_path_factory, series) -> Path:
+    """A storage with 10..40 published, 30 as the rebase (nothing retired yet); tests copy it
+    (``cp -a`` keeps the rebase's hard-linked packs) before changing it."""
+    storage = tmp_path_factory.mktemp("rebased") / "s"
+    _publish(storage, series, VERSIONS[:4])
+    return storage
+
+
+def _copy(storage: Path, dest: Path) -> Path:
+    subprocess.run(["cp", "-a", "--", str(storage), str(dest)], check=True)
+    return dest
+
+
+def _bytes_per_inode(root: Path) -> int:
+    seen: dict[tuple[int, int], int] = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if path.is_file() and not path.is_symlink():
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def test_report_counts_a_rebase_s_linked_packs_once(rebased) -> None:
+    """The rebase's packs from 10 and 20 are links of its zero pack: the report's www/<V>
+    bytes (summed into its repository-size plot) and delta pack bytes are what the disk
+    holds, not the zero pack counted three times."""
+    from swupd_repo.report import collect
+
+    st = Storage(rebased)
+    figures = {v.version: v for v in collect(st).versions}
+    assert figures[REBASE].www_bytes == _bytes_per_inode(st.www(REBASE))
+    assert figures[REBASE].delta_pack_bytes == 0
+    pack = st.www(40) / "pack-os-core-from-30.tar"
+    assert figures[40].delta_pack_bytes == pack.stat().st_size > 0
+
+
+def test_www_prune_refreshes_the_report_a_publish_wrote(rebased, tmp_path) -> None:
+    """STORAGE/report.* shows each www/<V>'s files and bytes: retiring versions changes
+    them, as a release or revert changes what it shows, so the prune writes it again."""
+    import json
+
+    from swupd_repo.report import collect, to_json, write_report_files
+
+    storage = _copy(rebased, tmp_path / "s")
+    st = Storage(storage)
+    _html, data = write_report_files(st)
+    done = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE))
+    assert done.returncode == 0, done.stderr
+    written, fresh = json.loads(data.read_text()), json.loads(to_json(collect(st)))
+    assert written["versions"] == fresh["versions"]
+    assert written["updates"] == fresh["updates"]
+    dry = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE), "--dry-run")
+    assert dry.returncode == 0 and "report:" not in dry.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..progress import TqdmReporter
+from ..settings import Settings
 from ..storage import Storage
 from .options import add_wait_option, settings_from_args
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     assert settings.storage_dir is not None
     storage = Storage(settings.storage_dir)
     if args.www_before is not None:
-        return _retire(storage, args)
+        return _retire(storage, args, settings)
     with TqdmReporter() as reporter:
         result = prune(storage, keep=keep, deltapack_versions=settings.deltapack_versions,
                        dry_run=args.dry_run, reporter=reporter, wait=args.wait)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retire(storage: Storage, args: argparse.Namespace) -> int:
+def _retire(storage: Storage, args: argparse.Namespace, settings: Settings) -> int:
     from ..retire import retire
 
     if args.www_before < 1:
@@ -70,7 +71,7 @@ def _retire(storage: Storage, args: argparse.Namespace) -> int:
                             hint="pass the rebase version (or one before it)")
     with TqdmReporter() as reporter:
         result = retire(storage, args.www_before, dry_run=args.dry_run, reporter=reporter,
-                        wait=args.wait)
+                        wait=args.wait, report=settings.report)
     verb = "would retire" if args.dry_run else "retired"
     for version in result.versions:
         names = ", ".join(p.name for p in result.content[version])
