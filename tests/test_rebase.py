@@ -345,3 +345,24 @@ def test_www_prune_refreshes_the_report_a_publish_wrote(rebased, tmp_path) -> No
     assert written["updates"] == fresh["updates"]
     dry = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE), "--dry-run")
     assert dry.returncode == 0 and "report:" not in dry.stderr
+
+
+def test_a_rebuild_on_a_version_naming_retired_content_must_be_a_rebase(tmp_path,
+                                                                        series) -> None:
+    """``--www-before 20`` with the rebase at 30 retires 10 only; 20 is kept, but its
+    unchanged entries name fullfiles of 10. A plain forced rebuild of 30 (built on 20) would
+    carry those: it is refused like one on a retired version, and 30 stays the rebase."""
+    from swupd_repo.swupd.rebase import is_rebase
+
+    storage = tmp_path / "s"
+    st = Storage(storage)
+    _publish(storage, series, VERSIONS[:3])
+    done = swupd_repo("prune", "--storage", storage, "--www-before", "20")
+    assert done.returncode == 0, done.stderr
+    assert not (st.www(10) / "files").exists() and (st.www(20) / "files").is_dir()
+    plain = publish(storage, series[REBASE], "--version", str(REBASE), "--force")
+    assert plain.returncode == 2, plain.stdout + plain.stderr
+    assert "version 30 would be built on version 20, whose content was retired" in \
+        plain.stderr.strip().splitlines()[-1]  # one line, not a missing fullfile of 10
+    assert is_rebase(st.www_dir, REBASE) and st.latest() == REBASE
+    _check(storage)
