@@ -343,6 +343,9 @@ def test_www_prune_refreshes_the_report_a_publish_wrote(rebased, tmp_path) -> No
     written, fresh = json.loads(data.read_text()), json.loads(to_json(collect(st)))
     assert written["versions"] == fresh["versions"]
     assert written["updates"] == fresh["updates"]
+    # a device on a retired version downloads only what is still there
+    assert {u["from_version"] for u in written["updates"]} == {10, 20, 30}
+    assert all(not u["missing"] for u in written["updates"])
     dry = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE), "--dry-run")
     assert dry.returncode == 0 and "report:" not in dry.stderr
 
