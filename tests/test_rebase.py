@@ -369,3 +369,44 @@ def test_a_rebuild_on_a_version_naming_retired_content_must_be_a_rebase(tmp_path
         plain.stderr.strip().splitlines()[-1]  # one line, not a missing fullfile of 10
     assert is_rebase(st.www_dir, REBASE) and st.latest() == REBASE
     _check(storage)
+
+
+def test_a_staged_rebase_released_later_then_retired_and_reverted(tmp_path, series) -> None:
+    """The rebase staged and a version built on it staged too, both released at once; then
+    the retirement, a revert to a retired version's tree and a tree prune: check passes
+    through all of it and a device on a retired version reaches every new latest."""
+    storage = tmp_path / "s"
+    st = Storage(storage)
+    _publish(storage, series, (10, 20))
+    for version in (REBASE, 40):
+        flags = ("--rebase",) if version == REBASE else ()
+        done = publish(storage, series[version], "--version", str(version), "--stage", *flags)
+        assert done.returncode == 0, done.stderr
+    device, state = tmp_path / "device-20", tmp_path / "state"
+    with _served(storage) as url:
+        _client("install", "--version", "20", "--path", device, "--url", url,
+                "--state-dir", state)
+    assert swupd_repo("release", "40", "--storage", storage).returncode == 0
+    done = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE))
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in st.www(20).iterdir()} == KEPT_NAMES
+    out = _check(storage)
+    for source in (10, 20, 30):
+        assert f"update {source} -> 40" in out.stdout + out.stderr
+    reverted = swupd_repo("revert", "--to", "10", "--storage", storage)
+    assert reverted.returncode == 0, reverted.stderr
+    assert st.latest() == st.released() == 50
+    _check(storage)
+    with _served(storage) as url:
+        _client("update", "--path", device, "--url", url, "--state-dir", state)
+    _assert_equals_latest(storage, device)
+    assert (device / "usr/share/data/gone").is_file()  # 10's tree again
+    assert swupd_repo("prune", "--storage", storage).returncode == 0
+    _check(storage)
+    from dsk import make_dsk
+
+    image = make_dsk(make_version_tree(tmp_path / "tree-60", 60), tmp_path, "img-60",
+                     rootfs_mb=16)
+    done = publish(storage, image, "--version", "60")
+    assert done.returncode == 0, done.stderr
+    _check(storage)
