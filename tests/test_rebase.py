@@ -410,3 +410,12 @@ def test_a_staged_rebase_released_later_then_retired_and_reverted(tmp_path, seri
     done = publish(storage, image, "--version", "60")
     assert done.returncode == 0, done.stderr
     _check(storage)
+
+
+def test_www_prune_with_keep_is_refused(tmp_path) -> None:
+    """``--keep`` is the tree prune's: with ``--www-before`` it was silently ignored."""
+    done = swupd_repo("prune", "--storage", tmp_path / "s", "--www-before", "30", "--keep", "1")
+    assert done.returncode == 2
+    assert "--keep applies to the trees and --www-before to www/" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from ..prune import prune
 
     settings = settings_from_args(args)
+    if args.www_before is not None and args.keep is not None:
+        raise SettingsError("--keep applies to the trees and --www-before to www/: one prune "
+                            "does one of them",
+                            hint="run prune --keep N and prune --www-before V separately")
     keep = args.keep if args.keep is not None else max(settings.keep_trees, 1)
     if keep < 1:
         raise SettingsError(f"--keep {keep} would not keep the latest tree",
