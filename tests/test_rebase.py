@@ -419,3 +419,14 @@ def test_www_prune_with_keep_is_refused(tmp_path) -> None:
     assert "--keep applies to the trees and --www-before to www/" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args", [(), ("--www-before", "30")], ids=["trees", "www"])
+def test_prune_of_a_storage_that_does_not_exist_is_refused(tmp_path, args) -> None:
+    """A mistyped --storage was made into an empty storage (its lock file) and the tree prune
+    said it removed nothing."""
+    done = swupd_repo("prune", "--storage", tmp_path / "typo", *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"swupd-repo: error: storage directory {tmp_path / 'typo'} "
+                                  "does not exist")
+    assert not (tmp_path / "typo").exists()

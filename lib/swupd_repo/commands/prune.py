@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import SettingsError
+from ..errors import SettingsError, StorageError
 from ..progress import TqdmReporter
 from ..settings import Settings
 from ..storage import Storage
@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass --keep 1 or more")
     assert settings.storage_dir is not None
     storage = Storage(settings.storage_dir)
+    if not storage.root.is_dir():  # a mistyped path: not made into an empty storage
+        raise StorageError(f"storage directory {storage.root} does not exist",
+                           hint="pass the --storage that holds image/ and www/")
     if args.www_before is not None:
         return _retire(storage, args, settings)
     with TqdmReporter() as reporter:
