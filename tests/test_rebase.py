@@ -289,3 +289,144 @@ def test_sigkill_during_www_prune_leaves_a_valid_storage(tmp_path, series, pause
     for version in (10, 20):
         assert {p.name for p in st.www(version).iterdir()} == KEPT_NAMES
     _check(storage)
+
+
+@pytest.fixture(scope="module")
+def rebased(tmp_path_factory, series) -> Path:
+    """A storage with 10..40 published, 30 as the rebase (nothing retired yet); tests copy it
+    (``cp -a`` keeps the rebase's hard-linked packs) before changing it."""
+    storage = tmp_path_factory.mktemp("rebased") / "s"
+    _publish(storage, series, VERSIONS[:4])
+    return storage
+
+
+def _copy(storage: Path, dest: Path) -> Path:
+    subprocess.run(["cp", "-a", "--", str(storage), str(dest)], check=True)
+    return dest
+
+
+def _bytes_per_inode(root: Path) -> int:
+    seen: dict[tuple[int, int], int] = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if path.is_file() and not path.is_symlink():
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def test_report_counts_a_rebase_s_linked_packs_once(rebased) -> None:
+    """The rebase's packs from 10 and 20 are links of its zero pack: the report's www/<V>
+    bytes (summed into its repository-size plot) and delta pack bytes are what the disk
+    holds, not the zero pack counted three times."""
+    from swupd_repo.report import collect
+
+    st = Storage(rebased)
+    figures = {v.version: v for v in collect(st).versions}
+    assert figures[REBASE].www_bytes == _bytes_per_inode(st.www(REBASE))
+    assert figures[REBASE].delta_pack_bytes == 0
+    pack = st.www(40) / "pack-os-core-from-30.tar"
+    assert figures[40].delta_pack_bytes == pack.stat().st_size > 0
+
+
+def test_www_prune_refreshes_the_report_a_publish_wrote(rebased, tmp_path) -> None:
+    """STORAGE/report.* shows each www/<V>'s files and bytes: retiring versions changes
+    them, as a release or revert changes what it shows, so the prune writes it again."""
+    import json
+
+    from swupd_repo.report import collect, to_json, write_report_files
+
+    storage = _copy(rebased, tmp_path / "s")
+    st = Storage(storage)
+    _html, data = write_report_files(st)
+    done = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE))
+    assert done.returncode == 0, done.stderr
+    written, fresh = json.loads(data.read_text()), json.loads(to_json(collect(st)))
+    assert written["versions"] == fresh["versions"]
+    assert written["updates"] == fresh["updates"]
+    # a device on a retired version downloads only what is still there
+    assert {u["from_version"] for u in written["updates"]} == {10, 20, 30}
+    assert all(not u["missing"] for u in written["updates"])
+    dry = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE), "--dry-run")
+    assert dry.returncode == 0 and "report:" not in dry.stderr
+
+
+def test_a_rebuild_on_a_version_naming_retired_content_must_be_a_rebase(tmp_path,
+                                                                        series) -> None:
+    """``--www-before 20`` with the rebase at 30 retires 10 only; 20 is kept, but its
+    unchanged entries name fullfiles of 10. A plain forced rebuild of 30 (built on 20) would
+    carry those: it is refused like one on a retired version, and 30 stays the rebase."""
+    from swupd_repo.swupd.rebase import is_rebase
+
+    storage = tmp_path / "s"
+    st = Storage(storage)
+    _publish(storage, series, VERSIONS[:3])
+    done = swupd_repo("prune", "--storage", storage, "--www-before", "20")
+    assert done.returncode == 0, done.stderr
+    assert not (st.www(10) / "files").exists() and (st.www(20) / "files").is_dir()
+    plain = publish(storage, series[REBASE], "--version", str(REBASE), "--force")
+    assert plain.returncode == 2, plain.stdout + plain.stderr
+    assert "version 30 would be built on version 20, whose content was retired" in \
+        plain.stderr.strip().splitlines()[-1]  # one line, not a missing fullfile of 10
+    assert is_rebase(st.www_dir, REBASE) and st.latest() == REBASE
+    _check(storage)
+
+
+def test_a_staged_rebase_released_later_then_retired_and_reverted(tmp_path, series) -> None:
+    """The rebase staged and a version built on it staged too, both released at once; then
+    the retirement, a revert to a retired version's tree and a tree prune: check passes
+    through all of it and a device on a retired version reaches every new latest."""
+    storage = tmp_path / "s"
+    st = Storage(storage)
+    _publish(storage, series, (10, 20))
+    for version in (REBASE, 40):
+        flags = ("--rebase",) if version == REBASE else ()
+        done = publish(storage, series[version], "--version", str(version), "--stage", *flags)
+        assert done.returncode == 0, done.stderr
+    device, state = tmp_path / "device-20", tmp_path / "state"
+    with _served(storage) as url:
+        _client("install", "--version", "20", "--path", device, "--url", url,
+                "--state-dir", state)
+    assert swupd_repo("release", "40", "--storage", storage).returncode == 0
+    done = swupd_repo("prune", "--storage", storage, "--www-before", str(REBASE))
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in st.www(20).iterdir()} == KEPT_NAMES
+    out = _check(storage)
+    for source in (10, 20, 30):
+        assert f"update {source} -> 40" in out.stdout + out.stderr
+    reverted = swupd_repo("revert", "--to", "10", "--storage", storage)
+    assert reverted.returncode == 0, reverted.stderr
+    assert st.latest() == st.released() == 50
+    _check(storage)
+    with _served(storage) as url:
+        _client("update", "--path", device, "--url", url, "--state-dir", state)
+    _assert_equals_latest(storage, device)
+    assert (device / "usr/share/data/gone").is_file()  # 10's tree again
+    assert swupd_repo("prune", "--storage", storage).returncode == 0
+    _check(storage)
+    from dsk import make_dsk
+
+    image = make_dsk(make_version_tree(tmp_path / "tree-60", 60), tmp_path, "img-60",
+                     rootfs_mb=16)
+    done = publish(storage, image, "--version", "60")
+    assert done.returncode == 0, done.stderr
+    _check(storage)
+
+
+def test_www_prune_with_keep_is_refused(tmp_path) -> None:
+    """``--keep`` is the tree prune's: with ``--www-before`` it was silently ignored."""
+    done = swupd_repo("prune", "--storage", tmp_path / "s", "--www-before", "30", "--keep", "1")
+    assert done.returncode == 2
+    assert "--keep applies to the trees and --www-before to www/" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args", [(), ("--www-before", "30")], ids=["trees", "www"])
+def test_prune_of_a_storage_that_does_not_exist_is_refused(tmp_path, args) -> None:
+    """A mistyped --storage was made into an empty storage (its lock file) and the tree prune
+    said it removed nothing."""
+    done = swupd_repo("prune", "--storage", tmp_path / "typo", *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"swupd-repo: error: storage directory {tmp_path / 'typo'} "
+                                  "does not exist")
+    assert not (tmp_path / "typo").exists()

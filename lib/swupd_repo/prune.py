@@ -103,11 +103,10 @@ def prune_locked(storage: Storage, removal: PrunePlan, reporter: Reporter) -> No
 def prune(storage: Storage, *, keep: int, deltapack_versions: int, dry_run: bool,
           reporter: Reporter, wait: bool = True) -> PrunePlan:
     """Plan and (unless ``dry_run``) remove, under the lock, after cleaning leftovers."""
-    from .pipeline import locked_run
+    from .pipeline import locked_run, remove_leftovers
 
     with locked_run(storage, reporter, wait=wait) as run:
-        for path in storage.clean_leftovers():
-            run.info(f"removed {path} left by an interrupted run")
+        remove_leftovers(storage, run)
         result = plan(storage, keep=keep, deltapack_versions=deltapack_versions)
         if not dry_run:
             run.step(f"pruning the trees of {', '.join(map(str, result.remove)) or 'no version'}")

@@ -115,14 +115,25 @@ def retire_locked(storage: Storage, retirement: RetirePlan, reporter: Reporter) 
 
 
 def retire(storage: Storage, before: int, *, dry_run: bool, reporter: Reporter,
-           wait: bool = True) -> RetirePlan:
-    """Plan and (unless ``dry_run``) retire, under the lock, after cleaning leftovers."""
-    from .pipeline import locked_run
+           wait: bool = True, report: bool = True) -> RetirePlan:
+    """Plan and (unless ``dry_run``) retire, under the lock, after cleaning leftovers.
+
+    ``STORAGE/report.*`` shows each ``www/<V>``'s files and bytes: when a publish wrote it
+    and ``report`` is on, it is written again after a retirement, as after a release."""
+    from .pipeline import locked_run, remove_leftovers
 
     with locked_run(storage, reporter, wait=wait) as run:
-        for path in storage.clean_leftovers():
-            run.info(f"removed {path} left by an interrupted run")
+        remove_leftovers(storage, run)
         result = plan(storage, before)
         if not dry_run:
             retire_locked(storage, result, run)
+            if report and result.versions:
+                _refresh_report(storage, run)
     return result
+
+
+def _refresh_report(storage: Storage, reporter: Reporter) -> None:
+    from .report import has_report_files, refresh_report_files
+
+    if has_report_files(storage):
+        refresh_report_files(storage, reporter)

@@ -30,7 +30,7 @@ from ..storage import Storage
 from ..swupd.manifest import Entry, Manifest, parse_manifest
 from ..swupd.names import fullfile_relpath
 from ..swupd.packs import _read_mom
-from ..swupd.rebase import content_retired
+from ..swupd.rebase import zero_packs_gone
 
 
 class Unseedable(Exception):
@@ -40,7 +40,7 @@ class Unseedable(Exception):
 def needs_seed(storage: Storage, version: int) -> bool:
     """Whether a device on ``version`` must be laid down from a seed: its content was
     retired (a zero pack its MoM names is gone from ``www``)."""
-    return content_retired(storage.www_dir, version)
+    return zero_packs_gone(storage.www_dir, version)
 
 
 def make_seed(storage: Storage, version: int, seed: Path) -> None:

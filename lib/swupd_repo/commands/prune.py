@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import SettingsError
+from ..errors import SettingsError, StorageError
 from ..progress import TqdmReporter
+from ..settings import Settings
 from ..storage import Storage
 from .options import add_wait_option, settings_from_args
 
@@ -42,14 +43,21 @@ def run(args: argparse.Namespace) -> int:
     from ..prune import prune
 
     settings = settings_from_args(args)
+    if args.www_before is not None and args.keep is not None:
+        raise SettingsError("--keep applies to the trees and --www-before to www/: one prune "
+                            "does one of them",
+                            hint="run prune --keep N and prune --www-before V separately")
     keep = args.keep if args.keep is not None else max(settings.keep_trees, 1)
     if keep < 1:
         raise SettingsError(f"--keep {keep} would not keep the latest tree",
                             hint="pass --keep 1 or more")
     assert settings.storage_dir is not None
     storage = Storage(settings.storage_dir)
+    if not storage.root.is_dir():  # a mistyped path: not made into an empty storage
+        raise StorageError(f"storage directory {storage.root} does not exist",
+                           hint="pass the --storage that holds image/ and www/")
     if args.www_before is not None:
-        return _retire(storage, args)
+        return _retire(storage, args, settings)
     with TqdmReporter() as reporter:
         result = prune(storage, keep=keep, deltapack_versions=settings.deltapack_versions,
                        dry_run=args.dry_run, reporter=reporter, wait=args.wait)
@@ -62,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retire(storage: Storage, args: argparse.Namespace) -> int:
+def _retire(storage: Storage, args: argparse.Namespace, settings: Settings) -> int:
     from ..retire import retire
 
     if args.www_before < 1:
@@ -70,7 +78,7 @@ def _retire(storage: Storage, args: argparse.Namespace) -> int:
                             hint="pass the rebase version (or one before it)")
     with TqdmReporter() as reporter:
         result = retire(storage, args.www_before, dry_run=args.dry_run, reporter=reporter,
-                        wait=args.wait)
+                        wait=args.wait, report=settings.report)
     verb = "would retire" if args.dry_run else "retired"
     for version in result.versions:
         names = ", ".join(p.name for p in result.content[version])

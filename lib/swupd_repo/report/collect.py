@@ -98,8 +98,12 @@ def _version(storage: Storage, manifests: _Manifests, version: int,
             fullfile = _size(www / "files" / f"{parts[2]}.tar")
             deltas.append(DeltaFile(entry.stat(follow_symlinks=False).st_size, fullfile))
     count, delta_bytes, saved = delta_figures(deltas, DELTA_KEEP_FACTOR, _MIN_DELTA)
-    pack_bytes = sum(p.stat().st_size for p in www.glob("pack-*-from-*.tar")
-                     if not p.name.endswith("-from-0.tar"))
+    # a rebase's packs are hard links of its zero pack (swupd.publish._link_zero_pack):
+    # they cost no bytes beyond it
+    packs = {p.name: p.stat() for p in www.glob("pack-*-from-*.tar")}
+    zero = {(st.st_dev, st.st_ino) for name, st in packs.items() if name.endswith("-from-0.tar")}
+    pack_bytes = sum({(st.st_dev, st.st_ino): st.st_size for st in packs.values()
+                      if (st.st_dev, st.st_ino) not in zero}.values())
     return VersionFigures(version=version, timestamp=mom.timestamp,
                           staged=version > released, files=files, www_files=www_files,
                           www_bytes=www_bytes, changed=changed, added=added, deleted=deleted,
@@ -116,12 +120,16 @@ def _size(path: Path) -> int | None:
 
 
 def _tree_size(root: Path) -> tuple[int, int]:
-    files = size = 0
+    """Files below ``root`` and their bytes, each hard-linked inode counted once (a rebase's
+    packs are links of its zero pack)."""
+    files = 0
+    sizes: dict[tuple[int, int], int] = {}
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             try:
-                size += os.lstat(os.path.join(dirpath, name)).st_size
+                st = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue
+            sizes[(st.st_dev, st.st_ino)] = st.st_size
             files += 1
-    return files, size
+    return files, sum(sizes.values())

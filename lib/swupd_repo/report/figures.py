@@ -43,14 +43,15 @@ class VersionFigures:
     staged: bool              # built after the released version: devices do not see it yet
     files: int                # live entries of Manifest.full (files, directories, links)
     www_files: int            # files in www/<V>
-    www_bytes: int            # their bytes
+    www_bytes: int            # their bytes (a hard-linked file once)
     changed: int              # paths whose content changed in V
     added: int                # paths new in V
     deleted: int              # paths deleted in V
     deltas: int               # file deltas in www/<V>/delta that delta packs carry
     delta_bytes: int          # their bytes
     delta_saved: int          # fullfile bytes those deltas replace, minus their own bytes
-    delta_pack_bytes: int     # bytes of www/<V>/pack-*-from-<N>.tar, N > 0
+    delta_pack_bytes: int     # bytes of www/<V>/pack-*-from-<N>.tar, N > 0 (not links of
+                              # a zero pack: a rebase's)
 
 
 @dataclass(frozen=True)

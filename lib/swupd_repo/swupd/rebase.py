@@ -50,11 +50,38 @@ def newest_rebase(www: Path, versions: list[int], upto: int) -> int:
 
 
 def content_retired(www: Path, version: int) -> bool:
-    """Whether ``prune --www-before`` retired ``version`` (or a killed one started to): a zero
-    pack its MoM names is gone (a retirement moves packs first). Its manifests are kept."""
+    """Whether content that ``version``'s manifests name was retired (``prune --www-before``,
+    or a killed one that started): a build on ``version`` would carry entries whose fullfiles
+    are gone. That is so when it, or a version back to the newest rebase at or before it
+    (whose entries it may still name), lost a zero pack its MoM names (:func:`zero_packs_gone`).
+    ``--www-before V`` with the rebase after V keeps the versions between them, whose
+    unchanged entries still name the retired ones' fullfiles."""
+    published = sorted((int(e.name) for e in _versions(www)), reverse=True)
+    if not published or not zero_packs_gone(www, published[-1]):
+        return False  # a retirement starts with the oldest version: none happened
+    for older in (v for v in published if v <= version):
+        if zero_packs_gone(www, older):
+            return True
+        if is_rebase(www, older):
+            return False
+    return False
+
+
+def zero_packs_gone(www: Path, version: int) -> bool:
+    """Whether a device on ``version`` can no longer be installed from ``www``: a zero pack
+    its MoM names is gone (a retirement moves packs first). Its manifests are kept."""
     mom = _lines(www / str(version) / "Manifest.MoM")
     return mom is not None and any(
         len(f) == 4 and not (www / f[2] / f"pack-{f[3]}-from-0.tar").is_file() for f in mom)
+
+
+def _versions(www: Path) -> Iterator[Path]:
+    """The published ``www/<V>`` (a MoM in it)."""
+    try:
+        entries = list(www.iterdir())
+    except FileNotFoundError:
+        return iter(())
+    return (e for e in entries if e.name.isdigit() and (e / "Manifest.MoM").is_file())
 
 
 def _all_live_at(path: Path, version: int) -> bool:
