@@ -1,0 +1,316 @@
+"""Bundles end to end (issue 15): repositories with several bundles, published by our generator
+from real trees and their stored split, served over real HTTP on 127.0.0.1, and a device
+(a scratch root, the client run as root) that installs, adds, removes and updates bundles.
+
+The scenario, versions 10 and 20 (``SCENARIO``):
+
+* os-core: os-release, ``/usr/bin/ls`` (changes), ``/usr/lib/tobundle`` (moves into tools at
+  20), ``/usr/share/doc`` (a directory several bundles put files in);
+* editors (changes at 20), tools (gains ``/usr/lib/tobundle``, gives ``/usr/lib/moving`` to
+  os-core), legacy (dropped at 20), extras (added at 20).
+
+Every expected tree is worked out here from the scenario alone: the version's tree without the
+paths the other bundles own; none of it comes from the client or ``check``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_tree
+from helpers_cli import swupd_repo
+from helpers_trees import snapshot
+from swupd_repo.bundles.assignment import Assignment, write_assignment
+from swupd_repo.check import CheckFailed, check_repository
+from swupd_repo.client import (
+    bundle_add,
+    bundle_list,
+    bundle_remove,
+    compare_trees,
+    install,
+    update,
+    verify,
+)
+from swupd_repo.errors import ClientError
+from swupd_repo.progress import RecordingReporter
+from swupd_repo.serve import serve_in_thread
+from swupd_repo.storage import Storage
+
+TRACK = "/usr/share/clear/bundles"
+
+#: version -> path -> content (bytes: a file; None: a directory), then bundle -> its paths
+SCENARIO: dict[int, tuple[dict[str, bytes | None], dict[str, set[str]]]] = {
+    10: ({
+        "/usr": None, "/usr/bin": None, "/usr/lib": None, "/usr/share": None,
+        "/usr/share/clear": None, TRACK: None, "/usr/share/doc": None, "/opt": None,
+        "/etc": None, "/etc/hostname": b"device\n",
+        "/usr/lib/os-release": b"NAME=test\nVERSION_ID=10\n",
+        "/usr/bin/ls": b"ls 10\n", f"{TRACK}/os-core": b"",
+        "/usr/lib/tobundle": b"os-core's at 10, tools' at 20\n",
+        "/usr/bin/vi": b"vi 10\n", "/usr/share/vim": None, "/usr/share/vim/vimrc": b"set nu\n",
+        "/usr/share/doc/vi": b"vi docs\n", f"{TRACK}/editors": b"",
+        "/usr/bin/gdb": b"gdb\n", "/usr/lib/moving": b"tools' at 10, os-core's at 20\n",
+        "/opt/tools": None, "/opt/tools/helper": b"helper\n",
+        "/usr/share/doc/gdb": b"gdb docs\n", f"{TRACK}/tools": b"",
+        "/usr/bin/legacy": b"legacy\n", f"{TRACK}/legacy": b"",
+    }, {
+        "editors": {"/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
+                    "/usr/share/doc/vi", f"{TRACK}/editors"},
+        "tools": {"/usr/bin/gdb", "/usr/lib/moving", "/opt/tools", "/opt/tools/helper",
+                  "/usr/share/doc/gdb", f"{TRACK}/tools"},
+        "legacy": {"/usr/bin/legacy", f"{TRACK}/legacy"},
+    }),
+    20: ({
+        "/usr": None, "/usr/bin": None, "/usr/lib": None, "/usr/share": None,
+        "/usr/share/clear": None, TRACK: None, "/usr/share/doc": None, "/opt": None,
+        "/etc": None, "/etc/hostname": b"device\n",
+        "/usr/lib/os-release": b"NAME=test\nVERSION_ID=20\n",
+        "/usr/bin/ls": b"ls 20\n", f"{TRACK}/os-core": b"",
+        "/usr/lib/moving": b"tools' at 10, os-core's at 20\n",
+        "/usr/bin/vi": b"vi 20, a little longer\n", "/usr/share/vim": None,
+        "/usr/share/vim/vimrc": b"set nu\n", "/usr/share/doc/vi": b"vi docs\n",
+        f"{TRACK}/editors": b"",
+        "/usr/bin/gdb": b"gdb\n", "/usr/lib/tobundle": b"os-core's at 10, tools' at 20\n",
+        "/opt/tools": None, "/opt/tools/helper": b"helper\n",
+        "/usr/share/doc/gdb": b"gdb docs\n", f"{TRACK}/tools": b"",
+        "/usr/bin/extra": b"extra\n", f"{TRACK}/extras": b"",
+    }, {
+        "editors": {"/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
+                    "/usr/share/doc/vi", f"{TRACK}/editors"},
+        "tools": {"/usr/bin/gdb", "/usr/lib/tobundle", "/opt/tools", "/opt/tools/helper",
+                  "/usr/share/doc/gdb", f"{TRACK}/tools"},
+        "extras": {"/usr/bin/extra", f"{TRACK}/extras"},
+    }),
+}
+
+
+def make_tree(base: Path, version: int) -> Path:
+    """The image tree of ``version``: root-owned, directories 0755, files 0644."""
+    tree = base / f"tree-{version}"
+    tree.mkdir(parents=True)
+    for path, content in sorted(SCENARIO[version][0].items()):
+        where = tree / path[1:]
+        if content is None:
+            where.mkdir(mode=0o755)
+        else:
+            where.write_bytes(content)
+            where.chmod(0o644)
+    return tree
+
+
+def not_expected(version: int, bundles: set[str]) -> set[str]:
+    """The paths of ``version``'s tree that a device with os-core and ``bundles`` must not
+    have: those the other bundles own."""
+    return {p for name, paths in SCENARIO[version][1].items() if name not in bundles
+            for p in paths}
+
+
+def skip(path: str) -> bool:
+    return path.startswith("/etc/")  # config belongs to the device (never in a manifest)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storage, dict[int, Path]]:
+    """Versions 10 and 20 published with ``swupd-repo build`` from the scenario's trees and
+    their stored splits."""
+    base = tmp_path_factory.mktemp("bundles")
+    storage = Storage(base / "storage")
+    trees = {}
+    for version in (10, 20):
+        trees[version] = make_tree(base, version)
+        copy_tree(trees[version], storage.os_core(version))
+        write_assignment(storage.os_core(version), Assignment(
+            {n: frozenset(p) for n, p in SCENARIO[version][1].items()}))
+        done = swupd_repo("build", "--storage", storage.root, "--version", str(version))
+        assert done.returncode == 0, done.stderr
+    return storage, trees
+
+
+@pytest.fixture(scope="module")
+def url(repo: tuple[Storage, dict[int, Path]]):
+    with serve_in_thread(repo[0].www_dir) as base:
+        yield base
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "root", tmp_path / "state"
+
+
+def test_the_repository_has_the_bundles(repo: tuple[Storage, dict[int, Path]]) -> None:
+    storage, _ = repo
+    moms = {v: (storage.www(v) / "Manifest.MoM").read_text() for v in (10, 20)}
+    for name in ("os-core", "editors", "tools", "legacy"):
+        assert f"\t{name}\n" in moms[10]
+    assert "\tlegacy\n" not in moms[20] and "\textras\n" in moms[20]
+
+
+def test_add_a_bundle_then_update_gives_the_expected_tree(
+        repo: tuple[Storage, dict[int, Path]], url: str, device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    install(url, root, 10, state_dir=state)
+    assert bundle_list(root) == [("os-core", True)]
+    assert compare_trees(root, trees[10], skip,
+                         not_expected=not_expected(10, set())) == []
+    stats = bundle_add(url, root, ["editors"], state_dir=state)
+    assert stats.added == ["editors"] and stats.from_fullfile + stats.from_pack > 0
+    assert "10/pack-editors-from-0.tar" in stats.packs
+    assert bundle_list(root) == [("os-core", True), ("editors", True)]
+    assert compare_trees(root, trees[10], skip,
+                         not_expected=not_expected(10, {"editors"})) == []
+    stats = update(url, root, state_dir=state)
+    assert (stats.from_version, stats.to_version) == (10, 20)
+    assert compare_trees(root, trees[20], skip,
+                         not_expected=not_expected(20, {"editors"})) == []
+    assert (root / "usr/bin/vi").read_bytes() == b"vi 20, a little longer\n"
+    report = verify(url, root)
+    assert report.ok and report.bundles == ["os-core", "editors"]
+    # verify covers the bundle: a changed editors file is found, an absent tools one is not
+    (root / "usr/bin/vi").write_bytes(b"changed\n")
+    assert [m.path for m in verify(url, root).mismatches] == ["/usr/bin/vi"]
+
+
+def test_add_without_packs_uses_fullfiles(url: str, repo: tuple[Storage, dict[int, Path]],
+                                          device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    install(url, root, 20, state_dir=state)
+    stats = bundle_add(url, root, ["tools", "extras"], state_dir=state, packs=False)
+    assert stats.added == ["tools", "extras"] and stats.packs == [] and stats.from_fullfile > 0
+    assert compare_trees(root, trees[20], skip,
+                         not_expected=not_expected(20, {"tools", "extras"})) == []
+
+
+def test_install_takes_bundles(url: str, repo: tuple[Storage, dict[int, Path]],
+                               device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    stats = install(url, root, 10, state_dir=state, bundles=["tools"])
+    assert stats.added == ["tools"]
+    assert [n for n, _ in bundle_list(root)] == ["os-core", "tools"]
+    assert compare_trees(root, trees[10], skip, not_expected=not_expected(10, {"tools"})) == []
+
+
+def test_remove_deletes_exactly_the_bundle_s_own_files(
+        url: str, repo: tuple[Storage, dict[int, Path]], device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    install(url, root, 20, state_dir=state, bundles=["editors", "tools"])
+    before = snapshot(root)
+    stats = bundle_remove(url, root, ["editors"], state_dir=state)
+    after = snapshot(root)
+    own = {p[1:] for p in SCENARIO[20][1]["editors"]}
+    assert set(before) - set(after) == own and stats.deleted == len(own)
+    assert {p: after[p] for p in after} == {p: before[p] for p in after}  # nothing else changed
+    assert (root / "usr/share/doc/gdb").is_file()  # the shared directory stays
+    assert bundle_list(root) == [("os-core", True), ("tools", True)]
+    assert compare_trees(root, trees[20], skip, not_expected=not_expected(20, {"tools"})) == []
+    assert verify(url, root).ok
+
+
+def test_remove_refuses_os_core_and_what_is_not_installed(
+        url: str, device: tuple[Path, Path]) -> None:
+    root, state = device
+    install(url, root, 20, state_dir=state, bundles=["tools"])
+    before = snapshot(root)
+    with pytest.raises(ClientError, match="os-core cannot be removed"):
+        bundle_remove(url, root, ["os-core"], state_dir=state)
+    with pytest.raises(ClientError, match="editors is not installed"):
+        bundle_remove(url, root, ["tools", "editors"], state_dir=state)
+    assert snapshot(root) == before
+
+
+def test_a_file_moving_between_bundles_updates_on_every_device(
+        url: str, repo: tuple[Storage, dict[int, Path]], tmp_path: Path) -> None:
+    """/usr/lib/moving goes from tools into os-core, /usr/lib/tobundle from os-core into
+    tools: a device without tools gains the first and loses the second; one with tools keeps
+    both."""
+    _, trees = repo
+    for bundles in (set(), {"tools"}):
+        root, state = tmp_path / f"root-{len(bundles)}", tmp_path / f"state-{len(bundles)}"
+        install(url, root, 10, state_dir=state, bundles=sorted(bundles))
+        assert (root / "usr/lib/moving").exists() == bool(bundles)
+        assert (root / "usr/lib/tobundle").is_file()
+        update(url, root, state_dir=state)
+        assert (root / "usr/lib/moving").is_file()
+        assert (root / "usr/lib/tobundle").exists() == bool(bundles)
+        assert compare_trees(root, trees[20], skip,
+                             not_expected=not_expected(20, bundles)) == [], bundles
+        assert verify(url, root).ok
+
+
+def test_a_dropped_bundle_goes_and_a_new_one_can_be_added(
+        url: str, repo: tuple[Storage, dict[int, Path]], device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    install(url, root, 10, state_dir=state, bundles=["legacy", "editors"])
+    assert (root / "usr/bin/legacy").is_file()
+    reporter = RecordingReporter()
+    stats = update(url, root, state_dir=state, reporter=reporter)
+    assert stats.removed == ["legacy"]
+    assert any("bundle legacy is not in version 20" in w for w in reporter.warnings)
+    assert not (root / "usr/bin/legacy").exists()
+    assert bundle_list(root) == [("os-core", True), ("editors", True)]
+    assert compare_trees(root, trees[20], skip,
+                         not_expected=not_expected(20, {"editors"})) == []
+    assert bundle_list(root, url, all_bundles=True) == [
+        ("editors", True), ("extras", False), ("os-core", True), ("tools", False)]
+    bundle_add(url, root, ["extras"], state_dir=state)
+    assert compare_trees(root, trees[20], skip,
+                         not_expected=not_expected(20, {"editors", "extras"})) == []
+    assert verify(url, root).ok
+
+
+def test_update_uses_each_bundle_s_delta_pack(url: str, device: tuple[Path, Path]) -> None:
+    root, state = device
+    install(url, root, 10, state_dir=state, bundles=["editors"])
+    stats = update(url, root, state_dir=state)
+    assert {"20/pack-os-core-from-10.tar", "20/pack-editors-from-10.tar"} <= set(stats.packs)
+
+
+def test_cli_bundle_commands(url: str, device: tuple[Path, Path]) -> None:
+    root, state = device
+    common = ["--path", root, "--url", url, "--state-dir", state]
+    assert swupd_repo("client", "install", "--version", "10", *common).returncode == 0
+    done = swupd_repo("client", "bundle-add", "editors", "tools", *common)
+    assert done.returncode == 0, done.stderr
+    assert "added editors, tools at version 10" in done.stdout
+    done = swupd_repo("client", "bundle-list", "--path", root)
+    assert done.stdout.split() == ["os-core", "editors", "tools"]
+    done = swupd_repo("client", "bundle-remove", "os-core", *common)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "os-core cannot be removed" in done.stderr
+    done = swupd_repo("client", "bundle-remove", "tools", *common)
+    assert done.returncode == 0 and "removed tools at version 10" in done.stdout
+    assert not (root / "usr/bin/gdb").exists()
+
+
+def test_check_passes_with_every_bundle_set(repo: tuple[Storage, dict[int, Path]]) -> None:
+    storage, _ = repo
+    report = check_repository(storage)
+    assert [s.label() for s in report.simulations] == [
+        "install->20 [os-core]", "install->20 [all bundles]",
+        "10->20 [os-core]", "10->20 [all bundles]"]
+
+
+def test_check_finds_a_bundle_s_difference_only_on_its_devices(
+        repo: tuple[Storage, dict[int, Path]], tmp_path: Path) -> None:
+    """The image's copy of a bundle file differs from what was published: devices with every
+    bundle report it, os-core devices (which must not have it) do not."""
+    storage = Storage(copy_tree(repo[0].root, tmp_path / "storage"))
+    vi = storage.os_core(20) / "usr/bin/vi"
+    st = vi.stat()
+    vi.unlink()  # it may share its inode with another stored tree
+    vi.write_bytes(b"not what was published\n")
+    os.chown(vi, st.st_uid, st.st_gid)
+    vi.chmod(st.st_mode & 0o7777)
+    with pytest.raises(CheckFailed) as err:
+        check_repository(storage, simulate=True, trust_stamps=False)
+    problems = err.value.report.problems
+    assert any(p.startswith("update 10 -> 20 [all bundles]: /usr/bin/vi: content differs")
+               for p in problems), problems
+    assert not any("[os-core]" in p for p in problems), problems
