@@ -30,6 +30,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bundles.assignment import read_assignment
 from ..errors import BuildError, VersionError
 from ..progress import Reporter
 from ..storage import Storage, fsync_dir
@@ -82,7 +83,7 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         raise VersionError(f"{www} already exists",
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
-    previous = builder.load_previous(storage, version, warn=reporter.warning)
+    previous = builder.load_previous(storage, version)
     storage.www_dir.mkdir(parents=True, exist_ok=True)
     staging = storage.temp_path(storage.www_dir, f"build-{version}")
     view = storage.temp_path(storage.www_dir, f"view-{version}")
@@ -92,7 +93,9 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                          cache_file=storage.image(version) / CACHE_NAME)
         reporter.info(f"{len(scan.records)} paths; {scan.hashed} files hashed, "
                       f"{scan.cached} from the hash cache")
-        built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp)
+        split = read_assignment(storage.os_core(version))
+        built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp,
+                                        bundles=split.bundles)
         staging.mkdir()
         reporter.step("writing manifests")
         tars = _start_manifests(staging, built, signer, executor)
