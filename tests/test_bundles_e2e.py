@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tree
+from helpers_bundles import base_tree, publish_versions, write_tree
 from helpers_cli import swupd_repo
 from helpers_trees import snapshot
-from swupd_repo.bundles.assignment import Assignment, write_assignment
 from swupd_repo.check import CheckFailed, check_repository
 from swupd_repo.client import (
     bundle_add,
@@ -41,71 +41,66 @@ from swupd_repo.storage import Storage
 
 TRACK = "/usr/share/clear/bundles"
 
-#: version -> path -> content (bytes: a file; None: a directory), then bundle -> its paths
-SCENARIO: dict[int, tuple[dict[str, bytes | None], dict[str, set[str]]]] = {
-    10: ({
-        "/usr": None, "/usr/bin": None, "/usr/lib": None, "/usr/share": None,
-        "/usr/share/clear": None, TRACK: None, "/usr/share/doc": None, "/opt": None,
-        "/etc": None, "/etc/hostname": b"device\n",
-        "/usr/lib/os-release": b"NAME=test\nVERSION_ID=10\n",
-        "/usr/bin/ls": b"ls 10\n", f"{TRACK}/os-core": b"",
-        "/usr/lib/tobundle": b"os-core's at 10, tools' at 20\n",
-        "/usr/bin/vi": b"vi 10\n", "/usr/share/vim": None, "/usr/share/vim/vimrc": b"set nu\n",
-        "/usr/share/doc/vi": b"vi docs\n", f"{TRACK}/editors": b"",
-        "/usr/bin/gdb": b"gdb\n", "/usr/lib/moving": b"tools' at 10, os-core's at 20\n",
-        "/opt/tools": None, "/opt/tools/helper": b"helper\n",
-        "/usr/share/doc/gdb": b"gdb docs\n", f"{TRACK}/tools": b"",
-        "/usr/bin/legacy": b"legacy\n", f"{TRACK}/legacy": b"",
-    }, {
+
+def _files(version: int, extra: dict[str, str | None]) -> dict[str, str | None]:
+    return {**base_tree(version, []), "usr/share/doc": None, "opt": None, **extra}
+
+
+#: version -> (tree, split) as tests/helpers_bundles.py takes them
+#: (``/usr/share/man`` is editors', and tools has a file in it: both manifests list it)
+SCENARIO: dict[int, tuple[dict[str, str | None], dict[str, set[str]]]] = {
+    10: (_files(10, {
+        "usr/bin/ls": "ls 10\n",
+        "usr/lib/tobundle": "os-core's at 10, tools' at 20\n",
+        "usr/bin/vi": "vi 10\n", "usr/share/vim": None, "usr/share/vim/vimrc": "set nu\n",
+        "usr/share/doc/vi": "vi docs\n", "usr/share/clear/bundles/editors": "",
+        "usr/share/man": None, "usr/share/man/vi.1": "vi(1)\n", "usr/share/man/gdb.1": "gdb(1)\n",
+        "usr/bin/gdb": "gdb\n", "usr/lib/moving": "tools' at 10, os-core's at 20\n",
+        "opt/tools": None, "opt/tools/helper": "helper\n",
+        "usr/share/doc/gdb": "gdb docs\n", "usr/share/clear/bundles/tools": "",
+        "usr/bin/legacy": "legacy\n", "usr/share/clear/bundles/legacy": "",
+    }), {
         "editors": {"/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
-                    "/usr/share/doc/vi", f"{TRACK}/editors"},
+                    "/usr/share/doc/vi", "/usr/share/man", "/usr/share/man/vi.1",
+                    f"{TRACK}/editors"},
         "tools": {"/usr/bin/gdb", "/usr/lib/moving", "/opt/tools", "/opt/tools/helper",
-                  "/usr/share/doc/gdb", f"{TRACK}/tools"},
+                  "/usr/share/doc/gdb", "/usr/share/man/gdb.1", f"{TRACK}/tools"},
         "legacy": {"/usr/bin/legacy", f"{TRACK}/legacy"},
     }),
-    20: ({
-        "/usr": None, "/usr/bin": None, "/usr/lib": None, "/usr/share": None,
-        "/usr/share/clear": None, TRACK: None, "/usr/share/doc": None, "/opt": None,
-        "/etc": None, "/etc/hostname": b"device\n",
-        "/usr/lib/os-release": b"NAME=test\nVERSION_ID=20\n",
-        "/usr/bin/ls": b"ls 20\n", f"{TRACK}/os-core": b"",
-        "/usr/lib/moving": b"tools' at 10, os-core's at 20\n",
-        "/usr/bin/vi": b"vi 20, a little longer\n", "/usr/share/vim": None,
-        "/usr/share/vim/vimrc": b"set nu\n", "/usr/share/doc/vi": b"vi docs\n",
-        f"{TRACK}/editors": b"",
-        "/usr/bin/gdb": b"gdb\n", "/usr/lib/tobundle": b"os-core's at 10, tools' at 20\n",
-        "/opt/tools": None, "/opt/tools/helper": b"helper\n",
-        "/usr/share/doc/gdb": b"gdb docs\n", f"{TRACK}/tools": b"",
-        "/usr/bin/extra": b"extra\n", f"{TRACK}/extras": b"",
-    }, {
+    20: (_files(20, {
+        "usr/bin/ls": "ls 20\n",
+        "usr/lib/moving": "tools' at 10, os-core's at 20\n",
+        "usr/bin/vi": "vi 20, a little longer\n", "usr/share/vim": None,
+        "usr/share/vim/vimrc": "set nu\n", "usr/share/doc/vi": "vi docs\n",
+        "usr/share/clear/bundles/editors": "",
+        "usr/share/man": None, "usr/share/man/vi.1": "vi(1)\n", "usr/share/man/gdb.1": "gdb(1)\n",
+        "usr/bin/gdb": "gdb\n", "usr/lib/tobundle": "os-core's at 10, tools' at 20\n",
+        "opt/tools": None, "opt/tools/helper": "helper\n",
+        "usr/share/doc/gdb": "gdb docs\n", "usr/share/clear/bundles/tools": "",
+        "usr/bin/extra": "extra\n", "usr/share/clear/bundles/extras": "",
+    }), {
         "editors": {"/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
-                    "/usr/share/doc/vi", f"{TRACK}/editors"},
+                    "/usr/share/doc/vi", "/usr/share/man", "/usr/share/man/vi.1",
+                    f"{TRACK}/editors"},
         "tools": {"/usr/bin/gdb", "/usr/lib/tobundle", "/opt/tools", "/opt/tools/helper",
-                  "/usr/share/doc/gdb", f"{TRACK}/tools"},
+                  "/usr/share/doc/gdb", "/usr/share/man/gdb.1", f"{TRACK}/tools"},
         "extras": {"/usr/bin/extra", f"{TRACK}/extras"},
     }),
 }
 
 
-def make_tree(base: Path, version: int) -> Path:
-    """The image tree of ``version``: root-owned, directories 0755, files 0644."""
-    tree = base / f"tree-{version}"
-    tree.mkdir(parents=True)
-    for path, content in sorted(SCENARIO[version][0].items()):
-        where = tree / path[1:]
-        if content is None:
-            where.mkdir(mode=0o755)
-        else:
-            where.write_bytes(content)
-            where.chmod(0o644)
-    return tree
-
-
 def not_expected(version: int, bundles: set[str]) -> set[str]:
     """The paths of ``version``'s tree that a device with os-core and ``bundles`` must not
-    have: those the other bundles own."""
-    return {p for name, paths in SCENARIO[version][1].items() if name not in bundles
-            for p in paths}
+    have: those the other bundles own, except directories above a path it has (editors owns
+    ``/usr/share/man``, and a device with tools alone has it for ``gdb.1``)."""
+    files, split = SCENARIO[version]
+    others = {p for name, paths in split.items() if name not in bundles for p in paths}
+    needed = set()
+    for path in {f"/{p}" for p in files} - others:
+        while path:
+            path = path.rpartition("/")[0]
+            needed.add(path)
+    return others - needed
 
 
 def skip(path: str) -> bool:
@@ -114,18 +109,11 @@ def skip(path: str) -> bool:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storage, dict[int, Path]]:
-    """Versions 10 and 20 published with ``swupd-repo build`` from the scenario's trees and
-    their stored splits."""
+    """Versions 10 and 20 published from real .dsk images with their splits
+    (tests/helpers_bundles.py), and each version's tree as written into its image."""
     base = tmp_path_factory.mktemp("bundles")
-    storage = Storage(base / "storage")
-    trees = {}
-    for version in (10, 20):
-        trees[version] = make_tree(base, version)
-        copy_tree(trees[version], storage.os_core(version))
-        write_assignment(storage.os_core(version), Assignment(
-            {n: frozenset(p) for n, p in SCENARIO[version][1].items()}))
-        done = swupd_repo("build", "--storage", storage.root, "--version", str(version))
-        assert done.returncode == 0, done.stderr
+    storage = Storage(publish_versions(base / "storage", base / "work", SCENARIO))
+    trees = {v: write_tree(base / f"tree-{v}", files) for v, (files, _) in SCENARIO.items()}
     return storage, trees
 
 
@@ -203,8 +191,9 @@ def test_remove_deletes_exactly_the_bundle_s_own_files(
     before = snapshot(root)
     stats = bundle_remove(url, root, ["editors"], state_dir=state)
     after = snapshot(root)
-    own = {p[1:] for p in SCENARIO[20][1]["editors"]}
+    own = {p[1:] for p in SCENARIO[20][1]["editors"]} - {"usr/share/man"}
     assert set(before) - set(after) == own and stats.deleted == len(own)
+    assert (root / "usr/share/man/gdb.1").is_file()  # tools lists the directory too
     assert {p: after[p] for p in after} == {p: before[p] for p in after}  # nothing else changed
     assert (root / "usr/share/doc/gdb").is_file()  # the shared directory stays
     assert bundle_list(root) == [("os-core", True), ("tools", True)]
