@@ -16,6 +16,7 @@ paths the other bundles own; none of it comes from the client or ``check``.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from conftest import copy_tree
 from helpers_bundles import base_tree, publish_versions, write_tree
 from helpers_cli import swupd_repo
+from helpers_signing import manifest_tar
 from helpers_trees import snapshot
 from swupd_repo.check import CheckFailed, check_repository
 from swupd_repo.client import (
@@ -38,6 +40,7 @@ from swupd_repo.errors import ClientError
 from swupd_repo.progress import RecordingReporter
 from swupd_repo.serve import serve_in_thread
 from swupd_repo.storage import Storage
+from swupd_repo.swupd.manifest import manifest_hash, parse_manifest
 
 TRACK = "/usr/share/clear/bundles"
 
@@ -303,3 +306,65 @@ def test_check_finds_a_bundle_s_difference_only_on_its_devices(
     assert any(p.startswith("update 10 -> 20 [all bundles]: /usr/bin/vi: content differs")
                for p in problems), problems
     assert not any("[os-core]" in p for p in problems), problems
+
+
+def rewrite(www: Path, version: int, name: str, edit) -> bytes:
+    """Edit ``www/<v>/Manifest.<name>`` (plain and tar) and re-hash its MoM line."""
+    plain_path = www / str(version) / f"Manifest.{name}"
+    manifest = parse_manifest(plain_path.read_bytes())
+    edit(manifest)
+    plain = manifest.to_bytes()
+    plain_path.write_bytes(plain)
+    (www / str(version) / f"Manifest.{name}.tar").write_bytes(manifest_tar(plain, name))
+    if name != "MoM":
+        rewrite(www, version, "MoM", lambda mom: setattr(mom, "entries", [
+            e.with_(hash=manifest_hash(plain)) if e.path == name else e for e in mom.entries]))
+    return plain
+
+
+@pytest.fixture
+def edited_url(repo: tuple[Storage, dict[int, Path]], tmp_path: Path):
+    """The repository as a later server or another generator might write it: at 20, tools
+    ``includes: editors`` (2.53 writes no includes:), and extras ships no tracking file."""
+    www = tmp_path / "www"
+    shutil.copytree(repo[0].www_dir, www, symlinks=True)
+    rewrite(www, 20, "tools", lambda m: setattr(m, "includes", ("editors",)))
+    rewrite(www, 20, "extras", lambda m: setattr(m, "entries", [
+        e for e in m.entries if e.path != f"{TRACK}/extras"]))
+    with serve_in_thread(www) as base:
+        yield base
+
+
+def test_includes_are_added_with_a_bundle_and_protect_it(
+        edited_url: str, repo: tuple[Storage, dict[int, Path]],
+        device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    url = edited_url
+    install(url, root, 20, state_dir=state)
+    stats = bundle_add(url, root, ["tools"], state_dir=state)
+    assert stats.added == ["tools", "editors"]
+    assert compare_trees(root, trees[20], skip,
+                         not_expected=not_expected(20, {"tools", "editors"})) == []
+    before = snapshot(root)
+    with pytest.raises(ClientError, match="cannot remove editors: tools includes it"):
+        bundle_remove(url, root, ["editors"], state_dir=state)
+    assert snapshot(root) == before
+    bundle_remove(url, root, ["tools", "editors"], state_dir=state)
+    assert bundle_list(root) == [("os-core", True)]
+    assert compare_trees(root, trees[20], skip, not_expected=not_expected(20, set())) == []
+
+
+def test_a_bundle_without_its_tracking_file_is_still_tracked(
+        edited_url: str, repo: tuple[Storage, dict[int, Path]],
+        device: tuple[Path, Path]) -> None:
+    _, trees = repo
+    root, state = device
+    install(edited_url, root, 20, state_dir=state)
+    reporter = RecordingReporter()
+    bundle_add(edited_url, root, ["extras"], state_dir=state, reporter=reporter)
+    assert any("does not ship its tracking file" in w for w in reporter.warnings)
+    assert bundle_list(root) == [("os-core", True), ("extras", True)]
+    bundle_remove(edited_url, root, ["extras"], state_dir=state)
+    assert bundle_list(root) == [("os-core", True)]
+    assert compare_trees(root, trees[20], skip, not_expected=not_expected(20, set())) == []
