@@ -25,7 +25,7 @@ from .bundleset import add_list, includers, removal_list
 from .consolidate import consolidate, fullfile_bounds
 from .http import DownloadLimits
 from .manifests import bundle_lines
-from .operations import Session, _apply, _stage_all, current_version
+from .operations import Session, apply_staged, current_version, stage_all
 from .report import ClientStats
 from .staging import Staging
 from .state import DEFAULT_RELATIVE, StateDir, resolve_in_root
@@ -83,11 +83,11 @@ def bundle_add(url: str, root: Path, names: Sequence[str], *, state_dir: Path | 
     if packs:
         for name in added:
             staging.stage_pack(name, 0, lines[name].last_change, required=False)
-    _stage_all(staging, entries, rep)
+    stage_all(staging, entries, rep)
     tracking = {tracking_path(n) for n in added}
     rep.step(f"adding {', '.join(added)} ({len(entries)} objects) to {root}", len(entries))
-    _apply(staging, root, [e for e in entries if e.path not in tracking], current, rep)
-    _apply(staging, root, [e for e in entries if e.path in tracking], current, rep)
+    apply_staged(staging, root, [e for e in entries if e.path not in tracking], current, rep)
+    apply_staged(staging, root, [e for e in entries if e.path in tracking], current, rep)
     for name in added:
         if not any(e.path == tracking_path(name) for e in want[name].entries):
             rep.warning(f"bundle {name} does not ship its tracking file "

@@ -132,10 +132,10 @@ def install(url: str, root: Path, version: int, *, state_dir: Path | None = None
         for name in manifests:
             staging.stage_pack(name, 0, lines[name].last_change, required=True)
     entries = install_list(merged.entries)
-    _stage_all(staging, entries, rep)
+    stage_all(staging, entries, rep)
     rep.step(f"installing {len(entries)} objects of version {version} into {root}",
              len(entries))
-    _apply(staging, root, entries, version, rep)
+    apply_staged(staging, root, entries, version, rep)
     rep.info(f"installed version {version} into {root}")
     return session.finish(stats)
 
@@ -193,9 +193,9 @@ def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | Non
             entries.append(entry)
     entries.sort(key=lambda e: e.path)
     _apply_deltas(staging, root, entries, old_merged.entries)
-    _stage_all(staging, [e for e in entries if not e.deleted], rep)
+    stage_all(staging, [e for e in entries if not e.deleted], rep)
     rep.step(f"updating {root} from {current} to {target}", len(entries))
-    _apply(staging, root, entries, target, rep)
+    apply_staged(staging, root, entries, target, rep)
     # the counters are final only now: report them once, complete (the CLI prints the summary)
     session.finish(stats)
     rep.info(f"updated {root} from {current} to {target}")
@@ -252,7 +252,7 @@ def _besides_state(directory: Path, state: tuple[str, ...], prefix: str = "") ->
     return found
 
 
-def _apply(staging: Staging, root: Path, entries: list[Entry], version: int,
+def apply_staged(staging: Staging, root: Path, entries: list[Entry], version: int,
            rep: Reporter) -> None:
     """Put the staged entries in place, then record ``version`` in the state directory,
     found again in case the entries moved it (an image that makes ``/var/lib`` a link)."""
@@ -278,7 +278,7 @@ def _apply_deltas(staging: Staging, root: Path, entries: list[Entry],
             staging.try_delta(entry, before, target_path(root, entry.path))
 
 
-def _stage_all(staging: Staging, entries: list[Entry], rep: Reporter) -> None:
+def stage_all(staging: Staging, entries: list[Entry], rep: Reporter) -> None:
     """Download and hash-check everything before the target is touched."""
     rep.step(f"staging {len(entries)} objects", len(entries))
     for entry in entries:
