@@ -102,3 +102,186 @@ def test_packs_per_bundle(two: Path) -> None:
                     assert (www / str(e.last_change) / "files" / f"{e.hash}.tar").is_file()
                 else:
                     assert e.hash == ZERO_HASH
+
+
+# --- a file moving between bundles, a bundle dropped and one added ---------------------------
+
+def _moves() -> dict:
+    """10: editors and debug; 20: /usr/share/gdb (with gdbinit) moves from debug into
+    os-core, unchanged; 30: debug is dropped (its files leave the image), devel is added."""
+    from helpers_bundles import base_tree, tracking
+
+    editors = {"usr/bin/vi": "vi\n", "usr/share/vim": None, "usr/share/vim/vimrc": "rc\n"}
+    gdb = {"usr/bin/gdb": "gdb\n"}
+    gdb_data = {"usr/share/gdb": None, "usr/share/gdb/gdbinit": "set pagination off\n"}
+    editors_split = ["/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
+                     tracking("editors")]
+    return {
+        10: ({**base_tree(10, ["editors", "debug"]), **editors, **gdb, **gdb_data},
+             {"editors": editors_split,
+              "debug": ["/usr/bin/gdb", "/usr/share/gdb", "/usr/share/gdb/gdbinit",
+                        tracking("debug")]}),
+        20: ({**base_tree(20, ["editors", "debug"]), **editors, **gdb, **gdb_data},
+             {"editors": editors_split, "debug": ["/usr/bin/gdb", tracking("debug")]}),
+        30: ({**base_tree(30, ["editors", "devel"]), **editors, **gdb_data,
+              "usr/include": None, "usr/include/gdb.h": "int gdb;\n"},
+             {"editors": editors_split, "devel": ["/usr/include/gdb.h", tracking("devel")]}),
+    }
+
+
+@pytest.fixture(scope="module")
+def moves(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers_bundles import publish_versions
+
+    base = tmp_path_factory.mktemp("moves")
+    return publish_versions(base / "storage", base / "work", _moves())
+
+
+def test_file_moving_from_a_bundle_into_os_core(moves: Path) -> None:
+    www = moves / "www"
+    # debug changed at 20: its entries for the moved paths are deleted there (§2.7)
+    debug20 = lines(manifest(moves, 20, "debug"))
+    assert debug20 == {"/usr/share/gdb/gdbinit": (".d..", 20), "/usr/share/gdb": (".d..", 20),
+                       "/usr/bin/gdb": ("F...", 10),
+                       "/usr/share/clear/bundles/debug": ("F...", 10)}
+    assert manifest(moves, 20, "debug").previous == 10
+    # os-core gains them at 20 although their content did not change
+    core20 = lines(manifest(moves, 20, "os-core"))
+    assert core20["/usr/share/gdb/gdbinit"] == ("F...", 20)
+    assert core20["/usr/share/gdb"] == ("D...", 20)
+    # Manifest.full: carried over from 10 by its own match, raised to 20 by the bundles, so
+    # the fullfile a device fetches for os-core's entry exists (§2.7, §4)
+    full20 = manifest(moves, 20, "full").by_path()
+    gdbinit = full20["/usr/share/gdb/gdbinit"]
+    assert gdbinit.last_change == 20
+    assert (www / f"20/files/{gdbinit.hash}.tar").is_file()
+    assert (www / f"10/files/{gdbinit.hash}.tar").is_file()
+    # editors did not change: MoM@20 keeps its line from 10
+    assert mom_lines(moves, 20)["editors"] == mom_lines(moves, 10)["editors"]
+    assert not (www / "20/Manifest.editors").exists()
+    # debug changed at 20 (deletions only): it still gets a zero pack and a delta pack
+    assert (www / "20/pack-debug-from-0.tar").is_file()
+    assert (www / "20/pack-debug-from-10.tar").is_file()
+
+
+def test_bundle_dropped_and_bundle_added(moves: Path) -> None:
+    www = moves / "www"
+    mom30 = mom_lines(moves, 30)
+    assert set(mom30) == {"os-core", "editors", "devel"}  # debug left the MoM (§2.8)
+    assert mom30["editors"][0] == 10 and mom30["devel"][0] == 30
+    devel = manifest(moves, 30, "devel")
+    assert devel.previous == 0
+    assert lines(devel) == {"/usr/include/gdb.h": ("F...", 30),
+                            "/usr/share/clear/bundles/devel": ("F...", 30)}
+    assert "/usr/include" in lines(manifest(moves, 30, "os-core"))
+    # a new bundle has no earlier change point: a zero pack only
+    assert sorted(p.name for p in (www / "30").glob("pack-devel-*")) == [
+        "pack-devel-from-0.tar"]
+    # the dropped bundle's files are deleted in Manifest.full only (2.53 lists nobody's
+    # deletions for a bundle that is gone)
+    full30 = lines(manifest(moves, 30, "full"))
+    assert full30["/usr/bin/gdb"] == (".d..", 30)
+    assert "/usr/bin/gdb" not in lines(manifest(moves, 30, "os-core"))
+
+
+def test_check_passes_on_bundle_repositories(two: Path, moves: Path) -> None:
+    from swupd_repo.check import check_repository
+    from swupd_repo.storage import Storage
+
+    for storage, latest in ((two, 20), (moves, 30)):
+        report = check_repository(Storage(storage), simulate=False, trust_stamps=False)
+        assert report.ok and report.version == latest
+        assert report.manifests >= 2 * len(report.versions) + 2
+
+
+def test_check_fails_when_a_bundle_manifest_does_not_match_the_mom(
+        two: Path, tmp_path: Path) -> None:
+    """A Manifest.debug whose plain file and tar agree, but not with the MoMs' line."""
+    import shutil
+
+    from swupd_repo.check import CheckFailed, check_repository
+    from swupd_repo.storage import Storage
+    from swupd_repo.swupd.manifest_tar import manifest_tar_bytes
+
+    storage = Storage(shutil.copytree(two, tmp_path / "storage", symlinks=True))
+    www10 = storage.www(10)
+    debug = manifest(storage.root, 10, "debug")
+    debug.entries = [e.with_(last_change=5) if e.path == "/usr/bin/gdb" else e
+                     for e in debug.entries]
+    data = debug.to_bytes()
+    (www10 / "Manifest.debug").write_bytes(data)
+    (www10 / "Manifest.debug.tar").write_bytes(manifest_tar_bytes([("Manifest.debug", data)]))
+    with pytest.raises(CheckFailed) as err:
+        check_repository(storage, simulate=False)
+    problems = err.value.report.problems
+    actual = manifest_hash(data)
+    # both MoMs that name debug at 10 are reported
+    for v in (10, 20):
+        assert any(p.startswith(f"{storage.www(v)}/Manifest.MoM: line for debug has hash")
+                   and p.endswith(f"hashes to {actual}") for p in problems), problems
+
+
+def _copy(two: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    import shutil
+
+    from swupd_repo.storage import Storage
+
+    return Storage(shutil.copytree(two, tmp_path / "storage", symlinks=True))
+
+
+def test_check_fails_when_the_mom_is_not_the_stored_split(two: Path, tmp_path: Path) -> None:
+    from swupd_repo.bundles.assignment import Assignment, read_assignment, write_assignment
+    from swupd_repo.check import CheckFailed, check_repository
+
+    storage = _copy(two, tmp_path)
+    split = read_assignment(storage.os_core(20))
+    write_assignment(storage.os_core(20),
+                     Assignment({**split.bundles, "extra": frozenset({"/usr/bin/core-tool"})}))
+    with pytest.raises(CheckFailed) as err:
+        check_repository(storage, simulate=False)
+    assert err.value.report.problems == [
+        f"{storage.www(20)}/Manifest.MoM lists the bundles debug, editors, os-core, but "
+        f"{storage.image(20)}/os-core.bundles gives debug, editors, extra, os-core"]
+
+
+def test_check_fails_on_a_path_two_bundles_give_different_content(two: Path,
+                                                                  tmp_path: Path) -> None:
+    """The client drops both entries of such a pair: neither file would be installed."""
+    from swupd_repo.check import CheckFailed, check_repository
+    from swupd_repo.swupd.manifest_tar import manifest_tar_bytes
+
+    storage = _copy(two, tmp_path)
+    www20 = storage.www(20)
+    editors = manifest(storage.root, 20, "editors")
+    vi = editors.by_path()["/usr/bin/vi"]
+    editors.entries.append(vi.with_(path="/usr/bin/gdb"))  # debug@10 has another gdb
+    data = editors.to_bytes()
+    (www20 / "Manifest.editors").write_bytes(data)
+    (www20 / "Manifest.editors.tar").write_bytes(
+        manifest_tar_bytes([("Manifest.editors", data)]))
+    mom = manifest(storage.root, 20, "MoM")
+    mom.entries = [e.with_(hash=manifest_hash(data)) if e.path == "editors" else e
+                   for e in mom.entries]
+    (www20 / "Manifest.MoM").write_bytes(mom.to_bytes())
+    (www20 / "Manifest.MoM.tar").write_bytes(
+        manifest_tar_bytes([("Manifest.MoM", mom.to_bytes())]))
+    with pytest.raises(CheckFailed) as err:
+        check_repository(storage, simulate=False)
+    assert err.value.report.problems == [
+        f"{www20}/Manifest.MoM: /usr/bin/gdb is in bundles debug and editors with different "
+        "hashes (a client installs neither)"]
+
+
+def test_revert_keeps_the_bundles_of_the_reverted_tree(two: Path, tmp_path: Path) -> None:
+    from helpers_bundles import swupd_repo
+
+    storage = _copy(two, tmp_path)
+    done = swupd_repo("revert", "--to", "10", "--storage", storage.root, "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    mom30 = mom_lines(storage.root, 30)
+    assert set(mom30) == {"os-core", "editors", "debug"}
+    assert mom30["debug"][0] == 10  # the same as at 10 and 20
+    # vi goes back to its content of 10: editors changes again
+    assert mom30["editors"][0] == 30
+    assert manifest(storage.root, 30, "editors").by_path()["/usr/bin/vi"].hash == \
+        manifest(storage.root, 10, "editors").by_path()["/usr/bin/vi"].hash

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .bundles.assignment import assignment_path
 from .errors import StorageError, VersionError
 from .osrelease import stamp_version_id
 from .pipeline import (
@@ -110,7 +111,8 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
 
 
 def copy_tree(source: Path, dest: Path) -> None:
-    """A faithful copy of a stored tree and its metadata record (:mod:`.treemeta`), if any.
+    """A faithful copy of a stored tree, its metadata record (:mod:`.treemeta`) and its
+    bundle split (:mod:`.bundles.assignment`), when it has them.
 
     ``cp -a`` keeps owners, modes, xattrs, times, hard links and devices (shutil.copytree
     keeps neither owners nor hard links) for a tree stored without a record, and the record
@@ -119,7 +121,8 @@ def copy_tree(source: Path, dest: Path) -> None:
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     cp = shutil.which("cp") or "cp"
-    pairs = [(record_path(source), record_path(dest))] if record_path(source).exists() else []
+    pairs = [(side(source), side(dest)) for side in (record_path, assignment_path)
+             if side(source).exists()]
     for src, dst in [*pairs, (source, dest)]:
         done = subprocess.run([cp, "-a", "--", str(src), str(dst)], capture_output=True,
                               text=True, check=False)

@@ -1,10 +1,12 @@
 """Repository consistency: every published file a device may fetch is what the manifests say.
 
 For each published version up to the one checked: each MoM line's bundle manifest exists and
-hashes to it; each non-deleted entry has its fullfile with exactly one member ``<H>`` whose data
-and metadata hash to H; zero packs hold every entry and each pack member hashes to its name;
-plain manifests equal their tars; signatures verify (given certificates); the markers agree
-and point at a published version. Problems accumulate in the report, so one run lists them all.
+hashes to it, os-core is listed, the bundles are those of the split the version was built from
+(while its tree is stored) and no path is live in two bundles with different hashes; each
+non-deleted entry has its fullfile with exactly one member ``<H>`` whose data and metadata hash
+to H; zero packs hold every entry and each pack member hashes to its name; plain manifests equal
+their tars; signatures verify (given certificates); the markers agree and point at a published
+version. Problems accumulate in the report, so one run lists them all.
 
 Fullfiles and packs verified clean by an earlier run and unchanged since are skipped
 (:mod:`.stamps`): the gate runs on every publish and would otherwise re-read the whole history.
@@ -20,6 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from ..bundles.assignment import CORE, assignment_path, read_assignment
 from ..client.archive import ARCHIVE_ERRORS, member_hash, open_tar, strip_dot
 from ..client.manifests import read_manifest_tar
 from ..errors import ClientError, ManifestError, StorageError, SwupdRepoError
@@ -56,6 +59,8 @@ class Consistency:
         self.stamps = stamps
         self.signed_in_tar: set[tuple[str, int]] = set()
         self.bundles_tried: set[tuple[str, int]] = set()
+        #: the bundle manifests of the version checked last, by (name, version)
+        self.loaded: dict[tuple[str, int], Manifest | None] = {}
         self.manifest_hashes: dict[tuple[str, int], str] = {}
         self.fullfiles: set[tuple[int, str]] = set()
         self.packs: set[Path] = set()
@@ -91,20 +96,67 @@ class Consistency:
         mom = self.manifest("MoM", v, None)
         if mom is None:
             return
+        where = f"{self.www / str(v)}/Manifest.MoM"
+        listed: dict[str, Manifest | None] = {}
         for line in mom.entries:
             if line.type != "M" or line.deleted:
-                self.problem(f"{self.www / str(v)}/Manifest.MoM: unexpected entry "
-                             f"{line.flags} {line.path}")
+                self.problem(f"{where}: unexpected entry {line.flags} {line.path}")
+                continue
+            if line.path in listed:
+                self.problem(f"{where}: bundle {line.path} is listed twice")
+                continue
+            if line.last_change > v:
+                self.problem(f"{where}: bundle {line.path} names version {line.last_change}, "
+                             "after this one")
+                listed[line.path] = None
                 continue
             key = (line.path, line.last_change)
             if key not in self.bundles_tried:
                 self.bundles_tried.add(key)
-                self.bundle(line.path, line.last_change, line.hash, v)
+                self.loaded[key] = self.bundle(line.path, line.last_change, line.hash, v)
             elif key in self.manifest_hashes:
                 # already checked; the hash must still match this MoM's line
                 self._mom_line(line.path, line.last_change, line.hash, v)
+            listed[line.path] = self.loaded.get(key)
+        if CORE not in listed:
+            self.problem(f"{where} has no {CORE} line: no device can install or update")
+        self._split(v, where, set(listed))
+        self._conflicts(where, {n: m for n, m in listed.items() if m is not None})
+        # the next version mostly names the same manifests: keep only these in memory
+        self.loaded = {(n, m.version): m for n, m in listed.items() if m is not None}
         if self.certs:
             self.signatures(v)
+
+    def _split(self, v: int, where: str, names: set[str]) -> None:
+        """The MoM lists exactly os-core and the bundles of the split V was built from, when
+        V's tree is still stored (:mod:`...bundles.assignment`)."""
+        tree = self.storage.os_core(v)
+        if not tree.is_dir():
+            return
+        try:
+            split = read_assignment(tree)
+        except StorageError as exc:
+            self.problem(str(exc))
+            return
+        expected = set(split.names())
+        if names != expected:
+            self.problem(f"{where} lists the bundles {', '.join(sorted(names))}, but "
+                         f"{assignment_path(tree)} gives {', '.join(sorted(expected))}")
+
+    def _conflicts(self, where: str, manifests: dict[str, Manifest]) -> None:
+        """A path live in two bundles must be the same object in both: the client drops both
+        entries of a conflicting pair ("CONFLICT IN MANIFESTS"), so neither gets installed."""
+        if len(manifests) < 2:
+            return
+        seen: dict[str, tuple[str, str]] = {}
+        for name, manifest in sorted(manifests.items()):
+            for e in manifest.entries:
+                if e.deleted:
+                    continue
+                other = seen.setdefault(e.path, (name, e.hash))
+                if other[1] != e.hash:
+                    self.problem(f"{where}: {e.path} is in bundles {other[0]} and {name} with "
+                                 "different hashes (a client installs neither)")
 
     def _mom_line(self, name: str, bv: int, expected: str, v: int) -> None:
         actual = self.manifest_hashes[(name, bv)]
