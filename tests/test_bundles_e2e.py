@@ -2,12 +2,14 @@
 from real trees and their stored split, served over real HTTP on 127.0.0.1, and a device
 (a scratch root, the client run as root) that installs, adds, removes and updates bundles.
 
-The scenario, versions 10 and 20 (``SCENARIO``):
+The scenario, versions 10, 20 and 30 (``SCENARIO``):
 
 * os-core: os-release, ``/usr/bin/ls`` (changes), ``/usr/lib/tobundle`` (moves into tools at
   20), ``/usr/share/doc`` (a directory several bundles put files in);
 * editors (changes at 20), tools (gains ``/usr/lib/tobundle``, gives ``/usr/lib/moving`` to
-  os-core), legacy (dropped at 20), extras (added at 20).
+  os-core), legacy (dropped at 20), extras (added at 20);
+* at 30 tools is dropped, and ``/usr/lib/tobundle`` goes back to os-core; editors and extras
+  do not change (their MoM lines stay at 20).
 
 Every expected tree is worked out here from the scenario alone: the version's tree without the
 paths the other bundles own; none of it comes from the client or ``check``.
@@ -89,6 +91,21 @@ SCENARIO: dict[int, tuple[dict[str, str | None], dict[str, set[str]]]] = {
                   "/usr/share/doc/gdb", "/usr/share/man/gdb.1", f"{TRACK}/tools"},
         "extras": {"/usr/bin/extra", f"{TRACK}/extras"},
     }),
+    30: (_files(30, {
+        "usr/bin/ls": "ls 20\n",
+        "usr/lib/moving": "tools' at 10, os-core's at 20\n",
+        "usr/lib/tobundle": "os-core's at 10, tools' at 20\n",
+        "usr/bin/vi": "vi 20, a little longer\n", "usr/share/vim": None,
+        "usr/share/vim/vimrc": "set nu\n", "usr/share/doc/vi": "vi docs\n",
+        "usr/share/clear/bundles/editors": "",
+        "usr/share/man": None, "usr/share/man/vi.1": "vi(1)\n",
+        "usr/bin/extra": "extra\n", "usr/share/clear/bundles/extras": "",
+    }), {
+        "editors": {"/usr/bin/vi", "/usr/share/vim", "/usr/share/vim/vimrc",
+                    "/usr/share/doc/vi", "/usr/share/man", "/usr/share/man/vi.1",
+                    f"{TRACK}/editors"},
+        "extras": {"/usr/bin/extra", f"{TRACK}/extras"},
+    }),
 }
 
 
@@ -112,7 +129,7 @@ def skip(path: str) -> bool:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storage, dict[int, Path]]:
-    """Versions 10 and 20 published from real .dsk images with their splits
+    """Versions 10, 20 and 30 published from real .dsk images with their splits
     (tests/helpers_bundles.py), and each version's tree as written into its image."""
     base = tmp_path_factory.mktemp("bundles")
     storage = Storage(publish_versions(base / "storage", base / "work", SCENARIO))
@@ -133,10 +150,11 @@ def device(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_the_repository_has_the_bundles(repo: tuple[Storage, dict[int, Path]]) -> None:
     storage, _ = repo
-    moms = {v: (storage.www(v) / "Manifest.MoM").read_text() for v in (10, 20)}
+    moms = {v: (storage.www(v) / "Manifest.MoM").read_text() for v in (10, 20, 30)}
     for name in ("os-core", "editors", "tools", "legacy"):
         assert f"\t{name}\n" in moms[10]
     assert "\tlegacy\n" not in moms[20] and "\textras\n" in moms[20]
+    assert "\ttools\n" not in moms[30] and "\t20\teditors\n" in moms[30]
 
 
 def test_add_a_bundle_then_update_gives_the_expected_tree(
@@ -153,7 +171,7 @@ def test_add_a_bundle_then_update_gives_the_expected_tree(
     assert bundle_list(root) == [("os-core", True), ("editors", True)]
     assert compare_trees(root, trees[10], skip,
                          not_expected=not_expected(10, {"editors"})) == []
-    stats = update(url, root, state_dir=state)
+    stats = update(url, root, to=20, state_dir=state)
     assert (stats.from_version, stats.to_version) == (10, 20)
     assert compare_trees(root, trees[20], skip,
                          not_expected=not_expected(20, {"editors"})) == []
@@ -227,7 +245,7 @@ def test_a_file_moving_between_bundles_updates_on_every_device(
         install(url, root, 10, state_dir=state, bundles=sorted(bundles))
         assert (root / "usr/lib/moving").exists() == bool(bundles)
         assert (root / "usr/lib/tobundle").is_file()
-        update(url, root, state_dir=state)
+        update(url, root, to=20, state_dir=state)
         assert (root / "usr/lib/moving").is_file()
         assert (root / "usr/lib/tobundle").exists() == bool(bundles)
         assert compare_trees(root, trees[20], skip,
@@ -242,7 +260,7 @@ def test_a_dropped_bundle_goes_and_a_new_one_can_be_added(
     install(url, root, 10, state_dir=state, bundles=["legacy", "editors"])
     assert (root / "usr/bin/legacy").is_file()
     reporter = RecordingReporter()
-    stats = update(url, root, state_dir=state, reporter=reporter)
+    stats = update(url, root, to=20, state_dir=state, reporter=reporter)
     assert stats.removed == ["legacy"]
     assert any("bundle legacy is not in version 20" in w for w in reporter.warnings)
     assert not (root / "usr/bin/legacy").exists()
@@ -257,11 +275,32 @@ def test_a_dropped_bundle_goes_and_a_new_one_can_be_added(
     assert verify(url, root).ok
 
 
+def test_update_across_versions_through_a_dropped_bundle(
+        url: str, repo: tuple[Storage, dict[int, Path]], device: tuple[Path, Path]) -> None:
+    """10 -> 30 at once with tools: tools' files go (it is dropped at 30) except
+    /usr/lib/moving and /usr/lib/tobundle, which os-core has by then."""
+    _, trees = repo
+    root, state = device
+    install(url, root, 10, state_dir=state, bundles=["tools", "editors"])
+    stats = update(url, root, state_dir=state)
+    assert (stats.to_version, stats.removed) == (30, ["tools"])
+    assert (root / "usr/lib/moving").is_file() and (root / "usr/lib/tobundle").is_file()
+    assert not (root / "usr/bin/gdb").exists() and not (root / "opt/tools").exists()
+    assert os.listdir(root / "usr/share/man") == ["vi.1"]
+    assert bundle_list(root) == [("os-core", True), ("editors", True)]
+    assert compare_trees(root, trees[30], skip,
+                         not_expected=not_expected(30, {"editors"})) == []
+    assert verify(url, root).ok
+
+
 def test_update_uses_each_bundle_s_delta_pack(url: str, device: tuple[Path, Path]) -> None:
     root, state = device
     install(url, root, 10, state_dir=state, bundles=["editors"])
-    stats = update(url, root, state_dir=state)
+    stats = update(url, root, to=20, state_dir=state)
     assert {"20/pack-os-core-from-10.tar", "20/pack-editors-from-10.tar"} <= set(stats.packs)
+    # editors does not change at 30: no pack of it is asked for
+    stats = update(url, root, state_dir=state)
+    assert stats.packs == ["30/pack-os-core-from-20.tar"]
 
 
 def test_cli_bundle_commands(url: str, device: tuple[Path, Path]) -> None:
@@ -285,8 +324,8 @@ def test_check_passes_with_every_bundle_set(repo: tuple[Storage, dict[int, Path]
     storage, _ = repo
     report = check_repository(storage)
     assert [s.label() for s in report.simulations] == [
-        "install->20 [os-core]", "install->20 [all bundles]",
-        "10->20 [os-core]", "10->20 [all bundles]"]
+        "install->30 [os-core]", "install->30 [all bundles]",
+        "10->30 [os-core]", "10->30 [all bundles]", "20->30 [os-core]", "20->30 [all bundles]"]
 
 
 def test_check_finds_a_bundle_s_difference_only_on_its_devices(
@@ -294,7 +333,7 @@ def test_check_finds_a_bundle_s_difference_only_on_its_devices(
     """The image's copy of a bundle file differs from what was published: devices with every
     bundle report it, os-core devices (which must not have it) do not."""
     storage = Storage(copy_tree(repo[0].root, tmp_path / "storage"))
-    vi = storage.os_core(20) / "usr/bin/vi"
+    vi = storage.os_core(30) / "usr/bin/vi"
     st = vi.stat()
     vi.unlink()  # it may share its inode with another stored tree
     vi.write_bytes(b"not what was published\n")
@@ -303,7 +342,7 @@ def test_check_finds_a_bundle_s_difference_only_on_its_devices(
     with pytest.raises(CheckFailed) as err:
         check_repository(storage, simulate=True, trust_stamps=False)
     problems = err.value.report.problems
-    assert any(p.startswith("update 10 -> 20 [all bundles]: /usr/bin/vi: content differs")
+    assert any(p.startswith("update 10 -> 30 [all bundles]: /usr/bin/vi: content differs")
                for p in problems), problems
     assert not any("[os-core]" in p for p in problems), problems
 
