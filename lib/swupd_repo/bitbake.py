@@ -21,6 +21,7 @@ import bb.event
 import bb.parse
 import bb.utils
 
+from .bundles.definitions import BundleDef, from_bitbake
 from .errors import LayoutError, SettingsError, StorageError, SwupdRepoError
 from .osrelease import set_version_id
 from .settings import Settings, load_settings
@@ -89,11 +90,39 @@ def settings_from_datastore(d: Datastore) -> Settings:
 
     The disk layout is not taken from here: :func:`find_layout` resolves it.
     """
-    fields = [field for field in FIELD_VARIABLES if field != "disk_layout"]
+    fields = [field for field in FIELD_VARIABLES if field not in ("disk_layout", "bundles")]
     overrides = _variables(d, fields)
+    overrides["bundles"] = bundles_from_datastore(d) or None
     if not overrides["docker_host"]:
         overrides["docker_host"] = docker_host_from_environment(d) or None
     return _load(overrides)
+
+
+#: The varflag tables that give each bundle of SWUPD_REPO_BUNDLES its content.
+BUNDLE_FLAG_VARIABLES = ("SWUPD_REPO_BUNDLE_PACKAGES", "SWUPD_REPO_BUNDLE_GLOBS")
+
+
+def bundles_from_datastore(d: Datastore) -> tuple[BundleDef, ...]:
+    """``SWUPD_REPO_BUNDLES`` with ``SWUPD_REPO_BUNDLE_PACKAGES[name]`` and
+    ``SWUPD_REPO_BUNDLE_GLOBS[name]``, validated (errors name the variable and flag)."""
+    packages, globs = ({name: d.getVarFlag(variable, name) or ""
+                        for name in (d.getVarFlags(variable) or {}) if not name.startswith("_")
+                        and name not in _NOT_BUNDLE_FLAGS}
+                       for variable in BUNDLE_FLAG_VARIABLES)
+    return from_bitbake(d.getVar("SWUPD_REPO_BUNDLES"), packages, globs)
+
+
+#: Flags BitBake itself may set on any variable; never a bundle's name.
+_NOT_BUNDLE_FLAGS = {"doc", "vardeps", "vardepsexclude", "vardepvalue", "vardepvalueexclude",
+                     "export", "unexport", "defaultval", "file", "lineno", "filename"}
+
+
+def bundle_vardeps(d: Datastore) -> str:
+    """The varflags of every bundle, for do_swupd_repo[vardeps]: BitBake counts a variable's
+    flags in a task's signature only when BB_SIGNATURE_EXCLUDE_FLAGS is set (OE-core sets
+    it; other configurations may not), so each flag is named explicitly."""
+    return " ".join(f"{variable}[{name}]" for name in (d.getVar("SWUPD_REPO_BUNDLES") or "")
+                    .split() for variable in BUNDLE_FLAG_VARIABLES)
 
 
 def _variables(d: Datastore, fields: list[str]) -> dict[str, Any]:

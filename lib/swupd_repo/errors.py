@@ -72,3 +72,7 @@ class CheckError(SwupdRepoError):
 
 class ClientError(SwupdRepoError):
     """The client could not install, update or verify a target root."""
+
+
+class BundleError(SwupdRepoError):
+    """Bundle definitions do not fit the image (unknown package, a path claimed twice)."""

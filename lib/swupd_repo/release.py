@@ -111,7 +111,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
 
 
 def copy_tree(source: Path, dest: Path) -> None:
-    """A faithful copy of a stored tree, its metadata record (:mod:`.treemeta`) and its
+    """A faithful copy of a stored tree with its metadata record (:mod:`.treemeta`) and its
     bundle split (:mod:`.bundles.assignment`), when it has them.
 
     ``cp -a`` keeps owners, modes, xattrs, times, hard links and devices (shutil.copytree

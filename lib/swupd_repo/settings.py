@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .bundles.definitions import BundleDef, from_mapping
 from .errors import SettingsError
 
 BACKENDS = ("native", "docker")
@@ -54,6 +55,7 @@ class Settings:
     force: bool = False
     release: bool = True
     report: bool = True
+    bundles: tuple[BundleDef, ...] = field(default_factory=tuple)
 
     @property
     def signing(self) -> bool:
@@ -85,8 +87,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Turn a raw value (YAML scalar, BitBake string, CLI string) into the field's type."""
     if value is None or (isinstance(value, str) and value == "" and key not in _BOOL_KEYS):
-        return None if key != "docker_volumes" else ()
+        return None if key not in ("docker_volumes", "bundles") else ()
     where = f"{key} in {source}"
+    if key == "bundles":
+        return from_mapping(value, source)
     if key in _PATH_KEYS:
         return Path(os.path.expanduser(str(value)))
     if key in _INT_KEYS:
@@ -134,6 +138,12 @@ def make_settings(values: dict[str, Any], source: str = "settings",
     if settings.compression not in COMPRESSIONS:
         raise SettingsError(f"compression {settings.compression!r} in {source} is not one of "
                             f"{', '.join(COMPRESSIONS)}", hint="set SWUPD_REPO_COMPRESSION")
+    if settings.bundles and settings.backend == "docker":
+        raise SettingsError(
+            f"bundles ({', '.join(b.name for b in settings.bundles)}) are defined in {source}, "
+            "but the docker backend publishes os-core only",
+            hint="use the native backend (SWUPD_REPO_BACKEND = \"native\", --backend native) "
+                 "or define no bundles (SWUPD_REPO_BUNDLES)")
     signing = [settings.signing_key, settings.signing_cert]
     if any(signing) and not all(signing):
         raise SettingsError(

@@ -257,6 +257,12 @@ def _unread(path: str, meta: TreeMeta) -> bool:
     return any(refused_name(name) for name in path.split("/")[1:])
 
 
+def tree_kinds(tree: Path) -> Iterator[tuple[str, str]]:
+    """Every path of ``tree`` on disk (root included, as ``/``) with its kind: ``directory``,
+    ``symlink``, ``file`` or ``other`` (what ``_KINDS`` names)."""
+    return _disk_kinds(tree)
+
+
 def _disk_kinds(tree: Path) -> Iterator[tuple[str, str]]:
     """Every path of ``tree`` (root included, as ``/``) with its kind as ``_KINDS`` names it."""
     yield "/", "directory"

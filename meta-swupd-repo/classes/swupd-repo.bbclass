@@ -115,6 +115,22 @@ SWUPD_REPO_RELEASE ??= "1"
 # latest (`swupd-repo report`). "0" skips it.
 SWUPD_REPO_REPORT ??= "1"
 
+# Bundles beside os-core, which devices add with bundle-add (the swupd client tracks them in
+# /usr/share/clear/bundles/<name>): space-separated names (letters, digits, - and _; not
+# os-core, full or MoM), each given content by one or both varflags:
+#   SWUPD_REPO_BUNDLES = "debug docs"
+#   SWUPD_REPO_BUNDLE_PACKAGES[debug] = "gdb strace"
+#   SWUPD_REPO_BUNDLE_GLOBS[docs] = "/usr/share/doc/** /usr/share/man/**"
+# Packages are resolved through the package database inside the image's rootfs (dpkg, opkg or
+# rpm: keep it with IMAGE_FEATURES += "package-management"), their paths mapped through the
+# rootfs' symlinks (merged /usr). Globs match manifest paths: * and ? within a name, ** across
+# directories, DIR/** is DIR and everything below it. A path claimed by two bundles stops the
+# task; a directory belongs to a bundle only if everything under it does, else os-core keeps
+# it; os-core is what no bundle claims. The split is resolved once, when the rootfs is
+# stored (image/<version>/os-core.bundles), and each bundle gets its tracking file.
+# Empty: os-core only. Needs the native backend.
+SWUPD_REPO_BUNDLES ??= ""
+
 # Everything do_swupd_repo reads: its signature changes when one of them does.
 SWUPD_REPO_TASK_VARIABLES = "\
     OS_VERSION SWUPD_REPO_STORAGE_DIR SWUPD_REPO_BACKEND SWUPD_REPO_VERSION_STEP \
@@ -125,8 +141,14 @@ SWUPD_REPO_TASK_VARIABLES = "\
     SWUPD_REPO_SIGNING_PASSPHRASE_FILE SWUPD_REPO_DOCKER_IMAGE SWUPD_REPO_DOCKER_COMMAND \
     SWUPD_REPO_DOCKER_PRIVILEGED SWUPD_REPO_DOCKER_VOLUMES SWUPD_REPO_DOCKER_HOST \
     SWUPD_REPO_CHECK SWUPD_REPO_FORCE SWUPD_REPO_RELEASE SWUPD_REPO_REPORT \
+    SWUPD_REPO_BUNDLES SWUPD_REPO_BUNDLE_PACKAGES SWUPD_REPO_BUNDLE_GLOBS \
     DSK_IMAGE_LAYOUT IMAGE_LINK_NAME MACHINE \
 "
+
+def swupd_repo_bundle_vardeps(d):
+    """Each bundle's SWUPD_REPO_BUNDLE_PACKAGES[name] and SWUPD_REPO_BUNDLE_GLOBS[name]."""
+    import swupd_repo.bitbake
+    return swupd_repo.bitbake.bundle_vardeps(d)
 
 def swupd_repo_next_os_version(d):
     """OS_VERSION's default: the storage's latest version + SWUPD_REPO_VERSION_STEP."""
@@ -190,5 +212,7 @@ do_swupd_repo[depends] += "${@'virtual/fakeroot-native:do_populate_sysroot' if b
 # One writer per storage directory, also across images and multiconfigs sharing it.
 do_swupd_repo[lockfiles] = "${SWUPD_REPO_STORAGE_DIR}.bitbake.lock"
 do_swupd_repo[vardeps] += "${SWUPD_REPO_TASK_VARIABLES}"
+# The bundles' varflags, named one by one (see swupd_repo.bitbake.bundle_vardeps).
+do_swupd_repo[vardeps] += "${@swupd_repo_bundle_vardeps(d)}"
 # The number of workers changes how fast the repository is written, never what is written.
 do_swupd_repo[vardepsexclude] += "SWUPD_REPO_JOBS"

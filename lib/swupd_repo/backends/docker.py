@@ -137,6 +137,7 @@ class DockerBackend:
         import docker.errors
         import requests.exceptions
 
+        refuse_bundles(storage, version)
         extra = container_volumes(storage, settings.docker_volumes)
         client = connect(settings.docker_host)
         address = engine_address(settings.docker_host)
@@ -192,6 +193,23 @@ class DockerBackend:
             raise
         stuck = before.remove_scratch(storage, keep=ours)
         remove_in_container(client, image, storage, stuck, reporter)
+
+
+def refuse_bundles(storage: Storage, version: int) -> None:
+    """A tree stored with bundles (``image/<V>/os-core.bundles``) is the native backend's:
+    this backend gives the container os-core alone (its groups.ini has one section), so it
+    would publish the bundles' content in os-core and no bundle manifests."""
+    from ..bundles.assignment import assignment_path, read_assignment
+
+    tree = storage.os_core(version)
+    names = sorted(read_assignment(tree).bundles)
+    if names:
+        raise BackendError(f"version {version} was stored with the bundles {', '.join(names)} "
+                           f"({assignment_path(tree)}), which the docker backend does not "
+                           "publish",
+                           hint="build it with the native backend (SWUPD_REPO_BACKEND = "
+                                "\"native\", --backend native), or publish it again without "
+                                "SWUPD_REPO_BUNDLES")
 
 
 def check_result(storage: Storage, version: int, image: str, guards: list[TreeGuard]) -> None:

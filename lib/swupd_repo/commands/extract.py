@@ -7,13 +7,14 @@ Finds the rootfs partition through the disk-layout JSON and the GPT, then writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..errors import ExtractError
 from ..progress import TqdmReporter
-from ..settings import Settings
+from ..settings import Settings, load_settings
 from ..storage import Storage, remove_tree
-from .options import add_wait_option
+from .options import add_bundle_options, add_wait_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Read the rootfs partition of a .dsk image directly (no "
                        "mount, loop device or root) and write it to STORAGE/image/<V>/os-core "
                        "(content, links, times) with owners, modes, devices and xattrs in its "
-                       "metadata record STORAGE/image/<V>/os-core.meta.")
+                       "metadata record STORAGE/image/<V>/os-core.meta; with bundles defined, "
+                       "their tracking files and STORAGE/image/<V>/os-core.bundles (which "
+                       "paths each bundle owns).")
     p.add_argument("--dsk", type=Path, required=True, help="the .dsk image")
     p.add_argument("--layout", type=Path, required=True, help="disk-layout JSON of the image")
     p.add_argument("--storage", type=Path, required=True, help="storage directory")
@@ -30,11 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing image/<V>/os-core")
     p.add_argument("--max-file-size", type=int, default=Settings.max_file_size,
                    help="largest file of the rootfs in bytes, holes included (4 GiB)")
+    p.add_argument("--config", type=Path,
+                   help="settings YAML whose bundles: are resolved (defaults: "
+                        "conf/swupd-repo.yaml)")
+    add_bundle_options(p)
     add_wait_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bundles.assignment import assignment_path
+    from ..bundles.definitions import from_cli
+    from ..bundles.tracking import store_split
     from ..dedup import share_with_previous
     from ..extract import extract_rootfs
     from ..gpt import find_partition
@@ -48,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise ExtractError(f"--max-file-size {args.max_file_size} is invalid",
                            hint="pass a size in bytes, at least 1")
     part = load_layout(args.layout).rootfs(args.partition)  # bad input: nothing created
+    bundles = load_settings(args.config, {"bundles": from_cli(args.bundle_packages,
+                                                              args.bundle_globs)}).bundles
     storage = Storage(args.storage)
     with TqdmReporter() as reporter, locked_run(storage, reporter, wait=args.wait) as run:
         for path in storage.clean_leftovers():
@@ -64,11 +76,21 @@ def run(args: argparse.Namespace) -> int:
                                    hint="pass --force to replace it")
             remove_tree(dest)
             record_path(dest).unlink(missing_ok=True)
+            assignment_path(dest).unlink(missing_ok=True)
         extent = find_partition(args.dsk, part, run)
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
         stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, run,
                                max_file_size=args.max_file_size)
+        try:
+            store_split(dest, bundles, run)
+        except BaseException:  # definitions that do not fit the image: store nothing
+            remove_tree(dest)
+            record_path(dest).unlink(missing_ok=True)
+            assignment_path(dest).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # image/<V>, when nothing else is there
+            raise
         share_with_previous(storage, args.version, run)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..bundles.definitions import from_cli
 from ..settings import BACKENDS, COMPRESSIONS, Settings, load_settings
 
 
@@ -49,6 +50,7 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                         help="run the container privileged (the contract's default: yes)")
     parser.add_argument("--docker-volume", dest="docker_volumes", action="append",
                         metavar="HOST:CONTAINER[:ro]", help="extra volume (repeatable)")
+    add_bundle_options(parser)
     parser.add_argument("--check", action="store_const", const=True, default=None,
                         help="check the repository and simulate updates before moving latest")
     parser.add_argument("--force", action="store_const", const=True, default=None,
@@ -56,6 +58,22 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", dest="release", action="store_const", const=False,
                         default=None, help="publish www/<version> without moving latest: "
                         "devices see it after `swupd-repo release VERSION`")
+
+
+def add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    """``--bundle-packages``/``--bundle-globs``: bundle definitions (SWUPD_REPO_BUNDLES)."""
+    group = parser.add_argument_group(
+        "bundles", "Optional content beside os-core, resolved when the rootfs is extracted. "
+        "Given on the command line, these replace the bundles of --config.")
+    group.add_argument("--bundle-packages", dest="bundle_packages", action="append",
+                       metavar="NAME=PKG[,PKG...]",
+                       help="bundle NAME owns the files of these packages of the image (from "
+                       "the dpkg, opkg or rpm database inside the rootfs); repeatable")
+    group.add_argument("--bundle-globs", dest="bundle_globs", action="append",
+                       metavar="NAME=GLOB[,GLOB...]",
+                       help="bundle NAME owns the paths these globs match (manifest paths: * "
+                       "within a name, ** across directories, DIR/** is DIR and all below "
+                       "it; quote them); repeatable")
 
 
 def add_wait_option(parser: argparse.ArgumentParser) -> None:
@@ -79,4 +97,6 @@ _KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Defaults, then ``--config``, then the flags given."""
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _KEYS if hasattr(args, k)}
+    overrides["bundles"] = from_cli(getattr(args, "bundle_packages", None),
+                                    getattr(args, "bundle_globs", None))
     return load_settings(getattr(args, "config", None), overrides)

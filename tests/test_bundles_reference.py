@@ -1,0 +1,213 @@
+"""Several bundles, judged byte for byte against a reference derived from the real server.
+
+The vectors (tests/data/vectors/basic) are 2.53's output for one bundle. There is no real
+multi-bundle output among them, and format3 §2.9 shows only shortened lines of its run, so the
+reference here is our own, derived from the vectors with the server's bundle rules (§2.6-§2.8)
+applied to its real manifests:
+
+* a split that moves nothing between versions changes no last_change: ``Manifest.full`` is the
+  vectors' byte for byte (timestamp aside), each bundle manifest holds the vectors' lines of its
+  paths, os-core holds the rest; ``filecount`` counts them and ``contentsize`` sums the sizes of
+  their entries changed in V, sizes taken from the server's own image listing (``image-V.lst``);
+* a path that moves from a bundle into os-core at 20 without changing becomes a deletion
+  (``.d..`` at 20) in the bundle and a new entry (at 20) in os-core, and ``Manifest.full``'s
+  line for it is raised from 10 to 20 (the maximum over the bundles, §2.7);
+* a bundle without a changed entry keeps its MoM line (version and hash) and gets no manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swupd_repo.progress import RecordingReporter
+from swupd_repo.swupd import builder
+from swupd_repo.swupd.manifest import manifest_hash
+from swupd_repo.swupd.scan import scan_tree
+
+TIME = 1456790400
+DOCS = "/usr/share/doc"
+TOOL = ["/opt/tool", "/opt/tool/bin", "/opt/tool/bin/tool"]
+MOVED = "/usr/bin/cap-ping"  # in tool at 10, in os-core at 20; unchanged content (10 in full)
+
+
+def reference_lines(vectors: Path, version: int, name: str) -> list[str]:
+    text = (vectors / "manifests" / str(version) / f"Manifest.{name}").read_text()
+    return text.split("\n\n", 1)[1].splitlines()
+
+
+def sizes(vectors: Path, version: int) -> dict[str, int]:
+    """Path -> st_size of the server's full tree (``image-V.lst``: path type mode uid gid
+    size)."""
+    out = {}
+    for line in (vectors / "image" / f"image-{version}.lst").read_text().splitlines():
+        fields = line.split("\t")
+        if fields[0].startswith("full/"):
+            out["/" + fields[0][len("full/"):]] = int(fields[5])
+    return out
+
+
+def header(version: int, previous: int, entries: list[str], size: int) -> str:
+    return (f"MANIFEST\t3\nversion:\t{version}\nprevious:\t{previous}\n"
+            f"filecount:\t{len(entries)}\ntimestamp:\t{TIME}\ncontentsize:\t{size}\n\n")
+
+
+def contentsize(entries: list[str], version: int, size_of: dict[str, int]) -> int:
+    total = 0
+    for line in entries:
+        flags, _, last_change, path = line.split("\t", 3)
+        if flags[1] == "d" or int(last_change) != version:
+            continue
+        total += size_of[path] if flags[0] == "F" else 1024
+    return total
+
+
+def text(entries: list[str], version: int, previous: int, size_of: dict[str, int]) -> str:
+    return header(version, previous, entries, contentsize(entries, version, size_of)) + \
+        "".join(f"{line}\n" for line in entries)
+
+
+def path_of(line: str) -> str:
+    return line.split("\t", 3)[3]
+
+
+def in_docs(path: str) -> bool:
+    return path == DOCS or path.startswith(DOCS + "/")
+
+
+@pytest.fixture(scope="module")
+def built(rootfs_trees: dict[int, Path]) -> dict[int, builder.Built]:
+    """10 and 20 of the vectors' trees, split into os-core, docs and tool (tool also owns
+    /usr/bin/cap-ping at 10 only)."""
+    out: dict[int, builder.Built] = {}
+    previous = builder.Previous()
+    for version in (10, 20):
+        records = scan_tree(rootfs_trees[version], RecordingReporter()).records
+        split = {"docs": {p for p in records if in_docs(p)},
+                 "tool": {*TOOL, *([MOVED] if version == 10 else [])}}
+        built = out[version] = builder.build_manifests(records, version, previous,
+                                                       timestamp=TIME, bundles=split)
+        bundles = {**previous.bundles, **built.bundles}
+        previous = builder.Previous(version, {e.path: bundles[e.path]
+                                              for e in built.mom.entries}, built.full)
+    return out
+
+
+def test_version_10_is_the_vectors_split(vectors: Path, built: dict[int, builder.Built]
+                                         ) -> None:
+    ref = reference_lines(vectors, 10, "os-core")
+    size_of = sizes(vectors, 10)
+    tool = [line for line in ref if path_of(line) in {*TOOL, MOVED}]
+    docs = [line for line in ref if in_docs(path_of(line))]
+    core = [line for line in ref if line not in tool and line not in docs]
+    b = built[10]
+    assert b.bundle_bytes["tool"].decode() == text(tool, 10, 0, size_of)
+    assert b.bundle_bytes["docs"].decode() == text(docs, 10, 0, size_of)
+    assert b.bundle_bytes["os-core"].decode() == text(core, 10, 0, size_of)
+    full = (vectors / "manifests/10/Manifest.full").read_text().replace(
+        "timestamp:\t1456790401", f"timestamp:\t{TIME}")
+    assert b.full_bytes.decode() == full
+    mom = [f"M...\t{manifest_hash(b.bundle_bytes[n])}\t10\t{n}" for n in
+           ("tool", "os-core", "docs")]
+    assert b.mom_bytes.decode() == header(10, 0, mom, sum(
+        contentsize(lines, 10, size_of) for lines in (tool, docs, core))) + \
+        "".join(f"{line}\n" for line in mom)
+
+
+def test_version_20_moves_a_file_and_keeps_an_unchanged_bundle(
+        vectors: Path, built: dict[int, builder.Built]) -> None:
+    ref = reference_lines(vectors, 20, "os-core")
+    size_of = sizes(vectors, 20)
+    b20 = built[20]
+    moved = next(line for line in ref if path_of(line) == MOVED)
+    assert moved.split("\t")[2] == "10"  # unchanged in the vectors
+    moved_20 = moved.replace("\t10\t", "\t20\t")
+    docs = [line for line in ref if in_docs(path_of(line))]
+    core = sorted([line for line in ref if line not in docs and path_of(line) not in TOOL
+                   and line != moved] + [moved_20], key=_sort_key)
+    # tool: only the move changed it, as a deletion at 20
+    tool = sorted([line for line in reference_lines(vectors, 10, "os-core")
+                   if path_of(line) in TOOL] + [f".d..\t{'0' * 64}\t20\t{MOVED}"],
+                  key=_sort_key)
+    assert b20.bundle_bytes["os-core"].decode() == text(core, 20, 10, size_of)
+    assert b20.bundle_bytes["tool"].decode() == text(tool, 20, 10, size_of)
+    assert any(line.split("\t")[2] == "20" for line in docs)
+    assert b20.bundle_bytes["docs"].decode() == text(docs, 20, 10, size_of)
+    # Manifest.full: the vectors', with the moved file raised to 20
+    full_ref = reference_lines(vectors, 20, "full")
+    full = sorted([moved_20 if line == moved else line for line in full_ref], key=_sort_key)
+    assert b20.full_bytes.decode() == text(full, 20, 0, size_of)
+    assert len(full) == len(full_ref)
+
+
+def test_unchanged_bundle_keeps_its_mom_line(rootfs_trees: dict[int, Path],
+                                             built: dict[int, builder.Built]) -> None:
+    """tool without the move: nothing of it changes at 20, so no Manifest.tool at 20 and
+    MoM@20 names tool at 10 with the hash of the manifest written at 10."""
+    b10 = built[10]
+    records = scan_tree(rootfs_trees[20], RecordingReporter()).records
+    split = {"docs": {p for p in records if in_docs(p)}, "tool": {*TOOL, MOVED}}
+    previous = builder.Previous(10, dict(b10.bundles), b10.full)
+    b20 = builder.build_manifests(records, 20, previous, timestamp=TIME, bundles=split)
+    assert "tool" not in b20.bundles and set(b20.bundles) == {"os-core", "docs"}
+    lines = {e.path: (e.last_change, e.hash) for e in b20.mom.entries}
+    assert lines["tool"] == (10, manifest_hash(b10.bundle_bytes["tool"]))
+    assert b20.mom.contentsize == sum(m.contentsize for m in b20.bundles.values())
+    assert b20.mom_bytes.decode().endswith(
+        f"M...\t{lines['tool'][1]}\t10\ttool\n"
+        f"M...\t{lines['os-core'][1]}\t20\tos-core\n"
+        f"M...\t{lines['docs'][1]}\t20\tdocs\n")
+
+
+def _sort_key(line: str) -> tuple[int, _Desc]:
+    _, _, last_change, path = line.split("\t", 3)
+    return int(last_change), _Desc(path.encode())
+
+
+class _Desc:
+    """Bytes sorting descending: 2.53 sorts paths of one last_change by strcmp, reversed."""
+
+    def __init__(self, b: bytes) -> None:
+        self.b = b
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.b > other.b
+
+
+# --- the pieces: the trees 2.53 would read, and its subtraction ------------------------------
+
+def test_bundle_trees_add_the_directories_above() -> None:
+    from swupd_repo.swupd.bundletrees import bundle_trees
+
+    present = dict.fromkeys(["/usr", "/usr/bin", "/usr/bin/gdb", "/usr/bin/ls", "/opt",
+                             "/opt/x", "/opt/x/y"])
+    trees = bundle_trees(present, {"debug": {"/usr/bin/gdb", "/gone"}, "x": {"/opt/x"}})
+    assert list(trees) == ["os-core", "debug", "x"]
+    assert trees["debug"] == {"/usr", "/usr/bin", "/usr/bin/gdb"}  # /gone is not in the tree
+    # /opt/x is x's, but os-core's /opt/x/y needs it: os-core's tree has it too
+    assert trees["os-core"] == {"/usr", "/usr/bin", "/usr/bin/ls", "/opt", "/opt/x",
+                                "/opt/x/y"}
+    assert trees["x"] == {"/opt", "/opt/x"}
+
+
+def test_subtract_keeps_the_servers_quirk() -> None:
+    """§9.10: a name in both lists with another state makes the core side advance twice."""
+    from swupd_repo.swupd.bundletrees import subtract
+    from swupd_repo.swupd.manifest import Entry, deleted_entry
+
+    def f(path: str) -> Entry:
+        return Entry("F", "ab" * 32, 10, path)
+
+    def d(path: str) -> Entry:
+        return Entry("D", "cd" * 32, 10, path)
+
+    core = [d("/a"), deleted_entry("/a/moved", 20), f("/a/next"), f("/a/z")]
+    bundle = [d("/a"), f("/a/moved"), f("/a/next"), f("/a/z"), f("/b")]
+    kept = [e.path for e in subtract(bundle, core)]
+    # /a and /a/z are os-core's; /a/next survives because the walk skipped it
+    assert kept == ["/a/moved", "/a/next", "/b"]
+    # another type (D vs F) is kept too; the skipped core entry (/b) is in no bundle here,
+    # so /c is still removed
+    assert [e.path for e in subtract([f("/a"), f("/c")], [d("/a"), f("/b"), f("/c")])] == \
+        ["/a"]
