@@ -407,3 +407,57 @@ def test_a_bundle_without_its_tracking_file_is_still_tracked(
     bundle_remove(edited_url, root, ["extras"], state_dir=state)
     assert bundle_list(root) == [("os-core", True)]
     assert compare_trees(root, trees[20], skip, not_expected=not_expected(20, set())) == []
+
+
+# -- the issue's scenario through the real definitions ---------------------------------------
+
+@pytest.fixture(scope="module")
+def defined(tmp_path_factory: pytest.TempPathFactory) -> Storage:
+    """Versions 10 and 20 of a merged-/usr image with a dpkg database
+    (tests/bundle_trees.py), published by ``swupd-repo publish`` with debug defined by the
+    packages gdb and strace and docs by the glob /usr/share/doc/**; at 20 gdb's binary
+    changes and docs gains a file."""
+    from bundle_trees import make_dpkg_tree
+    from dsk import make_dsk
+    from helpers_cli import publish
+
+    work = tmp_path_factory.mktemp("defined")
+    storage = work / "storage"
+    for version in (10, 20):
+        tree = make_dpkg_tree(work / f"dpkg{version}", version)
+        if version == 20:
+            (tree / "usr/bin/gdb").write_text("gdb binary, version 2\n")
+            (tree / "usr/share/doc/base-files/changelog").write_text("changes\n")
+        image = make_dsk(tree, work / "img", f"dpkg{version}")
+        done = publish(storage, image, "--bundle-packages", "debug=gdb,strace",
+                       "--bundle-globs", "docs=/usr/share/doc/**")
+        assert done.returncode == 0, done.stderr
+    return Storage(storage)
+
+
+def test_defined_bundles_add_update_remove_and_check(defined: Storage,
+                                                     device: tuple[Path, Path]) -> None:
+    """A device installs os-core at 10, adds debug, updates to 20 and equals the stored image
+    without docs' paths; removing debug leaves os-core's; check passes with both sets."""
+    from swupd_repo.treemeta import load as load_meta
+
+    docs = {"/usr/share/doc", "/usr/share/doc/base-files",
+            "/usr/share/doc/base-files/copyright", "/usr/share/doc/base-files/changelog",
+            f"{TRACK}/docs"}
+    debug = {"/usr/bin/gdb", "/usr/bin/strace", "/usr/lib/libgdbx.so.1", "/usr/share/gdb",
+             "/usr/share/gdb/python", "/usr/share/gdb/python/gdb.py", f"{TRACK}/debug"}
+    image = defined.os_core(20)
+    root, state = device
+    with serve_in_thread(defined.www_dir) as url:
+        install(url, root, 10, state_dir=state)
+        assert not (root / "usr/bin/gdb").exists()
+        assert bundle_add(url, root, ["debug"], state_dir=state).added == ["debug"]
+        update(url, root, state_dir=state)
+        assert (root / "usr/bin/gdb").read_text() == "gdb binary, version 2\n"
+        assert compare_trees(root, image, skip, load_meta(image), not_expected=docs) == []
+        assert verify(url, root).ok
+        bundle_remove(url, root, ["debug"], state_dir=state)
+        assert compare_trees(root, image, skip, load_meta(image),
+                             not_expected=docs | debug) == []
+    report = check_repository(defined)
+    assert len(report.simulations) == 4 and report.ok
