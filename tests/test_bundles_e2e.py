@@ -461,3 +461,19 @@ def test_defined_bundles_add_update_remove_and_check(defined: Storage,
                              not_expected=docs | debug) == []
     report = check_repository(defined)
     assert len(report.simulations) == 4 and report.ok
+
+
+def test_a_tracked_bundle_the_repository_lacks(url: str, device: tuple[Path, Path]) -> None:
+    """A tracking file for a bundle no MoM lists (made by hand): verify says its files were
+    not verified, the CLI notes it, and the next update stops tracking it."""
+    root, state = device
+    install(url, root, 20, state_dir=state)
+    (root / "usr/share/clear/bundles/ghost").touch()
+    report = verify(url, root)
+    assert report.ok and report.unknown_bundles == ["ghost"]
+    done = swupd_repo("client", "verify", "--path", root, "--url", url)
+    assert done.returncode == 0 and "bundle ghost is tracked but not in version 20" in done.stdout
+    with pytest.raises(ClientError, match=r"cannot remove ghost: version 20 .* does not list it"):
+        bundle_remove(url, root, ["ghost"], state_dir=state)
+    assert update(url, root, state_dir=state).removed == ["ghost"]
+    assert bundle_list(root) == [("os-core", True)]
