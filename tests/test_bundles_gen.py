@@ -285,3 +285,36 @@ def test_revert_keeps_the_bundles_of_the_reverted_tree(two: Path, tmp_path: Path
     assert mom30["editors"][0] == 30
     assert manifest(storage.root, 30, "editors").by_path()["/usr/bin/vi"].hash == \
         manifest(storage.root, 10, "editors").by_path()["/usr/bin/vi"].hash
+
+
+# --- end to end: definitions resolved from the image's package database ----------------------
+
+def test_definitions_by_packages_and_globs_publish_10_and_20(tmp_path: Path) -> None:
+    """``swupd-repo publish`` with debug defined by dpkg packages and docs by a glob: the
+    bundle manifests hold what the definitions resolve to; at 20 (only os-release changed)
+    neither bundle changes, and the check passes on both versions."""
+    from bundle_trees import make_dpkg_tree
+    from dsk import make_dsk
+    from helpers_cli import publish
+    from swupd_repo.bundles.assignment import read_assignment
+    from swupd_repo.check import check_repository
+    from swupd_repo.storage import Storage
+
+    storage = Storage(tmp_path / "storage")
+    for version in (10, 20):
+        image = make_dsk(make_dpkg_tree(tmp_path / f"src{version}", version), tmp_path / "img",
+                         f"dpkg{version}")
+        done = publish(storage.root, image, "--jobs", "1",
+                       "--bundle-packages", "debug=gdb,strace",
+                       "--bundle-globs", "docs=/usr/share/doc/**")
+        assert done.returncode == 0, done.stderr
+    split = read_assignment(storage.os_core(10)).bundles
+    for name in ("debug", "docs"):
+        assert set(lines(manifest(storage.root, 10, name))) == set(split[name])
+    assert "/usr/bin/gdb" in split["debug"] and "/usr/share/doc" in split["docs"]
+    core = lines(manifest(storage.root, 10, "os-core"))
+    assert not set(core) & (split["debug"] | split["docs"])
+    assert "/usr/share/clear/bundles/os-core" in core and "/usr/bin/sh" in core
+    mom20 = mom_lines(storage.root, 20)
+    assert mom20["debug"][0] == mom20["docs"][0] == 10 and mom20["os-core"][0] == 20
+    assert check_repository(storage, simulate=False).ok

@@ -252,7 +252,8 @@ def build_manifests(records: Mapping[str, Record], version: int, previous: Previ
         for e in entries:
             if e.last_change > latest_of.get(e.path, 0):
                 latest_of[e.path] = e.last_change
-    full_entries = [e.with_(last_change=max(e.last_change, latest_of.get(e.path, 0)))
+    full_entries = [e.with_(last_change=latest_of[e.path])
+                    if latest_of.get(e.path, 0) > e.last_change else e
                     for e in prune(full_merged)]
     full = Manifest(version=version, previous=0, timestamp=ts,
                     contentsize=content_size(full_entries, version, sizes),

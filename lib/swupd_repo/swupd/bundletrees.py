@@ -25,11 +25,11 @@ from .manifest import Entry
 
 
 def parents(path: str) -> Iterable[str]:
-    """``/a`` and ``/a/b`` for ``/a/b/c`` (never ``/``)."""
-    at = path.find("/", 1)
-    while at != -1:
+    """``/a/b`` and ``/a`` for ``/a/b/c``, nearest first (never ``/``)."""
+    at = path.rfind("/")
+    while at > 0:
         yield path[:at]
-        at = path.find("/", at + 1)
+        at = path.rfind("/", 0, at)
 
 
 def with_parents(paths: Iterable[str], present: Mapping[str, object]) -> set[str]:
@@ -40,6 +40,8 @@ def with_parents(paths: Iterable[str], present: Mapping[str, object]) -> set[str
             continue
         out.add(path)
         for parent in parents(path):
+            if parent in out:
+                break  # added before, with everything above it
             if parent in present:
                 out.add(parent)
     return out
