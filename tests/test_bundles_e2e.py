@@ -477,3 +477,22 @@ def test_a_tracked_bundle_the_repository_lacks(url: str, device: tuple[Path, Pat
         bundle_remove(url, root, ["ghost"], state_dir=state)
     assert update(url, root, state_dir=state).removed == ["ghost"]
     assert bundle_list(root) == [("os-core", True)]
+
+
+def test_a_tampered_bundle_file_fails_the_add_and_leaves_the_target(
+        repo: tuple[Storage, dict[int, Path]], device: tuple[Path, Path], tmp_path: Path) -> None:
+    """Every hash is checked before the target is touched: the bundle stays untracked."""
+    from helpers_signing import tamper_fullfile
+
+    www = tmp_path / "www"
+    shutil.copytree(repo[0].www_dir, www, symlinks=True)
+    vi = parse_manifest((www / "20/Manifest.editors").read_bytes()).by_path()["/usr/bin/vi"]
+    tampered = www / f"20/files/{vi.hash}.tar"
+    tamper_fullfile(tampered)
+    root, state = device
+    with serve_in_thread(www) as url:
+        install(url, root, 20, state_dir=state)
+        before = snapshot(root)
+        with pytest.raises(ClientError, match=f"{vi.hash}.tar: content for /usr/bin/vi hashes"):
+            bundle_add(url, root, ["editors"], state_dir=state, packs=False)
+    assert snapshot(root) == before and bundle_list(root) == [("os-core", True)]
