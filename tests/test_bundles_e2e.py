@@ -465,7 +465,8 @@ def test_defined_bundles_add_update_remove_and_check(defined: Storage,
 
 def test_a_tracked_bundle_the_repository_lacks(url: str, device: tuple[Path, Path]) -> None:
     """A tracking file for a bundle no MoM lists (made by hand): verify says its files were
-    not verified, the CLI notes it, and the next update stops tracking it."""
+    not verified, the CLI notes it, adding another bundle still works, and the next update
+    stops tracking it."""
     root, state = device
     install(url, root, 20, state_dir=state)
     (root / "usr/share/clear/bundles/ghost").touch()
@@ -475,8 +476,9 @@ def test_a_tracked_bundle_the_repository_lacks(url: str, device: tuple[Path, Pat
     assert done.returncode == 0 and "bundle ghost is tracked but not in version 20" in done.stdout
     with pytest.raises(ClientError, match=r"cannot remove ghost: version 20 .* does not list it"):
         bundle_remove(url, root, ["ghost"], state_dir=state)
+    assert bundle_add(url, root, ["extras"], state_dir=state).added == ["extras"]
     assert update(url, root, state_dir=state).removed == ["ghost"]
-    assert bundle_list(root) == [("os-core", True)]
+    assert bundle_list(root) == [("os-core", True), ("extras", True)]
 
 
 def test_a_tampered_bundle_file_fails_the_add_and_leaves_the_target(

@@ -63,12 +63,11 @@ def bundle_add(url: str, root: Path, names: Sequence[str], *, state_dir: Path | 
     unknown = [n for n in names if n not in lines]
     if unknown:
         raise _unknown(session, mom, unknown)
-    have, _ = session.bundle_set(mom, installed_bundles(root))
-    want, missing = session.bundle_set(mom, [*have, *names])
+    have, _ = session.bundle_set(mom, installed_bundles(root))  # a tracked bundle it lacks:
+    want, missing = session.bundle_set(mom, [*have, *names])     # left as it is
     if missing:  # an includes: line naming a bundle this version does not have
-        raise ClientError(f"cannot add {', '.join(names)}: they include "
-                          f"{', '.join(missing)}, which {session.mom_url(current)} does not "
-                          "list")
+        raise ClientError(f"cannot add {', '.join(names)}: {', '.join(missing)}, named by "
+                          f"includes:, is not in {session.mom_url(current)}")
     added = [n for n in want if n not in have]
     stats = ClientStats(from_version=current, to_version=current, added=added)
     if not added:
