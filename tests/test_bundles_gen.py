@@ -318,3 +318,51 @@ def test_definitions_by_packages_and_globs_publish_10_and_20(tmp_path: Path) -> 
     mom20 = mom_lines(storage.root, 20)
     assert mom20["debug"][0] == mom20["docs"][0] == 10 and mom20["os-core"][0] == 20
     assert check_repository(storage, simulate=False).ok
+
+
+def test_prune_keeps_the_change_point_of_an_unchanged_bundle(two: Path) -> None:
+    """With one delta-pack version os-core's and editors' next delta packs start from 20,
+    but debug last changed at 10: its next delta pack reads the tree of 10."""
+    from swupd_repo.prune import plan
+    from swupd_repo.storage import Storage
+
+    result = plan(Storage(two), keep=0, deltapack_versions=1)
+    assert result.keep == {20: "latest", 10: "delta packs of debug start from it"}
+    assert result.remove == []
+
+
+# --- a device with every bundle, over real HTTP (our verifying client, as check uses it) -----
+
+def _device(storage: Path, tmp_path: Path, install_version: int, bundles: list[str],
+            to: int) -> list[str]:
+    """Install ``bundles`` of ``install_version`` into a scratch root, update it to ``to``,
+    return its differences from ``image/<to>/os-core`` (the format's exceptions aside)."""
+    from swupd_repo.client import compare_trees, install, update
+    from swupd_repo.client.compare import skip_for
+    from swupd_repo.serve import serve_in_thread
+    from swupd_repo.storage import Storage
+    from swupd_repo.treemeta import load as load_meta
+
+    store = Storage(storage)
+    root, state = tmp_path / "root", tmp_path / "state"
+    with serve_in_thread(store.www_dir) as url:
+        install(url, root, install_version, state_dir=state, bundles=bundles)
+        update(url, root, to=to, state_dir=state)
+    entries = manifest(storage, to, "full").by_path()
+    return compare_trees(root, store.os_core(to), skip_for(entries),
+                         load_meta(store.os_core(to)))
+
+
+def test_device_with_every_bundle_follows_a_file_into_os_core(moves: Path,
+                                                             tmp_path: Path) -> None:
+    """10 -> 20: gdbinit is deleted in debug and new in os-core; a device with both keeps it
+    (a live entry wins over a deleted one) and equals the image of 20."""
+    assert _device(moves, tmp_path, 10, ["os-core", "editors", "debug"], 20) == []
+
+
+def test_device_with_os_core_and_one_bundle(two: Path, tmp_path: Path) -> None:
+    """os-core and editors of 10, updated to 20: the image of 20 without debug's files."""
+    diffs = _device(two, tmp_path, 10, ["os-core", "editors"], 20)
+    assert diffs == [f"{p}: missing (expected a {kind})" for p, kind in (
+        ("/usr/bin/gdb", "file"), ("/usr/share/clear/bundles/debug", "file"),
+        ("/usr/share/gdb", "directory"), ("/usr/share/gdb/gdbinit", "file"))]

@@ -211,3 +211,68 @@ def test_subtract_keeps_the_servers_quirk() -> None:
     # so /c is still removed
     assert [e.path for e in subtract([f("/a"), f("/c")], [d("/a"), f("/b"), f("/c")])] == \
         ["/a"]
+
+
+# --- rules on small trees (the builder alone) -------------------------------------------------
+
+def _build(tmp_path: Path, steps: list[tuple[dict, dict]]) -> list[builder.Built]:
+    """Each (files, split) as versions 10, 20, ... with the previous state in memory."""
+    from helpers_bundles import write_tree
+
+    out: list[builder.Built] = []
+    previous = builder.Previous()
+    for i, (files, split) in enumerate(steps):
+        version = 10 * (i + 1)
+        files = {**files, "usr/lib/os-release": f"VERSION_ID={version}\n"}
+        root = write_tree(tmp_path / str(version), {"usr": None, "usr/lib": None, **files})
+        records = scan_tree(root, RecordingReporter()).records
+        built = builder.build_manifests(records, version, previous, timestamp=1, bundles=split)
+        out.append(built)
+        known = {**previous.bundles, **built.bundles}
+        previous = builder.Previous(version, {e.path: known[e.path] for e in built.mom.entries},
+                                    built.full)
+    return out
+
+
+def _flags(built: builder.Built, name: str) -> dict[str, tuple[str, int]]:
+    return {e.path: (e.flags, e.last_change) for e in built.bundles[name].entries}
+
+
+def test_a_file_moving_from_os_core_into_a_new_bundle(tmp_path: Path) -> None:
+    files = {"usr/bin": None, "usr/bin/vi": "vi\n", "usr/bin/ls": "ls\n"}
+    _, b20 = _build(tmp_path, [(files, {}), (files, {"editors": {"/usr/bin/vi"}})])
+    assert _flags(b20, "os-core")["/usr/bin/vi"] == (".d..", 20)
+    assert _flags(b20, "editors") == {"/usr/bin/vi": ("F...", 20)}
+    assert b20.bundles["editors"].previous == 0
+    # unchanged content, but both bundles say 20: Manifest.full follows (§2.7, §4)
+    assert {e.path: e.last_change for e in b20.full.entries}["/usr/bin/vi"] == 20
+    assert [(e.path, e.last_change) for e in b20.mom.entries] == [("os-core", 20),
+                                                                  ("editors", 20)]
+
+
+def test_a_bundle_with_nothing_to_publish_is_refused(tmp_path: Path) -> None:
+    from swupd_repo.errors import BuildError
+
+    files = {"etc": None, "etc/gdbinit": "x\n", "usr/bin": None, "usr/bin/ls": "ls\n"}
+    with pytest.raises(BuildError, match="bundle debug of version 10 has nothing swupd can "
+                                         "publish") as err:
+        _build(tmp_path, [(files, {"debug": {"/etc/gdbinit"}})])
+    assert "/usr/share/clear/bundles/debug" in (err.value.hint or "")
+
+
+def test_a_bundle_that_changed_only_under_etc_keeps_its_line(tmp_path: Path) -> None:
+    files = {"etc": None, "etc/gdbinit": "x\n", "usr/bin": None, "usr/bin/gdb": "gdb\n"}
+    split = {"debug": {"/etc/gdbinit", "/usr/bin/gdb"}}
+    _, b20 = _build(tmp_path, [(files, split), ({**files, "etc/gdbinit": "y\n"}, split)])
+    assert "debug" not in b20.bundles
+    assert {e.path: e.last_change for e in b20.mom.entries}["debug"] == 10
+
+
+def test_a_refused_type_change_names_the_bundle(tmp_path: Path) -> None:
+    from swupd_repo.errors import BuildError
+
+    split = {"tool": {"/opt", "/opt/x"}}
+    before = {"opt": None, "opt/x": None}
+    after = {"opt": None, "opt/x": "now a file\n"}
+    with pytest.raises(BuildError, match=r"version 20 \(bundle tool\) turns a directory"):
+        _build(tmp_path, [(before, split), (after, split)])

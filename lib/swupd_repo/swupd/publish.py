@@ -17,8 +17,10 @@ downloads ``Manifest.<X>.tar`` instead.
 ``image/<V>/full``: the container reads ``image/<old>/full/<path>`` to make deltas against old
 versions. Instead of copying the tree we make ``image/<V>/full`` a relative symlink to
 ``os-core`` (no copy, no hard links that would change every file's ctime and defeat the hash
-cache); the content is identical because the container's full tree of an os-core-only
-repository *is* os-core. An existing ``full`` (e.g. from a container build) is left alone.
+cache); the content is identical because the container's full tree is the union of the bundle
+trees, which is the whole image we store as ``os-core`` (its split into bundles is kept beside
+it, :mod:`...bundles.assignment`). An existing ``full`` (e.g. from a container build) is left
+alone.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def manifest_timestamp() -> int | None:
 
 def build_version(storage: Storage, version: int, settings: Settings, reporter: Reporter,
                   *, timestamp: int | None = None) -> builder.Built:
-    """Build and publish ``www/<version>`` from ``image/<version>/os-core``.
+    """Build and publish ``www/<version>`` from ``image/<version>/os-core`` and its bundle
+    split (``os-core.bundles``; none: os-core alone).
 
     ``timestamp`` (default: :func:`manifest_timestamp`) goes into every manifest header.
     """
