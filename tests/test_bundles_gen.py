@@ -366,3 +366,17 @@ def test_device_with_os_core_and_one_bundle(two: Path, tmp_path: Path) -> None:
     assert diffs == [f"{p}: missing (expected a {kind})" for p, kind in (
         ("/usr/bin/gdb", "file"), ("/usr/share/clear/bundles/debug", "file"),
         ("/usr/share/gdb", "directory"), ("/usr/share/gdb/gdbinit", "file"))]
+
+
+def test_a_dropped_bundle_is_named_in_a_warning(tmp_path: Path) -> None:
+    from helpers_bundles import make_image, publish_split
+
+    storage = tmp_path / "storage"
+    only_editors = {"editors": TWO_BUNDLES[20][1]["editors"]}
+    for version, split in ((10, TWO_BUNDLES[10][1]), (20, only_editors)):
+        done = publish_split(storage, make_image(TWO_BUNDLES[version][0], tmp_path,
+                                                 f"image-{version}"), version, split)
+        assert done.returncode == 0, done.stderr
+    assert "warning: bundle debug of version 10 is not defined for 20: it leaves the MoM, " \
+        "and devices that have it keep its files" in done.stderr
+    assert set(mom_lines(storage, 20)) == {"os-core", "editors"}

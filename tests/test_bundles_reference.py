@@ -217,21 +217,8 @@ def test_subtract_keeps_the_servers_quirk() -> None:
 
 def _build(tmp_path: Path, steps: list[tuple[dict, dict]]) -> list[builder.Built]:
     """Each (files, split) as versions 10, 20, ... with the previous state in memory."""
-    from helpers_bundles import write_tree
-
-    out: list[builder.Built] = []
-    previous = builder.Previous()
-    for i, (files, split) in enumerate(steps):
-        version = 10 * (i + 1)
-        files = {**files, "usr/lib/os-release": f"VERSION_ID={version}\n"}
-        root = write_tree(tmp_path / str(version), {"usr": None, "usr/lib": None, **files})
-        records = scan_tree(root, RecordingReporter()).records
-        built = builder.build_manifests(records, version, previous, timestamp=1, bundles=split)
-        out.append(built)
-        known = {**previous.bundles, **built.bundles}
-        previous = builder.Previous(version, {e.path: known[e.path] for e in built.mom.entries},
-                                    built.full)
-    return out
+    return _build_exact(tmp_path, [(files, split, f"VERSION_ID={10 * (i + 1)}\n")
+                                   for i, (files, split) in enumerate(steps)])
 
 
 def _flags(built: builder.Built, name: str) -> dict[str, tuple[str, int]]:
@@ -276,3 +263,64 @@ def test_a_refused_type_change_names_the_bundle(tmp_path: Path) -> None:
     after = {"opt": None, "opt/x": "now a file\n"}
     with pytest.raises(BuildError, match=r"version 20 \(bundle tool\) turns a directory"):
         _build(tmp_path, [(before, split), (after, split)])
+
+
+def test_the_format_documents_example(tmp_path: Path) -> None:
+    """format3 §2.9 (the real server's run with os-core and editors), re-enacted: its inputs are
+    not given, so the trees here are made to fit what it shows (sizes of the changed files,
+    a deleted hard link, a pruned /etc/foo, a state and a boot file, 15 entries kept from 10)
+    and everything it shows must come out: os-core@20 ``filecount: 19``, ``contentsize: 65``
+    (os-release 24 + new 4 + hello 37), ``previous: 10``, the listed lines' flags and versions;
+    editors unchanged, so no Manifest.editors at 20 and MoM@20 keeps ``10 editors`` with the
+    hash of MoM@10, listed before ``20 os-core``."""
+    common = {"var": None, "var/lib": None, "var/lib/x": "state\n", "etc": None,
+              "etc/foo": "config\n", "boot": None, "boot/vmlinuz": "kernel\n",
+              "usr/bin": None, "usr/bin/ls": "ls\n", "usr/lib/libc.so": "libc\n",
+              "usr/share": None, "usr/share/clear": None, "usr/share/clear/bundles": None,
+              "usr/share/clear/bundles/os-core": "", "usr/share/clear/bundles/editors": "",
+              "usr/bin/vim": "vim\n"}
+    editors = {"editors": {"/usr/bin/vim", "/usr/share/clear/bundles/editors"}}
+    v10 = {**common, "usr/bin/hello": "hello\n", "usr/bin/hl": "hello\n"}
+    v20 = {**common, "usr/bin/hello": "hello, world, in thirty-seven bytes\n!",
+           "usr/bin/new": "new\n", "etc/foo": "changed\n"}
+    b10, b20 = _build_exact(tmp_path, [(v10, editors, "NAME=Test\nVERSION_ID=10\n"),
+                                       (v20, editors, "NAME=Test\nVERSION_ID=20\n")])
+    core = b20.bundles["os-core"]
+    assert (core.filecount, core.contentsize, core.previous) == (19, 65, 10)
+    flags = _flags(b20, "os-core")
+    assert flags["/var/lib/x"] == ("F.s.", 10) and flags["/var/lib"] == ("D.s.", 10)
+    assert flags["/var"] == ("D...", 10) and flags["/etc"] == ("D...", 10)
+    assert "/etc/foo" not in flags
+    assert flags["/boot/vmlinuz"] == ("F.b.", 10) and flags["/boot"] == ("D...", 10)
+    assert {p: flags[p] for p in ("/usr/lib/os-release", "/usr/bin/new", "/usr/bin/hl",
+                                  "/usr/bin/hello")} == {
+        "/usr/lib/os-release": ("F...", 20), "/usr/bin/new": ("F...", 20),
+        "/usr/bin/hl": (".d..", 20), "/usr/bin/hello": ("F...", 20)}
+    tail = b20.bundle_bytes["os-core"].decode().splitlines()[-4:]
+    assert [line.split("\t")[3] for line in tail] == [
+        "/usr/lib/os-release", "/usr/bin/new", "/usr/bin/hl", "/usr/bin/hello"]
+    assert "editors" not in b20.bundles
+    mom10 = {e.path: e for e in b10.mom.entries}
+    assert b20.mom_bytes.decode().splitlines()[-2:] == [
+        f"M...\t{mom10['editors'].hash}\t10\teditors",
+        f"M...\t{manifest_hash(b20.bundle_bytes['os-core'])}\t20\tos-core"]
+
+
+def _build_exact(tmp_path: Path, steps: list[tuple[dict, dict, str]]) -> list[builder.Built]:
+    """Each (files, split, os-release text) as versions 10, 20, ... with the previous state
+    in memory."""
+    from helpers_bundles import write_tree
+
+    out: list[builder.Built] = []
+    previous = builder.Previous()
+    for i, (files, split, release) in enumerate(steps):
+        version = 10 * (i + 1)
+        root = write_tree(tmp_path / str(version), {"usr": None, "usr/lib": None, **files,
+                                                    "usr/lib/os-release": release})
+        records = scan_tree(root, RecordingReporter()).records
+        built = builder.build_manifests(records, version, previous, timestamp=1, bundles=split)
+        out.append(built)
+        known = {**previous.bundles, **built.bundles}
+        previous = builder.Previous(version, {e.path: known[e.path] for e in built.mom.entries},
+                                    built.full)
+    return out

@@ -1,15 +1,17 @@
 """Repository consistency: every published file a device may fetch is what the manifests say.
 
 For each published version up to the one checked: each MoM line's bundle manifest exists and
-hashes to it, os-core is listed, the bundles are those of the split the version was built from
-(while its tree is stored) and no path is live in two bundles with different hashes; each
-non-deleted entry has its fullfile with exactly one member ``<H>`` whose data and metadata hash
-to H; zero packs hold every entry and each pack member hashes to its name; plain manifests equal
-their tars; signatures verify (given certificates); the markers agree and point at a published
-version. Problems accumulate in the report, so one run lists them all.
+hashes to it; each non-deleted entry has its fullfile with exactly one member ``<H>`` whose data
+and metadata hash to H; zero packs hold every entry and each pack member hashes to its name;
+plain manifests equal their tars; signatures verify (given certificates); the markers agree
+and point at a published version. Problems accumulate in the report, so one run lists them all.
 
 Fullfiles and packs verified clean by an earlier run and unchanged since are skipped
 (:mod:`.stamps`): the gate runs on every publish and would otherwise re-read the whole history.
+
+Bundles (issue 15): each MoM must list os-core, each bundle once and at a version not after its
+own, exactly the bundles of the split the version was built from (while its tree is stored),
+and no path live in two of its bundles with different hashes.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ class Consistency:
         self.stamps = stamps
         self.signed_in_tar: set[tuple[str, int]] = set()
         self.bundles_tried: set[tuple[str, int]] = set()
-        #: the bundle manifests of the version checked last, by (name, version)
-        self.loaded: dict[tuple[str, int], Manifest | None] = {}
+        #: bundle manifests parsed for the versions checked last, by (name, version)
+        self.loaded: dict[tuple[str, int], Manifest] = {}
         self.manifest_hashes: dict[tuple[str, int], str] = {}
         self.fullfiles: set[tuple[int, str]] = set()
         self.packs: set[Path] = set()
@@ -96,12 +98,29 @@ class Consistency:
         mom = self.manifest("MoM", v, None)
         if mom is None:
             return
+        for line in mom.entries:
+            if line.type != "M" or line.deleted:
+                self.problem(f"{self.www / str(v)}/Manifest.MoM: unexpected entry "
+                             f"{line.flags} {line.path}")
+                continue
+            key = (line.path, line.last_change)
+            if key not in self.bundles_tried:
+                self.bundles_tried.add(key)
+                self.bundle(line.path, line.last_change, line.hash, v)
+            elif key in self.manifest_hashes:
+                # already checked; the hash must still match this MoM's line
+                self._mom_line(line.path, line.last_change, line.hash, v)
+        self.bundle_rules(v, mom)
+        if self.certs:
+            self.signatures(v)
+
+    def bundle_rules(self, v: int, mom: Manifest) -> None:
+        """The MoM's bundles as a whole (see the module docstring)."""
         where = f"{self.www / str(v)}/Manifest.MoM"
         listed: dict[str, Manifest | None] = {}
         for line in mom.entries:
             if line.type != "M" or line.deleted:
-                self.problem(f"{where}: unexpected entry {line.flags} {line.path}")
-                continue
+                continue  # reported by version()
             if line.path in listed:
                 self.problem(f"{where}: bundle {line.path} is listed twice")
                 continue
@@ -111,12 +130,10 @@ class Consistency:
                 listed[line.path] = None
                 continue
             key = (line.path, line.last_change)
-            if key not in self.bundles_tried:
-                self.bundles_tried.add(key)
-                self.loaded[key] = self.bundle(line.path, line.last_change, line.hash, v)
-            elif key in self.manifest_hashes:
-                # already checked; the hash must still match this MoM's line
-                self._mom_line(line.path, line.last_change, line.hash, v)
+            if key not in self.loaded and key in self.manifest_hashes:
+                found = self._reread(line.path, line.last_change)
+                if found is not None:
+                    self.loaded[key] = found
             listed[line.path] = self.loaded.get(key)
         if CORE not in listed:
             self.problem(f"{where} has no {CORE} line: no device can install or update")
@@ -124,8 +141,15 @@ class Consistency:
         self._conflicts(where, {n: m for n, m in listed.items() if m is not None})
         # the next version mostly names the same manifests: keep only these in memory
         self.loaded = {(n, m.version): m for n, m in listed.items() if m is not None}
-        if self.certs:
-            self.signatures(v)
+
+    def _reread(self, name: str, bv: int) -> Manifest | None:
+        """A manifest checked for an earlier version and since dropped from memory."""
+        tar = self.www / str(bv) / f"Manifest.{name}.tar"
+        try:
+            plain, _ = read_manifest_tar(tar.read_bytes(), name, str(tar))
+            return parse_manifest(plain, str(tar))
+        except (OSError, ClientError, ManifestError):
+            return None  # reported when it was checked
 
     def _split(self, v: int, where: str, names: set[str]) -> None:
         """The MoM lists exactly os-core and the bundles of the split V was built from, when
@@ -181,6 +205,8 @@ class Consistency:
             return None
         self.report.manifests += 1
         self.manifest_hashes[(name, v)] = manifest_hash(plain)
+        if name != "MoM":
+            self.loaded[(name, v)] = manifest
         loose = tar.with_suffix("")
         if loose.is_file() and loose.read_bytes() != plain:
             self.problem(f"{loose} differs from the Manifest.{name} inside {tar}")

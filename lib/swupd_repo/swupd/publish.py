@@ -97,6 +97,10 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         reporter.info(f"{len(scan.records)} paths; {scan.hashed} files hashed, "
                       f"{scan.cached} from the hash cache")
         split = read_assignment(storage.os_core(version))
+        for name in sorted(set(previous.bundles) - set(split.names())):
+            reporter.warning(f"bundle {name} of version {previous.version} is not defined for "
+                             f"{version}: it leaves the MoM, and devices that have it keep "
+                             "its files")
         built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp,
                                         bundles=split.bundles)
         staging.mkdir()

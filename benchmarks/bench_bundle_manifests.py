@@ -10,7 +10,7 @@ three ways and prints each time against the first:
   a bundle into os-core.
 
 Target: a split costs at most 1.5x os-core alone (the bundle trees, the subtraction and one
-match per bundle over the same entries). Usage: ``python3 benchmarks/bench_bundles.py
+match per bundle over the same entries). Usage: ``python3 benchmarks/bench_bundle_manifests.py
 [--paths 100000] [--bundles 4] [--share 0.1]``.
 """
 
