@@ -498,3 +498,17 @@ def test_a_tampered_bundle_file_fails_the_add_and_leaves_the_target(
         with pytest.raises(ClientError, match=f"{vi.hash}.tar: content for /usr/bin/vi hashes"):
             bundle_add(url, root, ["editors"], state_dir=state, packs=False)
     assert snapshot(root) == before and bundle_list(root) == [("os-core", True)]
+
+
+def test_an_include_the_version_lacks_is_refused(
+        repo: tuple[Storage, dict[int, Path]], device: tuple[Path, Path], tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    shutil.copytree(repo[0].www_dir, www, symlinks=True)
+    rewrite(www, 20, "extras", lambda m: setattr(m, "includes", ("nosuch",)))
+    root, state = device
+    with serve_in_thread(www) as url:
+        install(url, root, 20, state_dir=state)
+        before = snapshot(root)
+        with pytest.raises(ClientError, match="cannot add extras: nosuch, named by includes:"):
+            bundle_add(url, root, ["extras"], state_dir=state)
+    assert snapshot(root) == before
