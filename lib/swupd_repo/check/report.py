@@ -27,6 +27,13 @@ class Simulation:
     from_version: int  # 0 = fresh install
     to_version: int
     summary: str
+    #: the device's bundle set ("os-core", "all bundles"); empty when the repository has only
+    #: os-core, so there is one set
+    bundles: str = ""
+
+    def label(self) -> str:
+        path = f"{self.from_version or 'install'}->{self.to_version}"
+        return f"{path} [{self.bundles}]" if self.bundles else path
 
 
 @dataclass
@@ -47,8 +54,7 @@ class CheckReport:
         return not self.problems
 
     def summary(self) -> str:
-        sims = ", ".join(f"{s.from_version or 'install'}->{s.to_version}"
-                         for s in self.simulations)
+        sims = ", ".join(s.label() for s in self.simulations)
         return (f"version {self.version}: {len(self.versions)} versions, {self.manifests} "
                 f"manifests, {self.fullfiles} fullfiles, {self.pack_members} pack members, "
                 f"{self.signatures} signatures checked ({self.unchanged} files unchanged since "

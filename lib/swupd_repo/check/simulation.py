@@ -2,6 +2,8 @@
 the new version over real HTTP (our own server on 127.0.0.1) and compare the result with
 ``image/<V>/os-core`` (with its metadata record) object by object (except what the format
 leaves to the device: ``/etc``, state paths). A fresh install of the new version is simulated too.
+Each of these runs once per bundle set (:mod:`.bundlesets`: os-core alone, every bundle), and
+the image is then restricted to that set's paths.
 A device on a version retired from ``www`` (``prune --www-before``) is laid down from a seed
 of what that version held (:mod:`.retired`) and then updated from the real ``www``.
 
@@ -15,16 +17,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..client.manifests import read_manifest_tar
+from ..client.report import ClientStats
 from ..errors import CheckError, ClientError, ManifestError, SwupdRepoError
 from ..progress import Reporter
 from ..storage import Storage
 from ..swupd.manifest import Manifest, parse_manifest
 from ..treemeta import load as load_meta
 from ..versions import is_update_source
+from .bundlesets import BundleSet, Expected, bundle_sets, expected
 from .loopback import bring_up_loopback
 from .report import CheckReport, Simulation
 from .retired import Unseedable, make_seed, needs_seed
@@ -75,9 +80,8 @@ def scratch_dir(version: int) -> Path:
 
 def simulate(storage: Storage, version: int, earlier: list[int], report: CheckReport,
              rep: Reporter, trusted_certs: Sequence[Any] | None, check_time: bool) -> None:
-    """Install and update scratch roots over real HTTP; compare with the image tree."""
-    from ..client import compare_trees, install, update, verify
-    from ..client.compare import skip_for
+    """Install and update scratch roots over real HTTP, one device per bundle set
+    (:mod:`.bundlesets`); compare each with the image tree."""
     from ..serve import serve_in_thread
 
     image = storage.os_core(version)
@@ -85,16 +89,17 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
         report.problems.append(f"{image} is missing: cannot compare the update result with it")
         return
     try:
-        core = read_manifest(storage, version, "MoM").by_path().get("os-core")
-        if core is None:
+        moms = {v: read_manifest(storage, v, "MoM") for v in [version, *earlier]}
+        if "os-core" not in moms[version].by_path():
             report.problems.append(f"{storage.www(version)}/Manifest.MoM.tar has no os-core "
                                    "line")
             return
-        entries = read_manifest(storage, core.last_change, "os-core").by_path()
+        sets = bundle_sets(moms)
+        goals = {bset: expected(moms[version], lambda v, n: read_manifest(storage, v, n), bset)
+                 for bset in sets}
     except (ClientError, ManifestError) as exc:
         report.problems.append(f"cannot simulate updates: {exc}")
         return
-    skip = skip_for(entries)
     image_meta = load_meta(image)  # checked against the tree; None: a tree without a record
     options: dict[str, Any] = {"trusted_certs": trusted_certs, "check_time": check_time}
     # devices will see this version as latest once it is published: show them that now
@@ -117,51 +122,97 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
     try:
         with serve_in_thread(storage.www_dir, overrides=latest) as url:
             for start in [0, *earlier]:
-                label = f"install of {version}" if not start else f"update {start} -> {version}"
-                rep.step(f"simulating {label}")
-                work = scratch / str(start)
-                root, state = work / "root", work / "state"
-                try:
-                    if start and needs_seed(storage, start):
-                        stats = install_retired(storage, start, root, state, work, options)
-                    else:
-                        stats = install(url, root, start or version, state_dir=state,
-                                        **options)
-                    if start:
-                        stats = update(url, root, to=version, state_dir=state, **options)
-                    found = verify(url, root, version=version, **options)
-                    problems = [f"{label}: verify: {m}" for m in found.mismatches]
-                    problems += [f"{label}: {d}" for d in compare_trees(root, image, skip,
-                                                                       image_meta)]
-                    if stats.deltas_failed:
-                        # a pristine root: every delta in the pack should have applied
-                        problems.append(f"{label}: {stats.deltas_failed} delta(s) in "
-                                        f"{', '.join(stats.packs)} failed (see warnings)")
-                except Unseedable as exc:
-                    rep.warning(f"not simulating an update from the retired version {start}: "
-                                f"{exc}")
-                    continue
-                except SwupdRepoError as exc:
-                    problems = [f"{label}: {exc}"]
-                    stats = None
-                except OSError as exc:
-                    raise CheckError(f"{label} failed on the local disk (scratch root "
-                                     f"{root}): {exc}",
-                                     hint="set TMPDIR to a writable directory with room for "
-                                          "two root trees, with xattr support") from exc
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
-                report.problems.extend(problems)
-                if stats is not None:
-                    # the label names the versions: the counters alone follow it
-                    report.simulations.append(Simulation(start, version, stats.counts()))
-                    rep.info(f"{label}: {stats.counts()}; {len(problems)} problems")
+                for n, bset in enumerate(sets):
+                    device = Device(url, version, start, moms, bset, goals[bset], options,
+                                    storage)
+                    label = device.label()
+                    rep.step(f"simulating {label}")
+                    work = scratch / f"{start}-{n}"
+                    try:
+                        problems, stats = device.run(work / "root", work / "state", image,
+                                                     image_meta)
+                    except Unseedable as exc:
+                        rep.warning(f"not simulating an update from the retired version "
+                                    f"{start}: {exc}")
+                        continue
+                    finally:
+                        shutil.rmtree(work, ignore_errors=True)
+                    report.problems.extend(problems)
+                    if stats is not None:
+                        # the label names the versions: the counters alone follow it
+                        report.simulations.append(Simulation(start, version, stats.counts(),
+                                                             bset.label))
+                        rep.info(f"{label}: {stats.counts()}; {len(problems)} problems")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass
+class Device:
+    """One simulated device: installs ``start`` (0: ``version`` itself) with its bundle set,
+    updates to ``version``, adds the bundles that appeared since (for every-bundle devices),
+    then must verify clean and equal the image restricted to its set."""
+
+    url: str
+    version: int
+    start: int
+    moms: dict[int, Manifest]
+    bundle_set: BundleSet
+    goal: Expected
+    options: dict[str, Any]
+    storage: Storage
+
+    def label(self) -> str:
+        what = (f"install of {self.version}" if not self.start
+                else f"update {self.start} -> {self.version}")
+        return f"{what} [{self.bundle_set.label}]" if self.bundle_set.label else what
+
+    def run(self, root: Path, state: Path, image: Path,
+            image_meta: Any) -> tuple[list[str], ClientStats | None]:
+        from ..client import bundle_add, compare_trees, install, update, verify
+        from ..client.compare import skip_for
+        from ..client.tracking import installed_bundles
+
+        label, version, options = self.label(), self.version, self.options
+        try:
+            first = self.start or version
+            bundles = self.bundle_set.start(self.moms[first])
+            if self.start and needs_seed(self.storage, self.start):
+                stats = install_retired(self.storage, self.start, root, state,
+                                        root.parent, options, bundles)
+            else:
+                stats = install(self.url, root, first, state_dir=state, bundles=bundles,
+                                **options)
+            if self.start:
+                stats = update(self.url, root, to=version, state_dir=state, **options)
+            new = [n for n in self.goal.bundles if n not in installed_bundles(root)]
+            if new and self.bundle_set.everything:
+                added = bundle_add(self.url, root, new, state_dir=state, **options)
+                stats.deltas_failed += added.deltas_failed
+            found = verify(self.url, root, version=version, **options)
+            problems = [f"{label}: verify: {m}" for m in found.mismatches]
+            have = installed_bundles(root)
+            if sorted(have) != sorted(self.goal.bundles):
+                problems.append(f"{label}: the device has bundles {', '.join(have)}, "
+                                f"expected {', '.join(self.goal.bundles)}")
+            problems += [f"{label}: {d}" for d in compare_trees(
+                root, image, skip_for(self.goal.entries), image_meta,
+                self.goal.not_expected)]
+            if stats.deltas_failed:
+                # a pristine root: every delta in the pack should have applied
+                problems.append(f"{label}: {stats.deltas_failed} delta(s) in "
+                                f"{', '.join(stats.packs)} failed (see warnings)")
+            return problems, stats
+        except SwupdRepoError as exc:
+            return [f"{label}: {exc}"], None
+        except OSError as exc:
+            raise CheckError(f"{label} failed on the local disk (scratch root {root}): {exc}",
+                             hint="set TMPDIR to a writable directory with room for two root "
+                                  "trees, with xattr support") from exc
+
+
 def install_retired(storage: Storage, version: int, root: Path, state: Path, work: Path,
-                    options: dict[str, Any]) -> Any:
+                    options: dict[str, Any], bundles: Sequence[str] = ()) -> Any:
     """Lay down a device on the retired ``version`` with the client, from a seed repository
     of what ``www/<version>`` held (:mod:`.retired`), served on its own over real HTTP."""
     from ..client import install
@@ -171,4 +222,5 @@ def install_retired(storage: Storage, version: int, root: Path, state: Path, wor
     make_seed(storage, version, seed)
     marker = f"/{storage.latest_www_marker.relative_to(storage.www_dir)}"
     with serve_in_thread(seed, overrides={marker: f"{version}\n".encode()}) as seed_url:
-        return install(seed_url, root, version, state_dir=state, packs=False, **options)
+        return install(seed_url, root, version, state_dir=state, packs=False,
+                       bundles=bundles, **options)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate(Storage(args.storage), args.version, args.earlier, report, _StderrReporter(),
              args.certs or None, args.check_time)
     json.dump({"problems": report.problems,
-               "simulations": [[s.from_version, s.to_version, s.summary]
+               "simulations": [[s.from_version, s.to_version, s.summary, s.bundles]
                                for s in report.simulations]}, sys.stdout)
     return 0
 

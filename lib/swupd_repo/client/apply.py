@@ -14,6 +14,7 @@ is placed last, once every staged object it would take along has been used.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -129,3 +130,43 @@ def apply_entries(root: Path, entries: Iterable[Entry], staged_for: Callable[[En
         warn(f"left {shown} alone: the client's state directory "
              f"{root.joinpath(*state or ())} is not the repository's to change")
     return installed, deleted
+
+
+def remove_entries(root: Path, entries: Iterable[Entry], *,
+                   state: tuple[str, ...] | None = None,
+                   warn: Callable[[str], None] | None = None) -> int:
+    """Remove exactly these paths from ``root`` (``bundle-remove``), children first: files and
+    links are unlinked, a directory only if it is empty by then. A directory that still holds
+    something (another bundle's file, the user's) stays, and ``warn`` hears of it; the
+    client's state directory (``state``, as in :func:`apply_entries`) is never touched.
+    Returns the number of objects removed.
+    """
+    removed = 0
+    kept: list[str] = []
+    for entry in sorted(entries, key=lambda e: e.path, reverse=True):
+        if state_relation(entry.path, state):
+            kept.append(entry.path)
+            continue
+        try:
+            dest = target_path(root, entry.path)
+            st = os.lstat(dest)
+        except (ClientError, FileNotFoundError):
+            continue  # gone already (or its parent is now a link: not this bundle's)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(dest)
+            else:
+                os.unlink(dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                if isinstance(exc, PermissionError):
+                    raise needs_root(f"cannot remove {entry.path} from {root}", exc) from None
+                raise ClientError(f"cannot remove {entry.path} from {root}: "
+                                  f"{exc.strerror}") from None
+            kept.append(entry.path)
+            continue
+        removed += 1
+    if kept and warn:
+        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        warn(f"left {shown} in place: not empty, or the client's state directory")
+    return removed

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 from ..swupd.heuristics import is_state, refused_name
@@ -116,10 +116,15 @@ def compare_objects(path: str, a: Path, sa: os.stat_result, b: Path, sb: os.stat
 
 def compare_trees(actual: Path, expected: Path,
                   skip: Callable[[str], bool] = lambda _p: False,
-                  expected_meta: TreeMeta | None = None) -> list[str]:
+                  expected_meta: TreeMeta | None = None,
+                  not_expected: Collection[str] = ()) -> list[str]:
     """Every difference between the tree at ``actual`` and the one at ``expected``, sorted;
-    ``expected_meta`` is the expected tree's record when it is a stored tree with one."""
+    ``expected_meta`` is the expected tree's record when it is a stored tree with one.
+    ``not_expected`` are paths of the expected tree that ``actual`` must not have (the
+    content of bundles a device did not install: the stored tree is the whole image)."""
     got, want = walk(actual), walk(expected)
+    for path in not_expected:
+        want.pop(path, None)
     diffs: list[str] = []
     for path in sorted(set(got) | set(want)):
         if skip(path):

@@ -1,27 +1,15 @@
-"""Subscriptions and consolidation: bundle manifests to one entry per path (format3 §7.3-7.4).
+"""Consolidation: bundle manifests to one entry per path (format3 §7.4), and the lists of
+entries an install, an update or a verify works on.
 
-Pure functions over :class:`Entry` values; the only I/O is listing the subscription files.
+Pure functions over :class:`Entry` values (which bundles a target has: :mod:`.tracking`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..swupd.manifest import Entry, Manifest
-
-BUNDLES_DIR = "usr/share/clear/bundles"
-CORE = "os-core"
-
-
-def subscribed_bundles(root: Path) -> list[str]:
-    """Bundles the target has: regular files in ``usr/share/clear/bundles``; os-core if none."""
-    directory = root / BUNDLES_DIR
-    names: list[str] = []
-    if directory.is_dir() and not directory.is_symlink():
-        names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.is_symlink())
-    return names or [CORE]
 
 
 def is_config(entry: Entry) -> bool:
@@ -94,12 +82,16 @@ def install_list(entries: dict[str, Entry]) -> list[Entry]:
                   key=lambda e: e.path)
 
 
-def update_list(entries: dict[str, Entry], current: int) -> list[Entry]:
+def update_list(entries: dict[str, Entry], current: int,
+                new_paths: Collection[str] = ()) -> list[Entry]:
     """What an update from ``current`` touches: entries changed after it, except config and
-    state, and except deleted boot entries (§7.4 step 6); sorted parents first."""
+    state, and except deleted boot entries (§7.4 step 6); plus, installed like a fresh install,
+    the live ``new_paths`` (those of bundles the device gains in this update, whose entries
+    may be older than ``current``); sorted parents first."""
     chosen = [e for e in entries.values()
-              if e.last_change > current and not is_config(e) and not is_state(e)
-              and not (e.deleted and is_boot(e))]
+              if (e.last_change > current and not is_config(e) and not is_state(e)
+                  and not (e.deleted and is_boot(e)))
+              or (e.path in new_paths and not e.deleted and not is_config(e))]
     return sorted(chosen, key=lambda e: e.path)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ClientError, ManifestError
-from ..swupd.manifest import Entry, Manifest, manifest_hash, parse_manifest
+from ..swupd.manifest import Entry, Manifest, manifest_hash, parse_manifest, valid_bundle_name
 from .archive import ARCHIVE_ERRORS, open_tar, strip_dot
+from .bundleset import closure
 from .http import Fetcher
 
 #: The most a plain manifest may hold once decompressed (Clear Linux's largest, Manifest.full
@@ -55,6 +56,10 @@ class ManifestSource:
     fetcher: Fetcher
     trusted_certs: Sequence[Any] | None = None
     check_time: bool = True
+    #: manifests already fetched and checked in this run, by (name, version, M hash): an
+    #: update's old and new MoM share the lines of unchanged bundles
+    _seen: dict[tuple[str, int, str | None], Manifest] = field(default_factory=dict,
+                                                                init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.trusted_certs:
@@ -64,6 +69,12 @@ class ManifestSource:
 
     def fetch(self, name: str, version: int, expected_hash: str | None = None) -> Manifest:
         """``<version>/Manifest.<name>.tar``, checked; ``expected_hash`` is the MoM's M hash."""
+        key = (name, version, expected_hash)
+        if key not in self._seen:
+            self._seen[key] = self._fetch(name, version, expected_hash)
+        return self._seen[key]
+
+    def _fetch(self, name: str, version: int, expected_hash: str | None) -> Manifest:
         path = f"{version}/Manifest.{name}.tar"
         url = self.fetcher.url(path)
         with self.fetcher.fetch_temporary(path) as tar:
@@ -105,6 +116,9 @@ class ManifestSource:
             if entry.type != "M" or entry.deleted:
                 raise ClientError(f"{self.fetcher.url(f'{version}/Manifest.MoM.tar')}: "
                                   f"unexpected entry {entry.flags} {entry.path} in a MoM")
+            if not valid_bundle_name(entry.path):
+                raise ClientError(f"{self.fetcher.url(f'{version}/Manifest.MoM.tar')}: "
+                                  f"{entry.path!r} cannot be a bundle name")
         return mom
 
     def bundles(self, mom: Manifest, names: Sequence[str]) -> dict[str, Manifest]:
@@ -112,6 +126,26 @@ class ManifestSource:
         lines = bundle_lines(mom)
         return {name: self.fetch(name, lines[name].last_change, lines[name].hash)
                 for name in names if name in lines}
+
+
+    def closure(self, mom: Manifest, names: Sequence[str]) -> tuple[dict[str, Manifest],
+                                                                      list[str]]:
+        """The manifests of ``names``, os-core and every bundle they include, recursively
+        (:func:`.bundleset.closure`), and the names among them the MoM does not list."""
+        lines = bundle_lines(mom)
+        found: dict[str, Manifest] = {}
+        missing: list[str] = []
+
+        def includes_of(name: str) -> Sequence[str]:
+            if name not in lines:
+                missing.append(name)
+                return ()
+            line = lines[name]
+            found[name] = self.fetch(name, line.last_change, line.hash)
+            return found[name].includes
+
+        closure(names, includes_of)
+        return found, missing
 
 
 def bundle_lines(mom: Manifest) -> dict[str, Entry]:

@@ -19,14 +19,14 @@ from typing import Any
 from ..errors import ClientError
 from ..osrelease import read_version_id
 from ..progress import NullReporter, Reporter
-from ..swupd.manifest import Entry, Manifest
+from ..swupd.manifest import Entry, Manifest, deleted_entry
 from ..versions import is_update_source
 from .apply import apply_entries
+from .bundleset import dropped_deletions, live_paths
 from .consolidate import (
     consolidate,
     fullfile_bounds,
     install_list,
-    subscribed_bundles,
     update_list,
     verify_list,
 )
@@ -36,6 +36,7 @@ from .report import ClientStats, VerifyReport
 from .staging import Staging
 from .state import DEFAULT_RELATIVE, StateDir
 from .targetpath import target_path
+from .tracking import CORE, installed_bundles, tracking_path
 from .verify import verify_entries
 
 LATEST = "version/format3/latest"
@@ -68,12 +69,18 @@ class Session:
                               f"{text[:40]!r}")
         return int(match.group(1))
 
-    def bundle_manifests(self, mom: Manifest, names: Sequence[str]) -> dict[str, Manifest]:
-        found = self.manifests.bundles(mom, names)
-        if not found:
+    def bundle_set(self, mom: Manifest, names: Sequence[str]) -> tuple[dict[str, Manifest],
+                                                                         list[str]]:
+        """The manifests of ``names`` with os-core and their includes (those ``mom`` lists),
+        and the names it does not list; a MoM without os-core is refused."""
+        found, missing = self.manifests.closure(mom, names)
+        if CORE not in found:
             raise ClientError(f"{self.fetcher.url(f'{mom.version}/Manifest.MoM.tar')} lists "
-                              f"none of the subscribed bundles {', '.join(names)}")
-        return found
+                              f"no {CORE}, which every bundle needs")
+        return found, missing
+
+    def mom_url(self, version: int) -> str:
+        return self.fetcher.url(f"{version}/Manifest.MoM.tar")
 
     def finish(self, stats: ClientStats) -> ClientStats:
         stats.requests = self.fetcher.requests
@@ -109,10 +116,14 @@ def install(url: str, root: Path, version: int, *, state_dir: Path | None = None
     rep = session.reporter
     session.latest()  # must answer, as in the real client
     mom = session.manifests.mom(version)
-    names = list(bundles) if bundles else subscribed_bundles(root)
-    manifests = session.bundle_manifests(mom, names)
+    manifests, missing = session.bundle_set(mom, [*installed_bundles(root), *(bundles or ())])
+    if missing:
+        raise ClientError(f"cannot install {', '.join(missing)}: version {version} has no such "
+                          f"bundle ({session.mom_url(version)} lists "
+                          f"{', '.join(bundle_lines(mom))})")
     merged = consolidate(manifests.values())
-    stats = ClientStats(from_version=0, to_version=version, conflicts=merged.conflicts)
+    stats = ClientStats(from_version=0, to_version=version, conflicts=merged.conflicts,
+                        added=[n for n in manifests if n != CORE])
     root.mkdir(parents=True, exist_ok=True)
     staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
     staging.size_bounds = fullfile_bounds(manifests.values())
@@ -121,10 +132,10 @@ def install(url: str, root: Path, version: int, *, state_dir: Path | None = None
         for name in manifests:
             staging.stage_pack(name, 0, lines[name].last_change, required=True)
     entries = install_list(merged.entries)
-    _stage_all(staging, entries, rep)
+    stage_all(staging, entries, rep)
     rep.step(f"installing {len(entries)} objects of version {version} into {root}",
              len(entries))
-    _apply(staging, root, entries, version, rep)
+    apply_staged(staging, root, entries, version, rep)
     rep.info(f"installed version {version} into {root}")
     return session.finish(stats)
 
@@ -148,27 +159,43 @@ def update(url: str, root: Path, *, to: int | None = None, state_dir: Path | Non
         rep.info(f"{root} runs version {current}; nothing newer than {target} to update to")
         stats.to_version = current
         return session.finish(stats)
-    names = subscribed_bundles(root)
+    names = installed_bundles(root)
     old_mom = session.manifests.mom(current)
     new_mom = session.manifests.mom(target)
-    old = session.manifests.bundles(old_mom, names)
-    new = session.bundle_manifests(new_mom, names)
+    old, _ = session.bundle_set(old_mom, names)
+    new, gone = session.bundle_set(new_mom, names)
     old_merged, new_merged = consolidate(old.values()), consolidate(new.values())
     stats.conflicts = new_merged.conflicts
+    # bundles the new MoM no longer lists go (what only they had is deleted, their tracking
+    # files with it); bundles a new includes: pulls in come whole, like a bundle-add
+    dropped = [n for n in old if n not in new]
+    stats.removed = dropped + [n for n in gone if n not in old]
+    stats.added = [n for n in new if n not in old]
+    for name in stats.removed:
+        rep.warning(f"bundle {name} is not in version {target} any more: removing what only "
+                    "it had")
     staging = Staging(StateDir.for_root(root, state_dir), session.fetcher, stats, rep)
     staging.size_bounds = fullfile_bounds(new.values())
     if packs:
         old_lines, new_lines = bundle_lines(old_mom), bundle_lines(new_mom)
         for name in new:
-            was = old_lines[name].last_change if name in old_lines else 0
+            was = old_lines[name].last_change if name in old else 0
             now = new_lines[name].last_change
             if now != was:
                 staging.stage_pack(name, was, now, required=False)
-    entries = update_list(new_merged.entries, current)
+    entries = update_list(new_merged.entries, current,
+                          live_paths(new[n] for n in stats.added))
+    listed = {e.path for e in entries} | live_paths(new.values())
+    for entry in [*dropped_deletions((old[n] for n in dropped), new.values(), target),
+                  *(deleted_entry(tracking_path(n), target) for n in stats.removed)]:
+        if entry.path not in listed:
+            listed.add(entry.path)
+            entries.append(entry)
+    entries.sort(key=lambda e: e.path)
     _apply_deltas(staging, root, entries, old_merged.entries)
-    _stage_all(staging, [e for e in entries if not e.deleted], rep)
+    stage_all(staging, [e for e in entries if not e.deleted], rep)
     rep.step(f"updating {root} from {current} to {target}", len(entries))
-    _apply(staging, root, entries, target, rep)
+    apply_staged(staging, root, entries, target, rep)
     # the counters are final only now: report them once, complete (the CLI prints the summary)
     session.finish(stats)
     rep.info(f"updated {root} from {current} to {target}")
@@ -179,15 +206,19 @@ def verify(url: str, root: Path, *, version: int | None = None,
            trusted_certs: Sequence[Any] | None = None, check_time: bool = True,
            reporter: Reporter | None = None,
            limits: DownloadLimits | None = None) -> VerifyReport:
-    """Hash every file of the target's version (not config, state or boot) against the repo."""
+    """Hash every file of the target's installed bundles at its version (not config, state or
+    boot) against the repo."""
     session = Session(url, trusted_certs, check_time, reporter or NullReporter(),
                       limits=limits)
     session.latest()
     version = version if version is not None else current_version(root)
     mom = session.manifests.mom(version)
-    merged = consolidate(session.bundle_manifests(mom, subscribed_bundles(root)).values())
+    manifests, missing = session.bundle_set(mom, installed_bundles(root))
+    merged = consolidate(manifests.values())
     deleted = [e for e in merged.entries.values() if e.deleted]
-    return verify_entries(root, version, verify_list(merged.entries), deleted)
+    report = verify_entries(root, version, verify_list(merged.entries), deleted)
+    report.bundles, report.unknown_bundles = list(manifests), missing
+    return report
 
 
 def refuse_non_empty(root: Path, state_dir: Path | None) -> None:
@@ -221,7 +252,7 @@ def _besides_state(directory: Path, state: tuple[str, ...], prefix: str = "") ->
     return found
 
 
-def _apply(staging: Staging, root: Path, entries: list[Entry], version: int,
+def apply_staged(staging: Staging, root: Path, entries: list[Entry], version: int,
            rep: Reporter) -> None:
     """Put the staged entries in place, then record ``version`` in the state directory,
     found again in case the entries moved it (an image that makes ``/var/lib`` a link)."""
@@ -230,8 +261,10 @@ def _apply(staging: Staging, root: Path, entries: list[Entry], version: int,
     if inside == ():
         raise ClientError(f"the state directory {state.path} is the target root itself",
                           hint="pass a --state-dir outside the root, or leave it unset")
-    staging.stats.installed, staging.stats.deleted = apply_entries(
-        root, entries, staging.ensure, rep.advance, state=inside, warn=rep.warning)
+    installed, deleted = apply_entries(root, entries, staging.ensure, rep.advance, state=inside,
+                                       warn=rep.warning)
+    staging.stats.installed += installed
+    staging.stats.deleted += deleted
     state.reresolve().write_version(version)
 
 
@@ -245,7 +278,7 @@ def _apply_deltas(staging: Staging, root: Path, entries: list[Entry],
             staging.try_delta(entry, before, target_path(root, entry.path))
 
 
-def _stage_all(staging: Staging, entries: list[Entry], rep: Reporter) -> None:
+def stage_all(staging: Staging, entries: list[Entry], rep: Reporter) -> None:
     """Download and hash-check everything before the target is touched."""
     rep.step(f"staging {len(entries)} objects", len(entries))
     for entry in entries:

@@ -18,6 +18,8 @@ class ClientStats:
     deltas_applied: int = 0   # deltas whose result had the expected hash
     deltas_failed: int = 0    # deltas that failed or gave a wrong hash (fell back)
     packs: list[str] = field(default_factory=list)   # packs downloaded
+    added: list[str] = field(default_factory=list)   # bundles installed (not os-core)
+    removed: list[str] = field(default_factory=list)  # bundles removed
     conflicts: list[str] = field(default_factory=list)
     requests: int = 0
     bytes_received: int = 0
@@ -52,6 +54,9 @@ class VerifyReport:
     checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # deleted entries still on disk
+    bundles: list[str] = field(default_factory=list)  # the bundles verified
+    #: tracked bundles the version's MoM does not list (their files were not verified)
+    unknown_bundles: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

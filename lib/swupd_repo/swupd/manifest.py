@@ -17,6 +17,8 @@ TYPES = "FDLM."
 MODIFIERS = "Csb."
 HEADER_KEYS = ("version", "previous", "filecount", "timestamp", "contentsize")
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
+#: A bundle name as a MoM line and a tracking file name it: one path component, no TAB.
+_BUNDLE_RE = re.compile(r"(?!\.\.?\Z)[^/\t\0]+\Z")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Manifest:
     contentsize: int = 0
     entries: list[Entry] = field(default_factory=list)
     format: int = 3
+    #: ``includes:`` header lines (server 3.2+; 2.53 writes none): bundles this one needs
+    includes: tuple[str, ...] = ()
 
     @property
     def filecount(self) -> int:
@@ -97,7 +101,8 @@ class Manifest:
                 f"filecount:\t{self.filecount}\n"
                 f"timestamp:\t{self.timestamp}\n"
                 f"contentsize:\t{self.contentsize}\n"
-                "\n").encode()
+                + "".join(f"includes:\t{name}\n" for name in self.includes)
+                + "\n").encode()
         return head + b"".join(e.line() for e in self.sorted_entries())
 
 
@@ -115,6 +120,7 @@ def parse_manifest(data: bytes, source: str = "manifest") -> Manifest:
     if len(first) != 2 or first[0] != "MANIFEST" or not first[1].isdigit():
         raise _fail(source, 1, f"expected 'MANIFEST<TAB>3', got {lines[0][:40]!r}")
     header: dict[str, int] = {}
+    includes: list[str] = []
     i = 1
     while i < len(lines) and lines[i] != "":
         key, sep, value = lines[i].partition(":\t")
@@ -124,6 +130,10 @@ def parse_manifest(data: bytes, source: str = "manifest") -> Manifest:
             if not value.isdigit():
                 raise _fail(source, i + 1, f"{key} is not a number: {value!r}")
             header[key] = int(value)
+        elif key == "includes":
+            if not valid_bundle_name(value):
+                raise _fail(source, i + 1, f"includes names no bundle: {value[:40]!r}")
+            includes.append(value)
         i += 1
     missing = [k for k in HEADER_KEYS if k not in header]
     if missing:
@@ -134,7 +144,7 @@ def parse_manifest(data: bytes, source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source}: filecount {header['filecount']} but {len(entries)} entries")
     return Manifest(version=header["version"], previous=header["previous"],
                     timestamp=header["timestamp"], contentsize=header["contentsize"],
-                    entries=entries, format=int(first[1]))
+                    entries=entries, format=int(first[1]), includes=tuple(includes))
 
 
 def _parse_entry(line: str, source: str, lineno: int) -> Entry:
@@ -153,6 +163,12 @@ def _parse_entry(line: str, source: str, lineno: int) -> Entry:
         raise _fail(source, lineno, "empty path")
     return Entry(type=flags[0], hash=digest, last_change=int(last_change), path=path,
                  deleted=flags[1] == "d", modifier=flags[2], rename=flags[3] == "r")
+
+
+def valid_bundle_name(name: str) -> bool:
+    """Whether ``name`` can be a bundle: a MoM line's path, a tracking file's name
+    (``/usr/share/clear/bundles/<name>``) and part of a pack's name, so one path component."""
+    return bool(_BUNDLE_RE.match(name))
 
 
 def bundle_line(name: str, digest: str, version: int) -> Entry:
