@@ -421,3 +421,21 @@ def test_build_uses_the_stored_split_and_says_so_when_bundles_are_configured(ima
     assert "version 10 is built with the split stored in" in done.stderr
     assert assignment_path(storage.os_core(10)).read_bytes() == before
     assert "--bundle-globs" not in swupd_repo("build", "--help").stdout
+
+
+def test_os_release_stays_in_os_core_whatever_a_bundle_claims(images, tmp_path):
+    """The client reads the version a device runs from /usr/lib/os-release: a bundle that
+    claimed it (here by a glob over /usr/lib) would leave a device with os-core alone unable
+    to tell its version, and version 20's os-core without the change every version makes
+    (the build failed saying os-core did not change)."""
+    libs = ("--bundle-globs", "libs=/usr/lib/**")
+    for name in ("dpkg10", "dpkg20"):
+        done = publish(tmp_path, images[name], *libs)
+        assert done.returncode == 0, done.stderr
+    storage = Storage(tmp_path)
+    for version in (10, 20):
+        libs_paths = read_assignment(storage.os_core(version)).bundles["libs"]
+        assert "/usr/lib/os-release" not in libs_paths
+        assert "/usr/lib/libgdbx.so.1" in libs_paths  # the glob still claims the rest
+        core = (storage.www(version) / "Manifest.os-core").read_text()
+        assert f"\t{version}\t/usr/lib/os-release\n" in core

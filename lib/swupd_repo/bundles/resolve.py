@@ -18,6 +18,9 @@ The rules (the README's "Bundles" section says the same for users):
 * os-core is everything else: what no bundle claims, ``/`` and the shared directories.
 * Each bundle's tracking file ``/usr/share/clear/bundles/<name>`` is its own, os-core's
   ``/usr/share/clear/bundles/os-core`` os-core's, whatever the definitions say.
+* os-release (``/usr/lib/os-release``, ``/etc/os-release``) is os-core's whatever the
+  definitions say: the client reads the version a device runs from it, so a device with
+  os-core alone needs it, and it is the change every version makes in os-core.
 * A bundle that ends up with nothing but its tracking file is published (a device can still
   add it) with a warning naming it: its packages ship only shared directories, or its globs
   match nothing.
@@ -34,6 +37,7 @@ from pathlib import Path
 from wcmatch import glob as wcglob
 
 from ..errors import BundleError
+from ..osrelease import OS_RELEASE_FILES
 from ..progress import Reporter
 from ..treemeta import tree_kinds
 from .assignment import CORE, Assignment
@@ -180,6 +184,7 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
         if matcher:
             claimed.update(p for p in kinds if p != "/" and matcher.matches(p))
         claimed.difference_update(tracking)
+        claimed.difference_update(_CORE_ONLY)
         claimed.update(p for p, b in tracking.items() if b == bundle.name)
         claims[bundle.name] = _with_parents(claimed)
 
@@ -208,6 +213,10 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
                              "globs match nothing); it is published with its tracking file "
                              "alone")
     return Assignment({n: frozenset(p) for n, p in assignment.items()})
+
+
+#: Paths os-core keeps whatever a bundle claims (see the module docstring).
+_CORE_ONLY = frozenset("/" + rel for rel in OS_RELEASE_FILES)
 
 
 def _with_parents(paths: set[str]) -> set[str]:
