@@ -346,6 +346,7 @@ def test_yaml_bundles_and_their_errors_name_the_file(tmp_path):
     for body, message in [
         ("bundles:\n  os-core: {globs: [/x]}\n", "'os-core', which is reserved"),
         ("bundles:\n  a.b: {globs: [/x]}\n", "'a.b', which is not a valid bundle name"),
+        ("bundles:\n  a-from-1: {globs: [/x]}\n", "'a-from-1', whose '-from-' would make"),
         ("bundles:\n  a: {files: [/x]}\n", "bundles.a in {config} has unknown key(s) files"),
         ("bundles:\n  a: {}\n", "bundle 'a' of bundles in {config} has no content"),
         ("bundles:\n  a: {globs: [usr/bin]}\n", "bundles.a.globs in {config} holds 'usr/bin'"),

@@ -75,6 +75,11 @@ def check_name(name: str, where: str) -> None:
                             "bundle name",
                             hint="use 1-64 letters, digits, '-' and '_', starting with a "
                                  "letter or digit")
+    if "-from-" in name:
+        # pack-<bundle>-from-<N>.tar: pack-a-from-1-from-0.tar would be read as bundle a's.
+        raise SettingsError(f"{where} names the bundle {name!r}, whose '-from-' would make "
+                            "its packs' names (pack-<bundle>-from-<N>.tar) ambiguous",
+                            hint="choose a name without '-from-'")
 
 
 def check_bundle(bundle: BundleDef, where: Where) -> BundleDef:
