@@ -205,7 +205,7 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
                            reporter, signer, store)
     store.prune()
     reporter.info(f"stream store: {store.hits} streams copied, {store.dropped} damaged "
-                  "entries dropped")
+                  f"entries dropped, {len(store.skipped)} skipped (another owner's)")
 
 
 def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
