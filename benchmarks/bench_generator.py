@@ -385,6 +385,10 @@ def run_main(args: argparse.Namespace, work: Path) -> None:
     print(report(results[-1], workers), flush=True)
     print(check(storage, big, args.simulate), flush=True)
     if args.first_only:
+        pack = storage / f"www/{big}/pack-os-core-from-0.tar"
+        for name, ours, solid in pack_ratios([pack], workers):
+            print(f"{name:<34} {ours / 2**20:7.1f} MiB vs one xz -6 stream "
+                  f"{solid / 2**20:7.1f} MiB  ratio {ours / solid:5.3f} (target <= 1.05)")
         return
     copy_version(storage, big, big + 10)
     results.append(measure(storage, "only os-release changed", big + 10, seen, workers, 3.0,

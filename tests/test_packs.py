@@ -129,6 +129,22 @@ def test_group_plan_is_local() -> None:
     assert len(before - after) == 1 and len(after - before) == 1
 
 
+def test_spans_never_mix_eras() -> None:
+    """Every span (and so every piece) holds one era, also where an era ends right after a
+    piece: spans of an older era are split once they change, so a mixed one would be too."""
+    import hashlib
+
+    members = []
+    for i in range(3000):
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        members.append(packstream.PackMember(f"staged/{h}", "fullfile", "", 3000 + i % 5000,
+                                             h, era=i // 40))
+    spans = packstream.plan_spans(members)
+    assert sum(len(s) > 1 for s in spans) > 5
+    assert all(len({m.era for piece in s for m in piece}) == 1 for s in spans)
+    assert [m for s in spans for p in s for m in p] == members
+
+
 def test_delta_pack_equals_reference(repo: Path, vectors: Path) -> None:
     www = repo / "www"
     out = repo / "delta-20.tar"

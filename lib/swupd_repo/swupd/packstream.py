@@ -136,13 +136,14 @@ def plan_spans(members: Sequence[PackMember]) -> list[list[list[PackMember]]]:
             pieces, span_weight = [], 0
 
     for m in members:
-        if current and current[-1].era != m.era:
+        last = current[-1] if current else pieces[-1][-1] if pieces else None
+        if last is not None and last.era != m.era:
             end_span()
         if m.weight >= BIG_MEMBER:
             end_span()
             spans.append([[m]])
             continue
-        if current and m.weight >= TARGET_GROUP:
+        if (current or pieces) and m.weight >= TARGET_GROUP:
             # A member that would end its span anyway (see _draw) also starts one, so it
             # stands alone: when its content changes, its new hash re-compresses only
             # itself, not the light members that happened to precede it.
