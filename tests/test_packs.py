@@ -15,6 +15,7 @@ from swupd_repo.swupd import packs, packstream
 from swupd_repo.swupd.delta import apply_delta
 from swupd_repo.swupd.hashing import hash_path
 from swupd_repo.swupd.manifest import Manifest, bundle_line, parse_manifest
+from swupd_repo.swupd.streamstore import StreamStore
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,22 @@ def test_group_plan_is_local() -> None:
              for g in packstream.plan_groups(members[:1500] + members[1501:])}
     assert len(before) > 50
     assert len(before - after) == 1 and len(after - before) == 1
+
+
+def test_spans_never_mix_eras() -> None:
+    """Every span (and so every piece) holds one era, also where an era ends right after a
+    piece: spans of an older era are split once they change, so a mixed one would be too."""
+    import hashlib
+
+    members = []
+    for i in range(3000):
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        members.append(packstream.PackMember(f"staged/{h}", "fullfile", "", 3000 + i % 5000,
+                                             h, era=i // 40))
+    spans = packstream.plan_spans(members)
+    assert sum(len(s) > 1 for s in spans) > 5
+    assert all(len({m.era for piece in s for m in piece}) == 1 for s in spans)
+    assert [m for s in spans for p in s for m in p] == members
 
 
 def test_delta_pack_equals_reference(repo: Path, vectors: Path) -> None:
@@ -252,3 +269,89 @@ def test_delta_pack_lists_each_member_once(repo: Path) -> None:
         names = tar.getnames()
     assert len(names) == len(set(names))
     assert f"delta/{packs.delta_name(prev.last_change, 20, entry.hash)}" in names
+
+
+def _text_files(root: Path, count: int, era: int, seed: int) -> list[packstream.PackMember]:
+    """``count`` small compressible files (words drawn from one vocabulary, so streams of
+    several files share context, as a package's files do) as pack members of ``era``."""
+    import hashlib
+    import os
+    import random
+
+    rng = random.Random(seed)
+    words = [f"word{i}" for i in range(400)]
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        data = " ".join(rng.choice(words) for _ in range(rng.randrange(300, 900))).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        path = root / f"{era}-{seed}-{i}"
+        path.write_bytes(data)
+        st = os.stat(path)
+        out.append(packstream.PackMember(f"staged/{digest}", "file", str(path), len(data),
+                                         digest, ident=f"{st.st_size}:{st.st_mtime_ns}",
+                                         era=era))
+    return out
+
+
+def _pack(out: Path, members: list[packstream.PackMember], *, previous: Path | None,
+          store: StreamStore | None, fresh_era: int | None) -> tuple[int, int]:
+    members = sorted(members, key=lambda m: (m.era, m.source))  # as packs: era, path
+    return packstream.write_pack(out, packstream.plan_spans(members), previous=previous,
+                                 workers=1, reporter=NullReporter(), label="t",
+                                 keep_index=True, store=store, fresh_era=fresh_era)
+
+
+def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path) -> None:
+    """A span that lost a member is written piece by piece; when another of its members
+    changes in a later version, only that member's piece is compressed again: the others
+    are copied. Members stay once each, and the content equals a fresh compression."""
+    import lzma
+
+    store = StreamStore(tmp_path / "store")
+    v10 = sorted(_text_files(tmp_path / "f", 700, 10, 1), key=lambda m: m.source)
+    span = next(s for s in packstream.plan_spans(v10)
+                if len(s) >= 3 and len(s[0]) >= 2 and len(s[1]) >= 2)
+    x, y = span[0][0], span[1][0]
+    p10, p20, p30 = tmp_path / "10.tar", tmp_path / "20.tar", tmp_path / "30.tar"
+    _pack(p10, v10, previous=None, store=store, fresh_era=10)
+    # 20: x changed (its old member leaves the span, the new one is era-20 content)
+    v20 = [m for m in v10 if m is not x] + _text_files(tmp_path / "f", 1, 20, 2)
+    _pack(p20, v20, previous=p10, store=store, fresh_era=20)
+    idx20 = json.loads(packstream.index_path(p20).read_text())["groups"]
+    pieces20 = [[m for m in piece if m is not x] for piece in span]
+    assert {packstream.group_key(p) for p in pieces20} <= set(idx20)  # split once
+    # 30: y changed: only y's piece (without y) and the new content are compressed
+    before = {p.name.removesuffix(".xz") for p in store.root.rglob("*.xz")}
+    y_new = _text_files(tmp_path / "f", 1, 30, 3)
+    v30 = [m for m in v20 if m is not y] + y_new
+    reused, made = _pack(p30, v30, previous=p20, store=store, fresh_era=30)
+    fresh = {p.name.removesuffix(".xz") for p in store.root.rglob("*.xz")} - before
+    assert fresh == {packstream.group_key([m for m in span[1] if m is not y]),
+                     packstream.group_key(y_new)}
+    assert made == 3 and reused > len(span)  # + the end-of-archive stream
+    idx30 = json.loads(packstream.index_path(p30).read_text())["groups"]
+    assert {packstream.group_key(p) for p in pieces20[2:]} <= set(idx30)
+    # each member once, and the same tar as one compressed from scratch
+    with tarfile.open(p30) as tar:
+        names = tar.getnames()
+    assert len(names) == len(set(names)) == len(v30)
+    plain = tmp_path / "plain.tar"
+    _pack(plain, v30, previous=None, store=None, fresh_era=None)
+    assert lzma.decompress(p30.read_bytes()) == lzma.decompress(plain.read_bytes())
+
+
+def test_unchanged_old_span_stays_whole(tmp_path: Path) -> None:
+    """Only spans that changed are split: an identical tree keeps every span whole (its
+    ratio), and new content is compressed as whole spans."""
+    store = StreamStore(tmp_path / "store")
+    v10 = _text_files(tmp_path / "f", 300, 10, 4)
+    p10, p20 = tmp_path / "10.tar", tmp_path / "20.tar"
+    _pack(p10, v10, previous=None, store=store, fresh_era=10)
+    spans = packstream.plan_spans(sorted(v10, key=lambda m: m.source))
+    assert any(len(s) > 1 for s in spans)
+    idx10 = json.loads(packstream.index_path(p10).read_text())["groups"]
+    assert set(idx10) == {packstream.group_key([m for p in s for m in p]) for s in spans}
+    reused, made = _pack(p20, v10, previous=p10, store=None, fresh_era=20)
+    assert (reused, made) == (len(spans), 1)
+    assert p20.read_bytes() == p10.read_bytes()

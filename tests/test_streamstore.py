@@ -3,7 +3,12 @@ entry is detected, dropped and recomputed, and the store stays within its bound.
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,3 +114,70 @@ def test_publish_keeps_the_store_outside_www(tmp_path: Path) -> None:
     build_version(_settings(storage), RecordingReporter(), 10)
     assert any((storage / STORE_DIR).rglob("*.xz"))
     assert not [p for p in (storage / "www").rglob("*") if STORE_DIR.split("/")[0] in str(p)]
+
+
+def _as_user(uid: int, fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a forked child that has become ``uid`` (real permission checks, as a
+    later non-root run meets them); its result or exception comes back pickled."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            result: object = ("ok", fn())
+        except BaseException as exc:  # reported to the parent
+            result = ("error", repr(exc))
+        with os.fdopen(write, "wb") as f:
+            pickle.dump(result, f)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        status, value = pickle.load(f)
+    os.waitpid(pid, 0)
+    assert status == "ok", value
+    return value
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make the store another owner's")
+def test_another_owners_damaged_entry_is_a_miss(repo: Path) -> None:
+    """Entries root made (the Docker backend's container runs as root) meet a non-root run:
+    it reads what it can, and a damaged entry it may not remove is a miss for the rest of the
+    run instead of failing or being checked again by every pack."""
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="store-owner-"))  # traversable by nobody
+    try:
+        base.chmod(0o755)
+        shutil.copytree(repo / "www", base / "www", symlinks=True)
+        store_root = base / "store"
+        clean = base / "clean.tar"
+        _zero(base, clean, StreamStore(store_root))  # as root: root's entries and dirs
+        entry = max(store_root.rglob("*.xz"), key=lambda p: p.stat().st_size)
+        key = entry.name.removesuffix(".xz")
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 3] ^= 0x40
+        entry.write_bytes(bytes(data))
+        user_dir = base / "user"
+        user_dir.mkdir()
+        os.chown(user_dir, nobody, nobody)
+
+        def run() -> tuple[bytes, int, set[str], bool, bool]:
+            store = StreamStore(store_root)
+            out = user_dir / "zero.tar"
+            packs.write_zero_pack(base / "www", "os-core", _manifest(base / "www", 20), out,
+                                  previous_pack=None, workers=1, reporter=NullReporter(),
+                                  store=store)
+            store.prune()
+            return (out.read_bytes(), store.dropped, store.skipped, store.has(key),
+                    store.has(next(k for k in (p.name.removesuffix(".xz")
+                                               for p in store_root.rglob("*.xz")) if k != key)))
+
+        pack, dropped, skipped, has_bad, has_good = _as_user(nobody, run)  # type: ignore[misc]
+        assert pack == clean.read_bytes()
+        assert (dropped, skipped) == (0, {key})
+        assert not has_bad and has_good  # the bad one is a miss, the others still hits
+        assert entry.exists() and not list(store_root.rglob(".tmp-*"))
+    finally:
+        shutil.rmtree(base)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -40,9 +41,10 @@ from .delta import delta_memory, delta_wanted, make_delta
 from .hashing import hash_bytes
 from .manifest import Entry, Manifest, parse_manifest
 from .names import delta_name, fullfile_relpath
-from .packstream import PackMember, plan_groups, write_pack
+from .packstream import PackMember, plan_spans, write_pack
 from .rebase import is_rebase
 from .streamstore import StreamStore
+from .workpool import SharedPool
 
 #: Sum of the estimated peaks of delta jobs running at once (one job always may run).
 DELTA_MEMORY_BUDGET = 768 * 1024 * 1024
@@ -107,17 +109,19 @@ def _timestamp(manifest: Manifest) -> int:
 
 def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
                     previous_pack: Path | None, workers: int, reporter: Reporter,
-                    store: StreamStore | None = None) -> None:
+                    store: StreamStore | None = None, pool: SharedPool | None = None) -> None:
     """``pack-<bundle>-from-0.tar``: every live entry staged, whatever its last_change.
 
     Groups found in ``store`` or, failing that, in ``previous_pack`` (the bundle's previous
-    zero pack, with its index) are copied instead of being compressed again.
+    zero pack, with its index) are copied instead of being compressed again; a span of
+    older content that changed since ``previous_pack`` is split into its pieces (see
+    :func:`.packstream._choose`).
     """
     members = _staged(www, _live(manifest))
-    groups = [_dir_members(_timestamp(manifest)), *plan_groups(members)]
-    reused, made = write_pack(out, groups, previous=previous_pack, workers=workers,
+    spans = [[_dir_members(_timestamp(manifest))], *plan_spans(members)]
+    reused, made = write_pack(out, spans, previous=previous_pack, workers=workers,
                               reporter=reporter, label=f"zero pack {bundle}", keep_index=True,
-                              store=store)
+                              store=store, pool=pool, fresh_era=manifest.version)
     reporter.info(f"{out.name}: {len(members)} members in {reused + made} xz streams, "
                   f"{reused} reused (from the stream store or "
                   f"{previous_pack.name if previous_pack else 'no previous pack'})")
@@ -140,22 +144,14 @@ class _DeltaJob:
 
 def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: Path, *,
                      image_dir: Path, workers: int, reporter: Reporter,
-                     store: StreamStore | None = None) -> None:
+                     store: StreamStore | None = None, pool: SharedPool | None = None) -> None:
     """``pack-<bundle>-from-<old.version>.tar`` for ``new``; makes the deltas it needs.
 
     Staged members are grouped by last_change like the zero pack's, so their streams come
     from ``store`` (usually put there by this version's zero pack)."""
     source = old.version
-    old_by_path = {e.path: e for e in old.entries if not e.deleted}
-    pairs: list[tuple[Entry, Entry]] = []
-    staged: list[Entry] = []
-    for e in _live(new):
-        prev = old_by_path.get(e.path)
-        if prev is None:
-            staged.append(e)
-        elif e.last_change > source:
-            pairs.append((prev, e))
-    _make_deltas(www, image_dir, pairs, workers, reporter)
+    pairs, staged = _changes(old, new)
+    _make_deltas(www, image_dir, pairs, workers, reporter, pool)
     deltas: dict[str, PackMember] = {}  # by name: paths sharing a hash share one delta
     for prev, e in pairs:
         member = _delta_member(www, prev, e)
@@ -165,9 +161,74 @@ def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: 
             deltas[member.name] = member
     members = [*_dir_members(_timestamp(new)), *sorted(deltas.values(), key=lambda m: m.name),
                *_staged(www, staged)]
-    write_pack(out, plan_groups(members), previous=None, workers=workers, reporter=reporter,
-               label=f"delta pack {bundle} from {source}", keep_index=False, store=store)
+    write_pack(out, plan_spans(members), previous=None, workers=workers, reporter=reporter,
+               label=f"delta pack {bundle} from {source}", keep_index=False, store=store,
+               pool=pool)
     reporter.info(f"{out.name}: {len(deltas)} deltas, {len(members) - len(deltas) - 2} staged")
+
+
+def _changes(old: Manifest, new: Manifest) -> tuple[list[tuple[Entry, Entry]], list[Entry]]:
+    """(old, new) entry pairs a delta from ``old`` may cover, and the entries new in ``new``."""
+    old_by_path = {e.path: e for e in old.entries if not e.deleted}
+    pairs: list[tuple[Entry, Entry]] = []
+    staged: list[Entry] = []
+    for e in _live(new):
+        prev = old_by_path.get(e.path)
+        if prev is None:
+            staged.append(e)
+        elif e.last_change > old.version:
+            pairs.append((prev, e))
+    return pairs, staged
+
+
+# --------------------------------------------------------------------------- one bundle
+
+def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Path, *,
+                       previous_pack: Path | None, deltas: list[tuple[Manifest, Path]],
+                       image_dir: Path, workers: int, reporter: Reporter,
+                       store: StreamStore | None = None) -> None:
+    """The zero pack and the delta packs (from each ``(old manifest, out)`` of ``deltas``)
+    of one bundle, on one process pool.
+
+    Why together: the file deltas every delta pack needs (bsdiff, seconds per MiB) do not
+    depend on the zero pack, so a thread makes them all while the main thread compresses
+    the zero pack's groups; both feed one :class:`.workpool.SharedPool`, which keeps every
+    core busy through each phase's single-job tail and bounds the memory of what runs at
+    once (:data:`DELTA_MEMORY_BUDGET` for the deltas). The delta packs then find their
+    deltas made, and their staged groups in the store (put there by the zero pack).
+    """
+    pairs = [pair for old, _out in deltas for pair in _changes(old, manifest)[0]]
+    pool = SharedPool(workers, DELTA_MEMORY_BUDGET) if workers > 1 else None
+    maker: threading.Thread | None = None
+    failure: list[BaseException] = []
+    made: list[int] = []
+
+    def make() -> None:
+        try:
+            made.append(_make_deltas(www, image_dir, pairs, workers, None, pool))
+        except BaseException as exc:  # re-raised in the main thread
+            failure.append(exc)
+
+    try:
+        if pairs:
+            maker = threading.Thread(target=make, name="deltas", daemon=True)
+            maker.start()
+        write_zero_pack(www, bundle, manifest, zero_out, previous_pack=previous_pack,
+                        workers=workers, reporter=reporter, store=store, pool=pool)
+        if maker is not None:
+            maker.join()
+            maker = None
+            if failure:
+                raise failure[0]
+            reporter.info(f"{made[0]} deltas tried beside the zero pack")
+        for old, out in deltas:
+            write_delta_pack(www, bundle, old, manifest, out, image_dir=image_dir,
+                             workers=workers, reporter=reporter, store=store, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if maker is not None:
+            maker.join()
 
 
 def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
@@ -288,16 +349,26 @@ def _data_hash(meta: Meta, data: bytes) -> str:
 
 
 def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], workers: int,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter | None, pool: SharedPool | None = None) -> int:
+    """Make the missing deltas of ``pairs`` (largest first); returns how many were tried.
+    ``reporter`` None: no progress (a thread beside another step's progress)."""
     jobs = sorted(_delta_jobs(www, image_dir, pairs), key=lambda j: -j.memory)
-    reporter.step("making deltas", total=len(jobs))
+    if reporter is not None:
+        reporter.step("making deltas", total=len(jobs))
     if not jobs:
-        return
+        return 0
     results: list[tuple[_DeltaJob, bool]] = []
-    if workers <= 1 or len(jobs) == 1:
+    if pool is not None:
+        futures = [(job, pool.submit(make_delta_file, job, memory=job.memory)) for job in jobs]
+        for job, fut in futures:
+            results.append((job, fut.result()))
+            if reporter is not None:
+                reporter.advance()
+    elif workers <= 1 or len(jobs) == 1:
         for job in jobs:
             results.append((job, make_delta_file(job)))
-            reporter.advance()
+            if reporter is not None:
+                reporter.advance()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending: dict[Future[bool], _DeltaJob] = {}
@@ -314,8 +385,10 @@ def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], w
                     job = pending.pop(fut)
                     in_use -= job.memory
                     results.append((job, fut.result()))
-                    reporter.advance()
+                    if reporter is not None:
+                        reporter.advance()
     _remember_failures(www, [j for j, ok in results if not ok])
+    return len(jobs)
 
 
 def _remember_failures(www: Path, failed: list[_DeltaJob]) -> None:

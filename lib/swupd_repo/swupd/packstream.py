@@ -8,10 +8,13 @@ group is an ordinary ``.tar`` (xz) to clients. A group whose members did not cha
 copied byte for byte instead of being compressed again: from the storage's stream store
 (:mod:`.streamstore`), whichever pack compressed it first, or from the previous zero pack.
 
-Groups are planned from the member order alone (see :func:`plan_groups`): a cut after a
+Groups are planned from the member order alone (see :func:`plan_spans`): a cut after a
 member is decided by that member's own hash and weight, never by its neighbours, so removing
 or adding a member dirties only the group it lives in. Large members get a group of their own,
-and members of different eras (versions of last change) never share one.
+and members of different eras (versions of last change) never share one. Two sizes: large
+*spans* (a good ratio) made of small *pieces*; a span that changed is written piece by piece
+from then on, so content that keeps changing is re-compressed in small pieces while content
+that never changes keeps its large span (see :func:`_choose`).
 
 The sidecar index ``.<pack name>.index.json`` beside the pack maps each group's key (a digest
 of its member names, their sources and the compression settings) to its byte range; it lets a
@@ -34,8 +37,8 @@ import json
 import lzma
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +62,14 @@ BIG_MEMBER = 1024 * 1024
 #: over the tree recompress most groups (a package's files sit together, so its update
 #: dirties few).
 TARGET_GROUP = 256 * 1024
+#: Mean weight of a *piece*: what a span is split into once it changed (see
+#: :func:`plan_spans` and :func:`_choose`). A piece's stream is reused while none of its
+#: members changed, so a span that changed once is re-compressed piece by piece afterwards:
+#: content that keeps changing costs little, content that never changes keeps its large
+#: span (its ratio). 64 KiB pieces measured 7 % above one solid stream on /usr, 256 KiB
+#: spans 4 %; under 5 % of files changed at random, 57 % of the bytes of 64 KiB pieces are
+#: dirtied, 82 % of 256 KiB spans.
+PIECE = 64 * 1024
 #: Hard cap on a small-member group (rarely reached; keeps one stream's work bounded).
 MAX_GROUP = 4 * 1024 * 1024
 #: A compression job takes groups up to this much weight, so pool overhead stays small...
@@ -97,42 +108,70 @@ class PackMember:
 
 # --------------------------------------------------------------------------- planning (pure)
 
-def plan_groups(members: Sequence[PackMember]) -> list[list[PackMember]]:
-    """Split the ordered members into groups whose boundaries depend on each member only."""
-    groups: list[list[PackMember]] = []
+def plan_spans(members: Sequence[PackMember]) -> list[list[list[PackMember]]]:
+    """Split the ordered members into spans of pieces, every boundary decided by one member.
+
+    A *piece* ends after a member with chance weight/:data:`PIECE`, a *span* (what a pack
+    normally compresses as one stream) with chance weight/:data:`TARGET_GROUP`, from the
+    same draw of the member's hash: every span cut is a piece cut, so a span is a run of
+    whole pieces. A cut depends on that member alone, so removing or adding a member changes
+    only the piece and span it lives in. Large members stand alone; eras never mix.
+    """
+    spans: list[list[list[PackMember]]] = []
+    pieces: list[list[PackMember]] = []
     current: list[PackMember] = []
-    weight = 0
+    weight = span_weight = 0
+
+    def end_piece() -> None:
+        nonlocal current, weight
+        if current:
+            pieces.append(current)
+            current, weight = [], 0
+
+    def end_span() -> None:
+        nonlocal pieces, span_weight
+        end_piece()
+        if pieces:
+            spans.append(pieces)
+            pieces, span_weight = [], 0
+
     for m in members:
-        if current and current[-1].era != m.era:
-            groups.append(current)
-            current, weight = [], 0
+        last = current[-1] if current else pieces[-1][-1] if pieces else None
+        if last is not None and last.era != m.era:
+            end_span()
         if m.weight >= BIG_MEMBER:
-            if current:
-                groups.append(current)
-                current, weight = [], 0
-            groups.append([m])
+            end_span()
+            spans.append([[m]])
             continue
-        if current and m.weight >= TARGET_GROUP:
-            # A member that would end its group anyway (see _cut_after) also starts one, so
-            # it stands alone: when its content changes, its new hash re-compresses only
+        if (current or pieces) and m.weight >= TARGET_GROUP:
+            # A member that would end its span anyway (see _draw) also starts one, so it
+            # stands alone: when its content changes, its new hash re-compresses only
             # itself, not the light members that happened to precede it.
-            groups.append(current)
-            current, weight = [], 0
+            end_span()
         current.append(m)
         weight += m.weight
-        if _cut_after(m) or weight >= MAX_GROUP:
-            groups.append(current)
-            current, weight = [], 0
-    if current:
-        groups.append(current)
-    return groups
+        span_weight += m.weight
+        draw = _draw(m)
+        if draw * TARGET_GROUP < max(m.weight, 512) or span_weight >= MAX_GROUP:
+            end_span()
+        elif draw * PIECE < max(m.weight, 512) or weight >= MAX_GROUP:
+            end_piece()
+    end_span()
+    return spans
 
 
-def _cut_after(m: PackMember) -> bool:
-    if not m.cut:
-        return False
-    draw = int(m.cut[:8], 16) / 0x1_0000_0000
-    return draw * TARGET_GROUP < max(m.weight, 512)
+def plan_groups(members: Sequence[PackMember]) -> list[list[PackMember]]:
+    """The spans of :func:`plan_spans` as plain groups (each span's pieces joined)."""
+    return [[m for piece in span for m in piece] for span in plan_spans(members)]
+
+
+def whole(groups: Sequence[Sequence[PackMember]]) -> list[list[list[PackMember]]]:
+    """Groups as spans of one piece each (never split)."""
+    return [[list(g)] for g in groups if g]
+
+
+def _draw(m: PackMember) -> float:
+    return int(m.cut[:8], 16) / 0x1_0000_0000 if m.cut else 1.0
 
 
 def group_key(group: Sequence[PackMember]) -> str:
@@ -295,18 +334,30 @@ class _Slot:
     length: int = 0
 
 
-def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | None,
+def write_pack(out: Path, spans: list[list[list[PackMember]]], *, previous: Path | None,
                workers: int, reporter: Reporter, label: str,
-               keep_index: bool, store: StreamStore | None = None) -> tuple[int, int]:
-    """Write the pack ``out`` atomically; returns (groups reused, groups compressed).
+               keep_index: bool, store: StreamStore | None = None,
+               pool: Executor | None = None, fresh_era: int | None = None
+               ) -> tuple[int, int]:
+    """Write the pack ``out`` atomically; returns (streams reused, streams compressed).
 
-    A group's stream comes from ``store`` when it holds the group's key, else from
-    ``previous`` (a pack with an index) when that has it, else it is compressed and added to
-    ``store``. The last group always carries the end-of-archive blocks, so it is compressed
-    afresh (it is tiny: the final group is a dedicated empty one).
+    ``spans`` come from :func:`plan_spans` (or :func:`whole`); :func:`_choose` decides
+    which are written as one stream and which piece by piece. A stream comes from ``store``
+    when it holds the group's key, else from ``previous`` (a pack with an index) when that
+    has it, else it is compressed and added to ``store``. The last group always carries the
+    end-of-archive blocks, so it is compressed afresh (it is tiny: the final group is a
+    dedicated empty one).
+
+    ``pool``: an executor shared with other work (see :class:`.workpool.SharedPool`) to
+    compress in; without one a pool of ``workers`` is started when the work is worth it.
+    ``fresh_era``: members of this era and later are new content (see :func:`_choose`).
     """
-    groups = [*groups, []]  # the end-of-archive stream
     reusable = load_index(previous)
+
+    def known(key: str) -> bool:
+        return (store is not None and store.has(key)) or key in reusable
+
+    groups = [*_choose(spans, known, fresh_era if reusable else None), []]  # + the end
     slots = [_Slot(group_key(g) if g else "end") for g in groups]
     todo: list[int] = []
     for i, slot in enumerate(slots):
@@ -327,7 +378,7 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
     parts_dir.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out.parent, out.name)
     try:
-        _compress_all(groups, todo, slots, parts_dir, workers, reporter)
+        _compress_all(groups, todo, slots, parts_dir, workers, reporter, pool)
         index = _assemble(tmp, slots, groups, previous, store)
         os.replace(tmp, out)
         fsync_dir(out.parent)
@@ -343,6 +394,32 @@ def write_pack(out: Path, groups: list[list[PackMember]], *, previous: Path | No
         atomic_write_bytes(ipath, json.dumps(data, separators=(",", ":")).encode(),
                            durable=False)
     return len(groups) - len(todo), len(todo)
+
+
+def _choose(spans: list[list[list[PackMember]]], known: Callable[[str], bool],
+            fresh_era: int | None) -> list[list[PackMember]]:
+    """The groups to write: each span whole, or its pieces.
+
+    A span is written whole when its stream is known (stored, or in the previous pack),
+    and when it is new content. It is written piece by piece when one of its pieces is
+    known (it was split before: the pieces that did not change are copied), and, once,
+    when it *changed*: a span of an era before ``fresh_era`` (old content; None: no such
+    rule, e.g. no previous pack to tell what changed) whose stream is not known lost or
+    gained members since the previous pack. Its pieces cost the same to compress now as the
+    span would, and from then on a change there re-compresses one piece, not the span.
+    Ratio is paid only where content changes: content that never changes keeps its span.
+    """
+    chosen: list[list[PackMember]] = []
+    for pieces in spans:
+        members = [m for piece in pieces for m in piece]
+        if len(pieces) == 1 or known(group_key(members)):
+            chosen.append(members)
+        elif any(known(group_key(piece)) for piece in pieces) or (
+                fresh_era is not None and members[0].era < fresh_era):
+            chosen.extend(pieces)
+        else:
+            chosen.append(members)
+    return chosen
 
 
 def _jobs(groups: list[list[PackMember]], todo: list[int], workers: int = 1
@@ -364,7 +441,8 @@ def _jobs(groups: list[list[PackMember]], todo: list[int], workers: int = 1
 
 
 def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_Slot],
-                  parts_dir: Path, workers: int, reporter: Reporter) -> None:
+                  parts_dir: Path, workers: int, reporter: Reporter,
+                  shared: Executor | None = None) -> None:
     last = len(groups) - 1
     jobs = list(_jobs(groups, todo, workers))
 
@@ -376,7 +454,9 @@ def _compress_all(groups: list[list[PackMember]], todo: list[int], slots: list[_
     # a few small fresh groups (an incremental version) compress faster than a pool starts
     fresh = sum(m.weight for i in todo for m in groups[i])
     parallel = workers > 1 and len(jobs) > 1 and fresh >= _INLINE_WEIGHT
-    with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
+    own = ProcessPoolExecutor(max_workers=workers) if parallel and shared is None else None
+    with own if own is not None else contextlib.nullcontext():
+        pool = (shared or own) if parallel else None
         for (job, part), lengths in bounded_map(pool, compress_job, calls, 4 * workers):
             offset = 0
             for i, length in zip(job, lengths, strict=True):

@@ -217,17 +217,17 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         sources = packs.with_released_source(view, name, built.version, sources,
                                              storage.released())
         out = staging / pack_name(name, 0)
-        packs.write_zero_pack(view, name, manifest, out, previous_pack=prev_pack,
-                              workers=settings.workers, reporter=reporter, store=store)
-        _sign_file(signer, out)
+        deltas = [] if rebase else _delta_pack_inputs(storage, staging, name, old, sources)
+        packs.write_bundle_packs(view, name, manifest, out, previous_pack=prev_pack,
+                                 deltas=deltas, image_dir=storage.image_dir,
+                                 workers=settings.workers, reporter=reporter, store=store)
+        for path in (out, *(d[1] for d in deltas)):
+            _sign_file(signer, path)
         if rebase:  # every file changed: a delta pack would be the zero pack again
             _link_zero_pack(staging, name, sources, reporter)
-            continue
-        _write_delta_packs(storage, view, staging, name, manifest, old, sources, settings,
-                           reporter, signer, store)
     store.prune()
     reporter.info(f"stream store: {store.hits} streams copied, {store.dropped} damaged "
-                  "entries dropped")
+                  f"entries dropped, {len(store.skipped)} skipped (another owner's)")
 
 
 def _link_zero_pack(staging: Path, name: str, sources: list[int], reporter: Reporter) -> None:
@@ -249,22 +249,15 @@ def _link_zero_pack(staging: Path, name: str, sources: list[int], reporter: Repo
                       "its zero pack")
 
 
-def _write_delta_packs(storage: Storage, view: Path, staging: Path, name: str,
-                       manifest: Manifest, previous: Manifest | None, sources: list[int],
-                       settings: Settings, reporter: Reporter, signer: Any,
-                       store: Any = None) -> None:
-    """One delta pack per source version; ``previous`` (the bundle's manifest the build
-    started from, usually the newest source) is used as is instead of being read again."""
-    from . import packs
-
-    for src in sources:
-        out = staging / pack_name(name, src)
-        old_manifest = (previous if previous is not None and previous.version == src
-                        else builder.read_manifest(storage.www(src) / f"Manifest.{name}"))
-        packs.write_delta_pack(view, name, old_manifest, manifest, out,
-                               image_dir=storage.image_dir, workers=settings.workers,
-                               reporter=reporter, store=store)
-        _sign_file(signer, out)
+def _delta_pack_inputs(storage: Storage, staging: Path, name: str,
+                       previous: Manifest | None, sources: list[int]
+                       ) -> list[tuple[Manifest, Path]]:
+    """(old manifest, output) of each delta pack; ``previous`` (the bundle's manifest the
+    build started from, usually the newest source) is used as is instead of being read
+    again."""
+    return [(previous if previous is not None and previous.version == src
+             else builder.read_manifest(storage.www(src) / f"Manifest.{name}"),
+             staging / pack_name(name, src)) for src in sources]
 
 
 def _sign_file(signer: Any, path: Path) -> None:

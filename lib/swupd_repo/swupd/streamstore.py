@@ -19,6 +19,14 @@ Concurrency: entries are written to a temporary name in the same directory and r
 place, so a reader sees a whole entry or none; pruning unlinks, which leaves a reader that
 already opened the entry reading the old inode. Writers are serialised by the storage lock.
 
+Other owners: the store may hold entries (and directories) a run as another user made, e.g.
+root inside the Docker backend's container. A run that may not write there uses what it can
+read and treats the rest as misses: a damaged entry it may not remove is *skipped* (a miss
+for the rest of the run, so each pack compresses that group in the pool instead of checking
+the same bad bytes again), and once a directory of the store refuses a write for lack of
+permission no more are attempted there. Nothing of it fails the build: the group is
+compressed as if it had never been stored.
+
 Size: :meth:`StreamStore.prune` keeps the store under a bound, dropping the entries used
 least recently first (an entry's mtime is touched when it is used) and never the ones the
 current build used.
@@ -57,12 +65,18 @@ class StreamStore:
         self.used: set[str] = set()  # keys read or written by this build
         self.hits = 0
         self.dropped = 0
+        #: damaged entries this process may not remove (another owner's): misses from now on
+        self.skipped: set[str] = set()
+        #: subdirectories that refused a write for lack of permission (another owner's)
+        self.refused: set[Path] = set()
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.xz"
 
     def has(self, key: str) -> bool:
         """Cheap look (trailer and magic only); :meth:`copy_into` verifies the bytes."""
+        if key in self.skipped:
+            return False
         try:
             fd = os.open(self.path(key), os.O_RDONLY)
         except OSError:
@@ -94,9 +108,13 @@ class StreamStore:
         if not ok:
             out.seek(start)
             out.truncate()
-            self.dropped += 1
-            with contextlib.suppress(OSError):
+            try:
                 path.unlink()
+                self.dropped += 1
+            except FileNotFoundError:
+                self.dropped += 1
+            except OSError:  # another owner's entry: a miss for the rest of this run
+                self.skipped.add(key)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: pruned last
@@ -106,8 +124,11 @@ class StreamStore:
 
     def put(self, key: str, src_fd: int, offset: int, length: int) -> None:
         """Store ``length`` bytes of ``src_fd`` from ``offset`` (a whole xz stream) as
-        ``key``; atomic, best effort (a full disk only costs the reuse)."""
+        ``key``; atomic, best effort (a full disk or another owner's store only costs the
+        reuse)."""
         path = self.path(key)
+        if key in self.skipped or path.parent in self.refused:
+            return
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +146,9 @@ class StreamStore:
                 out.write(_TRAILER.pack(length, digest.digest(), _MAGIC))
             os.replace(tmp, path)
             self.used.add(key)
-        except OSError:
+        except OSError as exc:
+            if isinstance(exc, PermissionError):
+                self.refused.add(path.parent)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

@@ -12,6 +12,7 @@ import ctypes
 import functools
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Any, TypeVar
@@ -107,3 +108,55 @@ def prctl() -> Callable[..., int]:
     """libc's ``prctl``, looked up once in the parent: loading a library in a child forked
     from a threaded process could wait forever on a lock another thread held at the fork."""
     return ctypes.CDLL(None, use_errno=True).prctl
+
+
+class SharedPool(Executor):
+    """One process pool that several producers (threads) feed at once, with admission control.
+
+    Why: the pack phase has independent kinds of work, xz of pack groups and bsdiff of file
+    deltas, which used to run one after another, each ending in a single-job tail that left
+    the other cores idle. Fed from two threads into one pool, one kind fills the gaps of the
+    other, while what runs at once stays bounded: at most ``workers`` jobs are handed to the
+    pool (so a new job goes to a free worker, never waits in a queue holding its memory), and
+    the declared ``memory`` of the jobs handed over stays within ``budget`` (one job may
+    always run, however large). :meth:`submit` blocks the calling thread until both allow.
+    """
+
+    def __init__(self, workers: int, budget: int) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = max(1, workers)
+        self.budget = budget
+        self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        # Fork the workers now, from this (the run's main) thread: a forked worker is killed
+        # when the *thread* that forked it exits (die_with_parent), and a producer thread
+        # that happened to submit first would take the workers with it when it ends.
+        self._pool.submit(os.getpid).result()
+        self._cond = threading.Condition()
+        self._running = 0
+        self._memory = 0
+
+    def submit(self, fn: Callable[..., Result], /, *args: Any, memory: int = 0,
+               **kwargs: Any) -> Future[Result]:
+        with self._cond:
+            while self._running >= self.workers or (
+                    self._running and self._memory + memory > self.budget):
+                self._cond.wait()
+            self._running += 1
+            self._memory += memory
+        try:
+            fut = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._release(memory)
+            raise
+        fut.add_done_callback(lambda _f: self._release(memory))
+        return fut
+
+    def _release(self, memory: int) -> None:
+        with self._cond:
+            self._running -= 1
+            self._memory -= memory
+            self._cond.notify_all()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
