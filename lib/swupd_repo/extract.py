@@ -11,13 +11,20 @@ Safety: the tree is built in a temporary sibling of ``dest`` and renamed into pl
 complete. All creation is relative to directory file descriptors opened with ``O_NOFOLLOW``;
 names containing ``/`` or NUL, the names ``.``/``..``, duplicate names and directory cycles are
 errors, so a crafted image cannot make us write outside the target. File data is copied in
-bounded chunks (``copy_file_range`` from the image, or ``pread``/``pwrite``), holes stay holes.
+bounded chunks (``pread``/``pwrite``), holes stay holes.
+
+Every regular file's swupd hash (format3 §3) is computed from the bytes as they are copied:
+its key (mode, owner, size, xattrs) is known from the inode before the data is read. The
+hashes go into the tree's side file (:mod:`.swupd.hashcache`), so the build that follows, in
+this process or another, and the sharing with the previous version read no file again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import os
 import stat
 import time
@@ -29,11 +36,14 @@ from .errors import Ext4Error, ExtractError
 from .ext4 import Ext4Reader, Inode
 from .progress import Reporter
 from .storage import remove_tree, temp_path
+from .swupd import hashcache
+from .swupd.hashing import object_key
 from .treemeta import Meta, RecordWriter, disk_mode, is_placeholder, record_path
 
 _ROOT_INODE = 2
 _MAX_DEPTH = 400
 _COPY_CHUNK = 8 << 20
+_ZEROS = bytes(1 << 20)
 _ADVANCE_EVERY = 256
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -52,6 +62,7 @@ class ExtractStats:
     sockets: int = 0
     xattrs: int = 0
     bytes: int = 0
+    hashed: int = 0  # regular files whose hash went into the side file
     seconds: float = 0.0
     skipped_lost_found: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -62,10 +73,10 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``,
     its metadata into ``dest``'s record (:func:`~.treemeta.record_path`).
 
-    ``dest`` must not exist. On any error nothing is left behind. The record is renamed into
-    place before the tree, so a stored tree never lacks it. A regular file larger than
-    ``max_file_size`` (apparent size) is refused: extracting it is cheap (holes stay holes),
-    but every later step reads all of its bytes.
+    ``dest`` must not exist. On any error nothing is left behind. The record and the side file
+    of hashes are renamed into place before the tree, so a stored tree never lacks its
+    record. A regular file larger than ``max_file_size`` (apparent size) is refused:
+    extracting it is cheap (holes stay holes), but every later step reads all of its bytes.
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -82,6 +93,8 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     tmp = temp_path(dest.parent, dest.name)
     installed = False
+    hashes = hashcache.cache_path(dest)
+    hashed = False
     try:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +106,22 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
                                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
                                     "directory with free space") from exc
         with RecordWriter(dest) as record:
-            stats = _Writer(reader, tmp, reporter, record, max_file_size).run()
+            writer = _Writer(reader, tmp, reporter, record, max_file_size)
+            stats = writer.run()
             record.install()
             installed = True
+        entries = writer.hash_entries()
+        hashed = True
+        stats.hashed = hashcache.save_written(hashes, entries)
+        del entries
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(tmp)
         if installed:
             record_path(dest).unlink(missing_ok=True)
+        if hashed:
+            hashes.unlink(missing_ok=True)
         for directory in created:  # innermost first; only the ones we made, if still empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -138,8 +158,13 @@ class _Writer:
         self.stats = ExtractStats()
         self.reached = bytearray((fs.sb.inodes_count + 8) // 8 + 1)
         self.links: dict[int, tuple[bytes, Meta]] = {}
-        self.copy_range = True
         self.buffer = bytearray(_COPY_CHUNK)
+        # side file entries: final for files of one link; (path, rel, meta, hash) for the
+        # others, whose ctime moves with every link and is read when the tree is complete
+        self.entries: dict[str, hashcache.Entry] = {}
+        self.linked: list[tuple[str, bytes, Meta, str]] = []
+        self.digests: dict[int, str] = {}
+        self.linked_meta: dict[int, Meta] = {}
         self.pending_advance = 0
         self.used: list[int] = []
         self.reserved: list[int] = []
@@ -247,7 +272,7 @@ class _Writer:
         if node.links > 1 and not stat.S_ISDIR(node.mode):
             self.links[number] = (rel, meta)
         try:
-            return self._create(frame.fd, name, rel, node)
+            return self._create(frame.fd, name, rel, node, meta)
         except FileExistsError:
             raise Ext4Error(f"{self.fs.where}: directory {_show(frame.rel)} has two entries "
                             f"named {name!r}",
@@ -292,11 +317,15 @@ class _Writer:
         except OSError as exc:
             raise self._error(rel, exc, "link") from exc
         self.record.add(_manifest_path(rel), meta)
+        digest = self.digests.get(node.number)
+        if digest is not None:
+            self.linked.append((_manifest_path(rel), rel, self.linked_meta[node.number], digest))
         self.stats.hardlinks += 1
 
     # --- creating ----------------------------------------------------------------------------
 
-    def _create(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> _Frame | None:
+    def _create(self, dfd: int, name: bytes, rel: bytes, node: Inode,
+                meta: Meta) -> _Frame | None:
         kind = stat.S_IFMT(node.mode)
         if kind == stat.S_IFDIR:
             try:
@@ -309,7 +338,7 @@ class _Writer:
             self.stats.directories += 1
             return _Frame(fd, node, rel, self.fs.entries(node), True)
         if kind == stat.S_IFREG:
-            self._regular(dfd, name, rel, node)
+            self._regular(dfd, name, rel, node, meta)
             return None
         try:
             if kind == stat.S_IFLNK:
@@ -333,7 +362,7 @@ class _Writer:
         self._finish_path(dfd, name, rel, node)
         return None
 
-    def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
+    def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode, meta: Meta) -> None:
         if self.max_file_size is not None and node.size > self.max_file_size:
             raise ExtractError(
                 f"{_show(rel)} (inode {node.number}) in {self.fs.where} is {node.size} bytes "
@@ -347,56 +376,76 @@ class _Writer:
             raise
         except OSError as exc:
             raise self._error(rel, exc, "create") from exc
+        if meta.xattrs:  # names as the record gives them back (bytes), for key and entry
+            meta = meta._replace(xattrs={os.fsencode(k): v for k, v in meta.xattrs.items()})
+        mac = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size,
+                                  meta.xattrs), b"", hashlib.sha256)
         try:
             try:
                 if node.size:
                     if self.fs.is_inline(node):
-                        os.write(fd, self.fs.inline_data(node))
+                        data = self.fs.inline_data(node)
+                        _write_all(fd, data, 0)
+                        mac.update(data)
                     else:
-                        self._copy(fd, node)
+                        self._copy(fd, node, mac)
                     os.ftruncate(fd, node.size)
             except OSError as exc:
                 raise self._error(rel, exc, "write") from exc
             self._finish(fd, node, rel, directory=False)
+            digest = mac.hexdigest()
+            path = _manifest_path(rel)
+            if node.links > 1:
+                self.digests[node.number] = digest
+                self.linked_meta[node.number] = meta
+                self.linked.append((path, rel, meta, digest))
+            else:
+                self.entries[path] = [*hashcache.entry_key(os.fstat(fd), meta), digest]
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += node.size
 
-    def _copy(self, out: int, node: Inode) -> None:
-        """Copy the mapped runs; holes are never written, so they stay holes."""
+    def _copy(self, out: int, node: Inode, mac: hmac.HMAC) -> None:
+        """Copy the mapped runs into ``out`` and feed the whole content, holes as zeros, to
+        ``mac``; holes are never written, so they stay holes."""
         bs = self.fs.block_size
         size = node.size
+        pos = 0  # bytes fed to mac
         for logical, physical, count in self.fs.runs(node):
             dst = logical * bs
+            if dst < pos:
+                raise Ext4Error(f"{self.fs.where}: inode {node.number} maps logical block "
+                                f"{logical} twice", hint="the filesystem is damaged")
+            _feed_zeros(mac, dst - pos)
             length = min(count * bs, size - dst)
             src = self.fs.file_offset(physical)
+            pos = dst + length
             while length > 0:
-                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK))
+                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK), mac)
                 src += n
                 dst += n
                 length -= n
+        _feed_zeros(mac, size - pos)
 
-    def _copy_chunk(self, out: int, src: int, dst: int, length: int) -> int:
-        if self.copy_range:
-            try:
-                n = os.copy_file_range(self.img_fd, out, length, src, dst)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
-                                     errno.EBADF):
-                    raise
-                self.copy_range = False
-            else:
-                if n == 0:
-                    raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
-                                    hint="the image is truncated: copy it again")
-                return n
+    def _copy_chunk(self, out: int, src: int, dst: int, length: int, mac: hmac.HMAC) -> int:
         view = memoryview(self.buffer)[:length]
         n = os.preadv(self.img_fd, [view], src)
         if n == 0:
             raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
                             hint="the image is truncated: copy it again")
-        return os.pwrite(out, view[:n], dst)
+        mac.update(view[:n])
+        _write_all(out, view[:n], dst)
+        return n
+
+    def hash_entries(self) -> dict[str, hashcache.Entry]:
+        """The side file's entries of every regular file, once the tree is complete."""
+        entries = self.entries
+        for path, rel, meta, digest in self.linked:
+            st = os.lstat(os.path.join(self.root_b, rel))
+            entries[path] = [*hashcache.entry_key(st, meta), digest]
+        self.linked = []
+        return entries
 
     # --- metadata ----------------------------------------------------------------------------
 
@@ -460,6 +509,21 @@ class _Writer:
                             f"({', '.join(map(str, missing))}...) would be lost",
                             hint="the filesystem is damaged or has orphans: run e2fsck -fy on "
                                  "the partition, or rebuild the image")
+
+
+def _feed_zeros(mac: hmac.HMAC, count: int) -> None:
+    """A hole (or unwritten extent) reads as zeros: hash them without writing them."""
+    while count > 0:
+        n = min(count, len(_ZEROS))
+        mac.update(_ZEROS[:n] if n < len(_ZEROS) else _ZEROS)
+        count -= n
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 def _bits(value: int, first: int, limit: int) -> Iterator[int]:
