@@ -44,6 +44,9 @@ _ROOT_INODE = 2
 _MAX_DEPTH = 400
 _COPY_CHUNK = 8 << 20
 _ZEROS = bytes(1 << 20)
+#: A file with more holes than this is not hashed here (it would cost time for nothing the
+#: image holds, e.g. a damaged inode claiming a terabyte); the build hashes it if it must.
+_HASH_HOLES_MAX = 64 << 20
 _ADVANCE_EVERY = 256
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -378,8 +381,8 @@ class _Writer:
             raise self._error(rel, exc, "create") from exc
         if meta.xattrs:  # names as the record gives them back (bytes), for key and entry
             meta = meta._replace(xattrs={os.fsencode(k): v for k, v in meta.xattrs.items()})
-        mac = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size,
-                                  meta.xattrs), b"", hashlib.sha256)
+        mac: hmac.HMAC | None = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev,
+                                                   node.size, meta.xattrs), b"", hashlib.sha256)
         try:
             try:
                 if node.size:
@@ -387,54 +390,74 @@ class _Writer:
                         data = self.fs.inline_data(node)
                         _write_all(fd, data, 0)
                         mac.update(data)
-                    else:
-                        self._copy(fd, node, mac)
+                    elif not self._copy(fd, node, mac):
+                        mac = None
                     os.ftruncate(fd, node.size)
             except OSError as exc:
                 raise self._error(rel, exc, "write") from exc
             self._finish(fd, node, rel, directory=False)
-            digest = mac.hexdigest()
-            path = _manifest_path(rel)
-            if node.links > 1:
-                self.digests[node.number] = digest
-                self.linked_meta[node.number] = meta
-                self.linked.append((path, rel, meta, digest))
-            else:
-                self.entries[path] = [*hashcache.entry_key(os.fstat(fd), meta), digest]
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if mac is not None:
+                self._hashed(fd, node, rel, meta, mac.hexdigest())
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += node.size
 
-    def _copy(self, out: int, node: Inode, mac: hmac.HMAC) -> None:
+    def _hashed(self, fd: int, node: Inode, rel: bytes, meta: Meta, digest: str) -> None:
+        """Keep a written file's hash for the side file; a hard-linked one is keyed when the
+        tree is complete (every further link moves its ctime)."""
+        path = _manifest_path(rel)
+        if node.links > 1:
+            self.digests[node.number] = digest
+            self.linked_meta[node.number] = meta
+            self.linked.append((path, rel, meta, digest))
+        else:
+            self.entries[path] = [*hashcache.entry_key(os.fstat(fd), meta), digest]
+
+    def _copy(self, out: int, node: Inode, mac: hmac.HMAC) -> bool:
         """Copy the mapped runs into ``out`` and feed the whole content, holes as zeros, to
-        ``mac``; holes are never written, so they stay holes."""
+        ``mac``; holes are never written, so they stay holes. False: the file has more than
+        :data:`_HASH_HOLES_MAX` of holes and ``mac`` was given up on (the copy is complete)."""
         bs = self.fs.block_size
         size = node.size
         pos = 0  # bytes fed to mac
+        holes = 0
+        hashing: hmac.HMAC | None = mac
         for logical, physical, count in self.fs.runs(node):
             dst = logical * bs
             if dst < pos:
                 raise Ext4Error(f"{self.fs.where}: inode {node.number} maps logical block "
                                 f"{logical} twice", hint="the filesystem is damaged")
-            _feed_zeros(mac, dst - pos)
+            holes += dst - pos
+            if hashing is not None and holes > _HASH_HOLES_MAX:
+                hashing = None
+            _feed_zeros(hashing, dst - pos)
             length = min(count * bs, size - dst)
             src = self.fs.file_offset(physical)
             pos = dst + length
             while length > 0:
-                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK), mac)
+                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK), hashing)
                 src += n
                 dst += n
                 length -= n
-        _feed_zeros(mac, size - pos)
+        if holes + size - pos > _HASH_HOLES_MAX:
+            return False
+        _feed_zeros(hashing, size - pos)
+        return hashing is not None
 
-    def _copy_chunk(self, out: int, src: int, dst: int, length: int, mac: hmac.HMAC) -> int:
+    def _copy_chunk(self, out: int, src: int, dst: int, length: int,
+                    mac: hmac.HMAC | None) -> int:
         view = memoryview(self.buffer)[:length]
         n = os.preadv(self.img_fd, [view], src)
         if n == 0:
             raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
                             hint="the image is truncated: copy it again")
-        mac.update(view[:n])
+        if mac is not None:
+            mac.update(view[:n])
         _write_all(out, view[:n], dst)
         return n
 
@@ -511,9 +534,9 @@ class _Writer:
                                  "the partition, or rebuild the image")
 
 
-def _feed_zeros(mac: hmac.HMAC, count: int) -> None:
+def _feed_zeros(mac: hmac.HMAC | None, count: int) -> None:
     """A hole (or unwritten extent) reads as zeros: hash them without writing them."""
-    while count > 0:
+    while mac is not None and count > 0:
         n = min(count, len(_ZEROS))
         mac.update(_ZEROS[:n] if n < len(_ZEROS) else _ZEROS)
         count -= n
