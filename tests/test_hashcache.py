@@ -153,16 +153,41 @@ def test_next_version_shares_by_hash_and_keeps_a_same_size_same_mtime_change(
 
 
 def test_publish_of_only_os_release_reads_no_file_twice(images, tmp_path: Path) -> None:
+    """The extraction links each unchanged file to the previous tree's inode instead of
+    writing it (decided by the hashes: d00 and its link are linked in their own tree, so they
+    are written), and the build hashes nothing."""
     storage = tmp_path / "s"
     for name, version in (("a10", 10), ("a20", 20)):
         done = publish(storage, images[name], "--version", str(version))
         assert done.returncode == 0, done.stderr
+    assert "30 files unchanged since" in done.stderr, done.stderr
     assert _hashed(done.stderr) == (0, 33)
+    old, new = Storage(storage).os_core(10), Storage(storage).os_core(20)
+    assert (old / "usr/bin/app").stat().st_ino == (new / "usr/bin/app").stat().st_ino
+    assert (old / "usr/lib/os-release").stat().st_ino != \
+        (new / "usr/lib/os-release").stat().st_ino
     v10, v20 = _full_hashes(storage, 10), _full_hashes(storage, 20)
     assert v20["/usr/lib/os-release"] != v10["/usr/lib/os-release"]
     assert v20["/usr/bin/app"] == v10["/usr/bin/app"]
     assert {p: v20[p] for p in _scanned(Storage(storage).os_core(20))} == \
         _scanned(Storage(storage).os_core(20))
+
+
+def test_publish_links_no_file_whose_bytes_changed(images, tmp_path: Path) -> None:
+    """Version 20 changes the app's bytes, not its size or mtime: the extraction writes it
+    (its hash differs), links the 29 unchanged data files, and the manifest has its new hash."""
+    storage = tmp_path / "s"
+    for name, version in (("a10", 10), ("b20", 20)):
+        done = publish(storage, images[name], "--version", str(version))
+        assert done.returncode == 0, done.stderr
+    assert "29 files unchanged since" in done.stderr, done.stderr
+    assert _hashed(done.stderr) == (0, 33)
+    old, new = Storage(storage).os_core(10), Storage(storage).os_core(20)
+    assert (old / "usr/bin/app").stat().st_ino != (new / "usr/bin/app").stat().st_ino
+    assert (old / "usr/bin/app").read_bytes() != (new / "usr/bin/app").read_bytes()
+    v10, v20 = _full_hashes(storage, 10), _full_hashes(storage, 20)
+    assert v20["/usr/bin/app"] != v10["/usr/bin/app"]
+    assert {p: v20[p] for p in _scanned(new)} == _scanned(new)
 
 
 def test_forced_rebuild_hashes_the_new_image(images, tmp_path: Path) -> None:

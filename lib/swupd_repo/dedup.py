@@ -73,6 +73,13 @@ def previous_tree(storage: Storage, version: int) -> int | None:
     return older[-1] if older else None
 
 
+def previous_tree_path(storage: Storage, version: int) -> Path | None:
+    """``image/<P>/os-core`` of :func:`previous_tree`, if any (what an extraction shares
+    with as it writes, see :mod:`.extract`)."""
+    previous = previous_tree(storage, version)
+    return storage.os_core(previous) if previous is not None else None
+
+
 def share_with_previous(storage: Storage, version: int, reporter: Reporter) -> DedupStats:
     """:func:`share_unchanged` of ``image/<version>/os-core`` with the previous stored tree."""
     previous = previous_tree(storage, version)

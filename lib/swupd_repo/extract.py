@@ -17,6 +17,13 @@ Every regular file's swupd hash (format3 §3) is computed from the bytes as they
 its key (mode, owner, size, xattrs) is known from the inode before the data is read. The
 hashes go into the tree's side file (:mod:`.swupd.hashcache`), so the build that follows, in
 this process or another, and the sharing with the previous version read no file again.
+
+Given the previous version's stored tree (``share_with``), a file whose content that tree
+already holds at the same path is not written at all: its bytes are read and hashed, and when
+the hash, the metadata it is keyed with, size and mtime equal the previous file's proven ones
+(:mod:`.swupd.hashcache`), the new path becomes a hard link to the previous inode (made
+read-only on disk, as :mod:`.dedup` does). Nothing is written for it, nothing is renamed
+later, and a killed extraction drops the links with its temporary tree.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from .progress import Reporter
 from .storage import remove_tree, temp_path
 from .swupd import hashcache
 from .swupd.hashing import object_key
-from .treemeta import Meta, RecordWriter, disk_mode, is_placeholder, record_path
+from .treemeta import Meta, RecordWriter, TreeMeta, disk_mode, is_placeholder, record_path
+from .treemeta import load as load_meta
 
 _ROOT_INODE = 2
 _MAX_DEPTH = 400
@@ -66,13 +74,15 @@ class ExtractStats:
     xattrs: int = 0
     bytes: int = 0
     hashed: int = 0  # regular files whose hash went into the side file
+    shared: int = 0  # regular files linked to the previous tree's inode instead of written
     seconds: float = 0.0
     skipped_lost_found: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
 def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Reporter, *,
-                   max_file_size: int | None = None) -> ExtractStats:
+                   max_file_size: int | None = None,
+                   share_with: Path | None = None) -> ExtractStats:
     """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``,
     its metadata into ``dest``'s record (:func:`~.treemeta.record_path`).
 
@@ -80,6 +90,7 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     of hashes are renamed into place before the tree, so a stored tree never lacks its
     record. A regular file larger than ``max_file_size`` (apparent size) is refused:
     extracting it is cheap (holes stay holes), but every later step reads all of its bytes.
+    ``share_with``: the previous version's stored tree (see the module docstring).
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -109,7 +120,8 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
                                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
                                     "directory with free space") from exc
         with RecordWriter(dest) as record:
-            writer = _Writer(reader, tmp, reporter, record, max_file_size)
+            writer = _Writer(reader, tmp, reporter, record, max_file_size,
+                             _Previous.load(share_with) if share_with is not None else None)
             stats = writer.run()
             record.install()
             installed = True
@@ -134,8 +146,27 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     stats.seconds = time.monotonic() - start
     reporter.info(f"extracted {stats.files} files, {stats.directories} directories, "
                   f"{stats.symlinks} symlinks, {stats.hardlinks} hard links "
-                  f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s")
+                  f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s"
+                  + (f"; {stats.shared} files unchanged since {share_with}, linked instead "
+                     "of written" if share_with is not None else ""))
     return stats
+
+
+@dataclass
+class _Previous:
+    """The previous stored tree, its record and its proven hashes (sharing needs all three)."""
+
+    tree: bytes
+    meta: TreeMeta
+    hashes: dict[str, hashcache.Entry]
+
+    @classmethod
+    def load(cls, tree: Path) -> _Previous | None:
+        meta = load_meta(tree)
+        if meta is None:  # a tree without a record keeps its own inodes (see dedup)
+            return None
+        hashes = hashcache.load(hashcache.cache_path(tree))
+        return cls(os.fsencode(tree), meta, hashes) if hashes else None
 
 
 @dataclass
@@ -151,8 +182,10 @@ class _Writer:
     """One extraction: depth-first over directories, one open fd per level."""
 
     def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter,
-                 record: RecordWriter, max_file_size: int | None = None) -> None:
+                 record: RecordWriter, max_file_size: int | None = None,
+                 previous: _Previous | None = None) -> None:
         self.fs = fs
+        self.previous = previous
         self.record = record
         self.max_file_size = max_file_size
         self.root = root
@@ -172,6 +205,7 @@ class _Writer:
         self.used: list[int] = []
         self.reserved: list[int] = []
         self.img_fd = fs.fd
+        self.dev = os.stat(root).st_dev
         self._root = -1
         fs.on_ea_inode = self._mark
 
@@ -373,14 +407,20 @@ class _Writer:
                 f"({self.max_file_size} bytes)",
                 hint="publishing reads every byte of it several times; raise "
                      "SWUPD_REPO_MAX_FILE_SIZE / --max-file-size if it is meant to ship")
+        if meta.xattrs:  # names as the record gives them back (bytes), for key and entry
+            meta = meta._replace(xattrs={os.fsencode(k): v for k, v in meta.xattrs.items()})
+        if self.previous is not None and node.links == 1 and self._share(dfd, name, rel,
+                                                                          node, meta):
+            self.stats.files += 1
+            self.stats.bytes += node.size
+            self.stats.shared += 1
+            return
         try:
             fd = os.open(name, _O_NEW, 0o600, dir_fd=dfd)
         except FileExistsError:
             raise
         except OSError as exc:
             raise self._error(rel, exc, "create") from exc
-        if meta.xattrs:  # names as the record gives them back (bytes), for key and entry
-            meta = meta._replace(xattrs={os.fsencode(k): v for k, v in meta.xattrs.items()})
         mac: hmac.HMAC | None = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev,
                                                    node.size, meta.xattrs), b"", hashlib.sha256)
         try:
@@ -418,10 +458,53 @@ class _Writer:
         else:
             self.entries[path] = [*hashcache.entry_key(os.fstat(fd), meta), digest]
 
-    def _copy(self, out: int, node: Inode, mac: hmac.HMAC) -> bool:
-        """Copy the mapped runs into ``out`` and feed the whole content, holes as zeros, to
-        ``mac``; holes are never written, so they stay holes. False: the file has more than
-        :data:`_HASH_HOLES_MAX` of holes and ``mac`` was given up on (the copy is complete)."""
+    def _share(self, dfd: int, name: bytes, rel: bytes, node: Inode, meta: Meta) -> bool:
+        """Link ``name`` to the previous tree's file at the same path when its proven hash,
+        keyed alike, equals this file's, and the inode already carries this size, mtime and
+        disk mode. False: nothing was created, write the file."""
+        previous = self.previous
+        assert previous is not None
+        path = _manifest_path(rel)
+        entry = previous.hashes.get(path)
+        other = previous.meta.entries.get(path)
+        if entry is None or other is None or not stat.S_ISREG(other.mode):
+            return False
+        key = [meta.mode, meta.uid, meta.gid, meta.rdev, hashcache.entry_key_xattrs(meta)]
+        if entry[2] != node.size or entry[3] != node.mtime_ns or entry[5:-1] != key:
+            return False  # cheap refusals first: no system call
+        old = os.path.join(previous.tree, rel)
+        try:
+            ost = os.lstat(old)
+        except OSError:
+            return False
+        if (hashcache.proven(entry, ost, other) is None or ost.st_dev != self.dev
+                or stat.S_IMODE(ost.st_mode) | 0o222 != disk_mode(node.mode) | 0o222):
+            return False
+        mac = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size,
+                                  meta.xattrs), b"", hashlib.sha256)
+        if self.fs.is_inline(node):
+            mac.update(self.fs.inline_data(node))
+        elif not self._copy(None, node, mac):
+            return False
+        digest = mac.hexdigest()
+        if digest != entry[-1]:
+            return False
+        try:
+            if ost.st_mode & 0o222:
+                os.chmod(old, stat.S_IMODE(ost.st_mode) & ~0o222)
+            os.link(old, name, dst_dir_fd=dfd)
+        except FileExistsError:
+            raise
+        except OSError:  # EMLINK, EXDEV, EPERM...: keep a copy of our own
+            return False
+        self.linked.append((path, rel, meta, digest))
+        return True
+
+    def _copy(self, out: int | None, node: Inode, mac: hmac.HMAC) -> bool:
+        """Copy the mapped runs into ``out`` (None: only hash them) and feed the whole
+        content, holes as zeros, to ``mac``; holes are never written, so they stay holes.
+        False: the file has more than :data:`_HASH_HOLES_MAX` of holes and ``mac`` was given
+        up on (the copy is complete)."""
         bs = self.fs.block_size
         size = node.size
         pos = 0  # bytes fed to mac
@@ -449,7 +532,7 @@ class _Writer:
         _feed_zeros(hashing, size - pos)
         return hashing is not None
 
-    def _copy_chunk(self, out: int, src: int, dst: int, length: int,
+    def _copy_chunk(self, out: int | None, src: int, dst: int, length: int,
                     mac: hmac.HMAC | None) -> int:
         view = memoryview(self.buffer)[:length]
         n = os.preadv(self.img_fd, [view], src)
@@ -458,7 +541,8 @@ class _Writer:
                             hint="the image is truncated: copy it again")
         if mac is not None:
             mac.update(view[:n])
-        _write_all(out, view[:n], dst)
+        if out is not None:
+            _write_all(out, view[:n], dst)
         return n
 
     def hash_entries(self) -> dict[str, hashcache.Entry]:

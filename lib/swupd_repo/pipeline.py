@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .backends import get_backend
-from .dedup import share_with_previous
+from .dedup import previous_tree_path, share_with_previous
 from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
 from .osrelease import read_version_id
 from .progress import Reporter
@@ -101,7 +101,8 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
-                               run, max_file_size=settings.max_file_size)
+                               run, max_file_size=settings.max_file_size,
+                               share_with=previous_tree_path(storage, version))
                 check_os_release(dest, version)
                 share_with_previous(storage, version, run)
                 _build_and_mark(storage, version, settings, run)

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dedup import share_with_previous
+    from ..dedup import previous_tree_path, share_with_previous
     from ..extract import extract_rootfs
     from ..gpt import find_partition
     from ..layout import load_layout
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
         stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, run,
-                               max_file_size=args.max_file_size)
+                               max_file_size=args.max_file_size,
+                               share_with=previous_tree_path(storage, args.version))
         share_with_previous(storage, args.version, run)
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")

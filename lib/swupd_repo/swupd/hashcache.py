@@ -58,7 +58,12 @@ def entry_key(st: os.stat_result, meta: Meta) -> list[object]:
     """What must be equal for a stored hash to hold: the inode's identity and times, and the
     record's metadata the hash is keyed with."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, meta.mode,
-            meta.uid, meta.gid, meta.rdev, xattr_blob(meta.xattrs).hex()]
+            meta.uid, meta.gid, meta.rdev, entry_key_xattrs(meta)]
+
+
+def entry_key_xattrs(meta: Meta) -> str:
+    """The xattrs part of :func:`entry_key`."""
+    return xattr_blob(meta.xattrs).hex()
 
 
 def proven(entry: Entry | None, st: os.stat_result, meta: Meta) -> str | None:
