@@ -132,7 +132,9 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
     before = _earlier(storage)
     proc = start_paused(storage, image_30, KILL_POINTS[step])
     try:
-        if "|workers" in KILL_POINTS[step] or step == "manifests":
+        # (at the start of "writing manifests" the pool may not have started: after an
+        # extraction the build hashes nothing; "fullfiles" kills it with workers alive)
+        if "|workers" in KILL_POINTS[step]:
             assert len(group(proc.pid)) > 1, "the pause point should have workers alive"
         proc.kill()  # what `kill -9 <pid of swupd-repo publish>` does: the workers stay
         proc.wait()

@@ -23,6 +23,7 @@ from .progress import Reporter
 from .runreporter import RunReporter
 from .settings import Settings
 from .storage import Storage
+from .swupd import hashcache
 from .treemeta import record_path
 from .versions import next_version, validate_new_version
 
@@ -96,8 +97,10 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         image_existed = storage.image(version).exists()
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
-            # killed run left: either way it is put back, with its record, if this run fails.
-            with storage.replacing(dest), storage.replacing(record_path(dest)):
+            # killed run left: either way it is put back, with its record and side file of
+            # hashes, if this run fails.
+            with storage.replacing(dest), storage.replacing(record_path(dest)), \
+                    storage.replacing(hashcache.cache_path(dest)):
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
