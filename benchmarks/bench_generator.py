@@ -9,6 +9,11 @@ process tree's RSS and CPU time are measured:
 2. only ``usr/lib/os-release`` changed (50): <= 10 s and <= 3x floor;
 3. 5 % of the files changed, a few added and deleted (60): <= 2x floor; then another 5 % (70),
    where the pack spans the first change split are reused piece by piece;
+3b. only os-release changed, published the way BitBake does it: ``.dsk`` images made with
+   ``mkfs.ext4 -d`` from 70's tree, extracted and built by ``swupd-repo publish``, first 80
+   (after a tree stored without a record: nothing to share with), then 90 (the extraction
+   links every unchanged file to 80's inode instead of writing it, and hashes it on the way,
+   so the build reads none again). The runs include the extraction, the floor does not;
 4. pack bytes against ``xz -6`` of the same tar as one stream (<= 1.05x), for the packs of 40,
    60 and 70, and the CPU use of every build (first publish: both cores busy), both as CPU
    time over wall time and as runnable threads of the build's process tree (the cores it
@@ -213,10 +218,12 @@ class Run:
     cpu: float  # user + system seconds of the build and its workers
     runnable: float = 0.0  # mean runnable threads of the tree (cores it could use)
     busy: float = 0.0  # share of the samples with at least as many runnable as cores
+    log: str = ""  # what the command printed on stderr
 
 
-def timed_build(storage: Path, version: int, compression: str) -> Run:
-    cmd = [sys.executable, "-m", "swupd_repo.cli", "build", "--storage", str(storage),
+def timed_build(storage: Path, version: int, compression: str,
+                command: tuple[str, ...] = ("build",)) -> Run:
+    cmd = [sys.executable, "-m", "swupd_repo.cli", *command, "--storage", str(storage),
            "--version", str(version), "--jobs", "0", "--compression", compression]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -244,8 +251,9 @@ def timed_build(storage: Path, version: int, compression: str) -> Run:
         raise SystemExit(f"build {version} failed:\n{err}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cores = len(os.sched_getaffinity(0))
-    return Run(elapsed, peak, cpu, sum(min(c, cores) for c in counts) / max(1, len(counts)),
-               sum(c >= cores for c in counts) / max(1, len(counts)))
+    return Run(elapsed, peak, cpu,
+               runnable=sum(min(c, cores) for c in counts) / max(1, len(counts)),
+               busy=sum(c >= cores for c in counts) / max(1, len(counts)), log=err)
 
 
 def check(storage: Path, version: int, simulate: bool) -> str:
@@ -328,6 +336,42 @@ def measure(storage: Path, name: str, version: int, seen: set[str], workers: int
                     load=os.getloadavg()[0])
 
 
+def publish_from_dsk(storage: Path, work: Path, base: int, versions: tuple[int, ...],
+                     seen: set[str], workers: int, compression: str) -> list[Scenario]:
+    """``base``'s tree with only os-release changed, as one ``.dsk`` per version (not
+    timed), then ``swupd-repo publish`` of each in turn (timed): extraction, sharing with the
+    previous tree and build in one process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from dsk import make_dsk
+
+    source = work / "dsk-tree"
+    subprocess.run(["cp", "-a", str(storage / f"image/{base}/os-core"), str(source)],
+                   check=True)
+    used = sum(p.lstat().st_size for p in source.rglob("*"))
+    paths = sum(1 for _ in source.rglob("*"))
+    images = {}
+    for version in versions:
+        write_os_release(source, version)
+        images[version] = make_dsk(source, work / "dsk", f"v{version}",
+                                   rootfs_mb=used * 13 // 10 // 2**20 + paths // 64 + 64)
+    out = []
+    for n, version in enumerate(versions):
+        write_os_release(source, version)
+        floor, new_bytes, floor_cpu = floor_seconds(source, seen, workers)
+        dsk, layout = images[version]
+        run = timed_build(storage, version, compression,
+                          ("publish", "--dsk", str(dsk), "--layout", str(layout)))
+        dsk.unlink()
+        name = "os-release only, .dsk, " + ("first" if n == 0 else "after a .dsk")
+        scenario = Scenario(name, version, run, floor, new_bytes, floor_cpu, 3.0,
+                            limit_s=10.0)
+        scenario.note = "; ".join(line for line in run.log.splitlines()
+                                  if "files hashed" in line or "extracted" in line)
+        out.append(scenario)
+    shutil.rmtree(source)
+    return out
+
+
 def report(s: Scenario, workers: int) -> str:
     ratio = s.run.seconds / s.floor
     ok = ratio <= s.target and (s.limit_s is None or s.run.seconds <= s.limit_s)
@@ -338,7 +382,8 @@ def report(s: Scenario, workers: int) -> str:
             f"cpu {s.run.cpu / s.run.seconds / workers:4.0%} of {workers} cores, "
             f"runnable {s.run.runnable:.2f} of {workers} ({s.run.busy:.0%} of the time all)  "
             f"cpu time {s.run.cpu:6.1f} s / floor's {s.floor_cpu:6.1f} s = "
-            f"{s.run.cpu / s.floor_cpu:5.2f}  load {s.load:.1f}")
+            f"{s.run.cpu / s.floor_cpu:5.2f}  {machine_load()}"
+            + (f"\n    {s.note}" if s.note else ""))
 
 
 def synthesise_large(source: Path, dest: Path, total: int, count: int, seed: int = 11) -> None:
@@ -361,6 +406,11 @@ def synthesise_large(source: Path, dest: Path, total: int, count: int, seed: int
         made += 1
         size += len(data)
     (dest / "usr/lib").mkdir(parents=True, exist_ok=True)
+
+
+def machine_load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f})"
 
 
 def run_main(args: argparse.Namespace, work: Path) -> None:
@@ -405,6 +455,11 @@ def run_main(args: argparse.Namespace, work: Path) -> None:
     results.append(measure(storage, "another 5% changed", big + 30, seen, workers, 2.0,
                            args.compression))
     print(report(results[-1], workers), flush=True)
+    for scenario in publish_from_dsk(storage, work, big + 30, (big + 40, big + 50), seen,
+                                     workers, args.compression):
+        results.append(scenario)
+        print(report(scenario, workers), flush=True)
+    print(check(storage, big + 50, args.simulate), flush=True)
     www = storage / "www"
     packs = [www / f"{big}/pack-os-core-from-0.tar", www / f"{big}/pack-os-core-from-30.tar",
              www / f"{big + 20}/pack-os-core-from-{big + 10}.tar",

@@ -166,8 +166,10 @@ def test_mutated_images(pristine: Pristine, data: st.DataObject) -> None:
             assert "\n" not in str(exc), "one line"
             assert list(fence.iterdir()) == [], "a failed extraction leaves nothing"
         else:
-            # the tree and its metadata record (swupd_repo.treemeta), nothing else
-            assert sorted(os.listdir(fence / "storage")) == ["os-core", "os-core.meta"]
+            # the tree, its metadata record (swupd_repo.treemeta) and its side file of
+            # hashes (swupd_repo.swupd.hashcache), nothing else
+            assert sorted(os.listdir(fence / "storage")) == [".hashcache.json", "os-core",
+                                                              "os-core.meta"]
         assert sorted(os.listdir(sandbox)) == ["fence", "image.img"], "wrote outside"
     finally:
         shutil.rmtree(sandbox)

@@ -54,10 +54,11 @@ def test_failed_forced_rebuild_keeps_the_published_tree(tmp_path, vector_images)
 # processes that used to inherit the lock).
 
 #: Step -> pause point. Hashing, fullfiles and manifests run in one pool; the packs and the
-#: deltas start their own.
+#: deltas start their own. After an extraction the build has no file left to hash (the
+#: extraction hashed them), so the hashing step is stopped at its start.
 KILL_POINTS = {
     "extraction": "extracting partition",
-    "hashing": "hashing files|workers",
+    "hashing": "hashing files",
     "manifests": "writing manifests",
     "fullfiles": "writing fullfiles|workers",
     "zero pack": "zero pack|workers",
@@ -131,7 +132,9 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
     before = _earlier(storage)
     proc = start_paused(storage, image_30, KILL_POINTS[step])
     try:
-        if "|workers" in KILL_POINTS[step] or step == "manifests":
+        # (at the start of "writing manifests" the pool may not have started: after an
+        # extraction the build hashes nothing; "fullfiles" kills it with workers alive)
+        if "|workers" in KILL_POINTS[step]:
             assert len(group(proc.pid)) > 1, "the pause point should have workers alive"
         proc.kill()  # what `kill -9 <pid of swupd-repo publish>` does: the workers stay
         proc.wait()
@@ -151,7 +154,7 @@ def test_sigkill_at_each_step_leaves_no_process_and_a_free_lock(step, tmp_path, 
     assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
 
 
-@pytest.mark.parametrize("step", ["hashing files|workers", "zero pack",
+@pytest.mark.parametrize("step", ["hashing files", "zero pack",
                                   "moving latest"])
 def test_a_killed_forced_rebuild_leaves_the_published_version(step, tmp_path, history,
                                                               vector_images) -> None:

@@ -19,6 +19,13 @@ tree (``prune``, a failed run) only drops links.
 Each replacement is atomic: link under a temporary name in ``image/<V>/`` (where
 :meth:`~.storage.Storage.clean_leftovers` finds a killed run's leftover), then rename over the
 file. A tree without a record is never shared (its disk metadata is its metadata).
+
+Content is compared by the trees' proven swupd hashes (:mod:`.swupd.hashcache`: the
+extraction hashed every file it wrote) when both files have one under the same key (size,
+mode, owner, xattrs): equal hashes mean equal bytes, so most files are decided without
+reading either. Otherwise the bytes are compared. A shared path keeps its proven hash (its
+bytes and record did not change), re-keyed to the inode it now names, so the build that
+follows still reads no file again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from pathlib import Path
 
 from .progress import Reporter
 from .storage import Storage, temp_path
+from .swupd import hashcache
+from .treemeta import Meta
 from .treemeta import load as load_meta
 
 #: Errors that mean "this filesystem or kernel will not link these": stop sharing, keep going.
@@ -47,6 +56,7 @@ class DedupStats:
     linked_bytes: int = 0
     already: int = 0  # files that already shared it
     compared: int = 0  # files whose content was read to decide
+    by_hash: int = 0  # files decided by their proven hashes, without reading
 
 
 def stored_trees(storage: Storage) -> list[int]:
@@ -61,6 +71,13 @@ def previous_tree(storage: Storage, version: int) -> int | None:
     """The newest stored version below ``version`` (the tree to share with), if any."""
     older = [v for v in stored_trees(storage) if v < version]
     return older[-1] if older else None
+
+
+def previous_tree_path(storage: Storage, version: int) -> Path | None:
+    """``image/<P>/os-core`` of :func:`previous_tree`, if any (what an extraction shares
+    with as it writes, see :mod:`.extract`)."""
+    previous = previous_tree(storage, version)
+    return storage.os_core(previous) if previous is not None else None
 
 
 def share_with_previous(storage: Storage, version: int, reporter: Reporter) -> DedupStats:
@@ -83,6 +100,8 @@ def share_unchanged(new: Path, old: Path, reporter: Reporter) -> DedupStats:
                       "record keeps its own inodes")
         return stats
     tmp = temp_path(new.parent, "dedup-link")
+    new_hashes = hashcache.load(hashcache.cache_path(new))
+    old_hashes = hashcache.load(hashcache.cache_path(old))
     for path, meta in new_meta.entries.items():
         if not stat.S_ISREG(meta.mode):
             continue
@@ -99,9 +118,19 @@ def share_unchanged(new: Path, old: Path, reporter: Reporter) -> DedupStats:
             continue
         if not _same_inode_data(nst, ost):
             continue
-        stats.compared += 1
-        if not filecmp.cmp(new_file, old_file, shallow=False):
+        new_hash = hashcache.proven(new_hashes.get(path), nst, meta)
+        old_hash = hashcache.proven(old_hashes.get(path), ost, other)
+        same = _same_by_hash(new_hashes.get(path) if new_hash else None,
+                             old_hashes.get(path) if old_hash else None)
+        if same is None:
+            stats.compared += 1
+            if not filecmp.cmp(new_file, old_file, shallow=False):
+                continue
+        elif not same:
+            stats.by_hash += 1
             continue
+        else:
+            stats.by_hash += 1
         try:
             _make_read_only(old_file, ost)
             os.link(old_file, tmp, follow_symlinks=False)
@@ -118,7 +147,34 @@ def share_unchanged(new: Path, old: Path, reporter: Reporter) -> DedupStats:
             raise
         stats.linked += 1
         stats.linked_bytes += nst.st_size
+        _rekey(new_hashes, path, new_file, meta, new_hash or _same_key_hash(
+            old_hashes.get(path) if old_hash else None, meta, nst))
+    if stats.linked:
+        hashcache.save_written(hashcache.cache_path(new), new_hashes)
     return stats
+
+
+def _same_by_hash(new: hashcache.Entry | None, old: hashcache.Entry | None) -> bool | None:
+    """Equal bytes by the proven hashes (None: they cannot tell, the bytes must be read)."""
+    if new is None or old is None:
+        return None
+    return hashcache.same_content(new, old)
+
+
+def _same_key_hash(old: hashcache.Entry | None, meta: Meta, st: os.stat_result) -> str | None:
+    """The old file's proven hash, when the new path's record keys it alike (same bytes)."""
+    if old is None or old[5:-1] != hashcache.entry_key(st, meta)[5:]:
+        return None
+    return str(old[-1])
+
+
+def _rekey(entries: dict[str, hashcache.Entry], path: str, file: Path, meta: Meta,
+           digest: str | None) -> None:
+    """The hash of ``path`` (unchanged bytes and record), keyed to the inode it now names."""
+    if digest is None:
+        entries.pop(path, None)
+        return
+    entries[path] = [*hashcache.entry_key(os.lstat(file), meta), digest]
 
 
 def _same_inode_data(new: os.stat_result, old: os.stat_result) -> bool:

@@ -11,13 +11,27 @@ Safety: the tree is built in a temporary sibling of ``dest`` and renamed into pl
 complete. All creation is relative to directory file descriptors opened with ``O_NOFOLLOW``;
 names containing ``/`` or NUL, the names ``.``/``..``, duplicate names and directory cycles are
 errors, so a crafted image cannot make us write outside the target. File data is copied in
-bounded chunks (``copy_file_range`` from the image, or ``pread``/``pwrite``), holes stay holes.
+bounded chunks (``pread``/``pwrite``), holes stay holes.
+
+Every regular file's swupd hash (format3 §3) is computed from the bytes as they are copied:
+its key (mode, owner, size, xattrs) is known from the inode before the data is read. The
+hashes go into the tree's side file (:mod:`.swupd.hashcache`), so the build that follows, in
+this process or another, and the sharing with the previous version read no file again.
+
+Given the previous version's stored tree (``share_with``), a file whose content that tree
+already holds at the same path is not written at all: its bytes are read and hashed, and when
+the hash, the metadata it is keyed with, size and mtime equal the previous file's proven ones
+(:mod:`.swupd.hashcache`), the new path becomes a hard link to the previous inode (made
+read-only on disk, as :mod:`.dedup` does). Nothing is written for it, nothing is renamed
+later, and a killed extraction drops the links with its temporary tree.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import os
 import stat
 import time
@@ -29,11 +43,18 @@ from .errors import Ext4Error, ExtractError
 from .ext4 import Ext4Reader, Inode
 from .progress import Reporter
 from .storage import remove_tree, temp_path
-from .treemeta import Meta, RecordWriter, disk_mode, is_placeholder, record_path
+from .swupd import hashcache
+from .swupd.hashing import object_key
+from .treemeta import Meta, RecordWriter, TreeMeta, disk_mode, is_placeholder, record_path
+from .treemeta import load as load_meta
 
 _ROOT_INODE = 2
 _MAX_DEPTH = 400
 _COPY_CHUNK = 8 << 20
+_ZEROS = bytes(1 << 20)
+#: A file with more holes than this is not hashed here (it would cost time for nothing the
+#: image holds, e.g. a damaged inode claiming a terabyte); the build hashes it if it must.
+_HASH_HOLES_MAX = 64 << 20
 _ADVANCE_EVERY = 256
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -52,20 +73,24 @@ class ExtractStats:
     sockets: int = 0
     xattrs: int = 0
     bytes: int = 0
+    hashed: int = 0  # regular files whose hash went into the side file
+    shared: int = 0  # regular files linked to the previous tree's inode instead of written
     seconds: float = 0.0
     skipped_lost_found: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
 def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Reporter, *,
-                   max_file_size: int | None = None) -> ExtractStats:
+                   max_file_size: int | None = None,
+                   share_with: Path | None = None) -> ExtractStats:
     """Extract the ext4 filesystem at ``[offset, offset + size)`` of ``dsk`` into ``dest``,
     its metadata into ``dest``'s record (:func:`~.treemeta.record_path`).
 
-    ``dest`` must not exist. On any error nothing is left behind. The record is renamed into
-    place before the tree, so a stored tree never lacks it. A regular file larger than
-    ``max_file_size`` (apparent size) is refused: extracting it is cheap (holes stay holes),
-    but every later step reads all of its bytes.
+    ``dest`` must not exist. On any error nothing is left behind. The record and the side file
+    of hashes are renamed into place before the tree, so a stored tree never lacks its
+    record. A regular file larger than ``max_file_size`` (apparent size) is refused:
+    extracting it is cheap (holes stay holes), but every later step reads all of its bytes.
+    ``share_with``: the previous version's stored tree (see the module docstring).
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -82,6 +107,8 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     tmp = temp_path(dest.parent, dest.name)
     installed = False
+    hashes = hashcache.cache_path(dest)
+    hashed = False
     try:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +120,23 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
                                hint="set SWUPD_REPO_STORAGE_DIR / --storage to a writable "
                                     "directory with free space") from exc
         with RecordWriter(dest) as record:
-            stats = _Writer(reader, tmp, reporter, record, max_file_size).run()
+            writer = _Writer(reader, tmp, reporter, record, max_file_size,
+                             _Previous.load(share_with) if share_with is not None else None)
+            stats = writer.run()
             record.install()
             installed = True
+        entries = writer.hash_entries()
+        hashed = True
+        stats.hashed = hashcache.save_written(hashes, entries)
+        del entries
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(tmp)
         if installed:
             record_path(dest).unlink(missing_ok=True)
+        if hashed:
+            hashes.unlink(missing_ok=True)
         for directory in created:  # innermost first; only the ones we made, if still empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -111,8 +146,27 @@ def extract_rootfs(dsk: Path, offset: int, size: int, dest: Path, reporter: Repo
     stats.seconds = time.monotonic() - start
     reporter.info(f"extracted {stats.files} files, {stats.directories} directories, "
                   f"{stats.symlinks} symlinks, {stats.hardlinks} hard links "
-                  f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s")
+                  f"({stats.bytes / 1e6:.1f} MB) into {dest} in {stats.seconds:.1f} s"
+                  + (f"; {stats.shared} files unchanged since {share_with}, linked instead "
+                     "of written" if share_with is not None else ""))
     return stats
+
+
+@dataclass
+class _Previous:
+    """The previous stored tree, its record and its proven hashes (sharing needs all three)."""
+
+    tree: bytes
+    meta: TreeMeta
+    hashes: dict[str, hashcache.Entry]
+
+    @classmethod
+    def load(cls, tree: Path) -> _Previous | None:
+        meta = load_meta(tree)
+        if meta is None:  # a tree without a record keeps its own inodes (see dedup)
+            return None
+        hashes = hashcache.load(hashcache.cache_path(tree))
+        return cls(os.fsencode(tree), meta, hashes) if hashes else None
 
 
 @dataclass
@@ -128,8 +182,10 @@ class _Writer:
     """One extraction: depth-first over directories, one open fd per level."""
 
     def __init__(self, fs: Ext4Reader, root: Path, reporter: Reporter,
-                 record: RecordWriter, max_file_size: int | None = None) -> None:
+                 record: RecordWriter, max_file_size: int | None = None,
+                 previous: _Previous | None = None) -> None:
         self.fs = fs
+        self.previous = previous
         self.record = record
         self.max_file_size = max_file_size
         self.root = root
@@ -138,12 +194,18 @@ class _Writer:
         self.stats = ExtractStats()
         self.reached = bytearray((fs.sb.inodes_count + 8) // 8 + 1)
         self.links: dict[int, tuple[bytes, Meta]] = {}
-        self.copy_range = True
         self.buffer = bytearray(_COPY_CHUNK)
+        # side file entries: final for files of one link; (path, rel, meta, hash) for the
+        # others, whose ctime moves with every link and is read when the tree is complete
+        self.entries: dict[str, hashcache.Entry] = {}
+        self.linked: list[tuple[str, bytes, Meta, str]] = []
+        self.digests: dict[int, str] = {}
+        self.linked_meta: dict[int, Meta] = {}
         self.pending_advance = 0
         self.used: list[int] = []
         self.reserved: list[int] = []
         self.img_fd = fs.fd
+        self.dev = os.stat(root).st_dev
         self._root = -1
         fs.on_ea_inode = self._mark
 
@@ -247,7 +309,7 @@ class _Writer:
         if node.links > 1 and not stat.S_ISDIR(node.mode):
             self.links[number] = (rel, meta)
         try:
-            return self._create(frame.fd, name, rel, node)
+            return self._create(frame.fd, name, rel, node, meta)
         except FileExistsError:
             raise Ext4Error(f"{self.fs.where}: directory {_show(frame.rel)} has two entries "
                             f"named {name!r}",
@@ -292,11 +354,15 @@ class _Writer:
         except OSError as exc:
             raise self._error(rel, exc, "link") from exc
         self.record.add(_manifest_path(rel), meta)
+        digest = self.digests.get(node.number)
+        if digest is not None:
+            self.linked.append((_manifest_path(rel), rel, self.linked_meta[node.number], digest))
         self.stats.hardlinks += 1
 
     # --- creating ----------------------------------------------------------------------------
 
-    def _create(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> _Frame | None:
+    def _create(self, dfd: int, name: bytes, rel: bytes, node: Inode,
+                meta: Meta) -> _Frame | None:
         kind = stat.S_IFMT(node.mode)
         if kind == stat.S_IFDIR:
             try:
@@ -309,7 +375,7 @@ class _Writer:
             self.stats.directories += 1
             return _Frame(fd, node, rel, self.fs.entries(node), True)
         if kind == stat.S_IFREG:
-            self._regular(dfd, name, rel, node)
+            self._regular(dfd, name, rel, node, meta)
             return None
         try:
             if kind == stat.S_IFLNK:
@@ -333,7 +399,7 @@ class _Writer:
         self._finish_path(dfd, name, rel, node)
         return None
 
-    def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode) -> None:
+    def _regular(self, dfd: int, name: bytes, rel: bytes, node: Inode, meta: Meta) -> None:
         if self.max_file_size is not None and node.size > self.max_file_size:
             raise ExtractError(
                 f"{_show(rel)} (inode {node.number}) in {self.fs.where} is {node.size} bytes "
@@ -341,62 +407,152 @@ class _Writer:
                 f"({self.max_file_size} bytes)",
                 hint="publishing reads every byte of it several times; raise "
                      "SWUPD_REPO_MAX_FILE_SIZE / --max-file-size if it is meant to ship")
+        if meta.xattrs:  # names as the record gives them back (bytes), for key and entry
+            meta = meta._replace(xattrs={os.fsencode(k): v for k, v in meta.xattrs.items()})
+        if self.previous is not None and node.links == 1 and self._share(dfd, name, rel,
+                                                                          node, meta):
+            self.stats.files += 1
+            self.stats.bytes += node.size
+            self.stats.shared += 1
+            return
         try:
             fd = os.open(name, _O_NEW, 0o600, dir_fd=dfd)
         except FileExistsError:
             raise
         except OSError as exc:
             raise self._error(rel, exc, "create") from exc
+        mac: hmac.HMAC | None = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev,
+                                                   node.size, meta.xattrs), b"", hashlib.sha256)
         try:
             try:
                 if node.size:
                     if self.fs.is_inline(node):
-                        os.write(fd, self.fs.inline_data(node))
-                    else:
-                        self._copy(fd, node)
+                        data = self.fs.inline_data(node)
+                        _write_all(fd, data, 0)
+                        mac.update(data)
+                    elif not self._copy(fd, node, mac):
+                        mac = None
                     os.ftruncate(fd, node.size)
             except OSError as exc:
                 raise self._error(rel, exc, "write") from exc
             self._finish(fd, node, rel, directory=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if mac is not None:
+                self._hashed(fd, node, rel, meta, mac.hexdigest())
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += node.size
 
-    def _copy(self, out: int, node: Inode) -> None:
-        """Copy the mapped runs; holes are never written, so they stay holes."""
+    def _hashed(self, fd: int, node: Inode, rel: bytes, meta: Meta, digest: str) -> None:
+        """Keep a written file's hash for the side file; a hard-linked one is keyed when the
+        tree is complete (every further link moves its ctime)."""
+        path = _manifest_path(rel)
+        if node.links > 1:
+            self.digests[node.number] = digest
+            self.linked_meta[node.number] = meta
+            self.linked.append((path, rel, meta, digest))
+        else:
+            self.entries[path] = [*hashcache.entry_key(os.fstat(fd), meta), digest]
+
+    def _share(self, dfd: int, name: bytes, rel: bytes, node: Inode, meta: Meta) -> bool:
+        """Link ``name`` to the previous tree's file at the same path when its proven hash,
+        keyed alike, equals this file's, and the inode already carries this size, mtime and
+        disk mode. False: nothing was created, write the file."""
+        previous = self.previous
+        assert previous is not None
+        path = _manifest_path(rel)
+        entry = previous.hashes.get(path)
+        other = previous.meta.entries.get(path)
+        if entry is None or other is None or not stat.S_ISREG(other.mode):
+            return False
+        key = [meta.mode, meta.uid, meta.gid, meta.rdev, hashcache.entry_key_xattrs(meta)]
+        if entry[2] != node.size or entry[3] != node.mtime_ns or entry[5:-1] != key:
+            return False  # cheap refusals first: no system call
+        old = os.path.join(previous.tree, rel)
+        try:
+            ost = os.lstat(old)
+        except OSError:
+            return False
+        if (hashcache.proven(entry, ost, other) is None or ost.st_dev != self.dev
+                or stat.S_IMODE(ost.st_mode) | 0o222 != disk_mode(node.mode) | 0o222):
+            return False
+        mac = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size,
+                                  meta.xattrs), b"", hashlib.sha256)
+        if self.fs.is_inline(node):
+            mac.update(self.fs.inline_data(node))
+        elif not self._copy(None, node, mac):
+            return False
+        digest = mac.hexdigest()
+        if digest != entry[-1]:
+            return False
+        try:
+            if ost.st_mode & 0o222:
+                os.chmod(old, stat.S_IMODE(ost.st_mode) & ~0o222)
+            os.link(old, name, dst_dir_fd=dfd)
+        except FileExistsError:
+            raise
+        except OSError:  # EMLINK, EXDEV, EPERM...: keep a copy of our own
+            return False
+        self.linked.append((path, rel, meta, digest))
+        return True
+
+    def _copy(self, out: int | None, node: Inode, mac: hmac.HMAC) -> bool:
+        """Copy the mapped runs into ``out`` (None: only hash them) and feed the whole
+        content, holes as zeros, to ``mac``; holes are never written, so they stay holes.
+        False: the file has more than :data:`_HASH_HOLES_MAX` of holes and ``mac`` was given
+        up on (the copy is complete)."""
         bs = self.fs.block_size
         size = node.size
+        pos = 0  # bytes fed to mac
+        holes = 0
+        hashing: hmac.HMAC | None = mac
         for logical, physical, count in self.fs.runs(node):
             dst = logical * bs
+            if dst < pos:
+                raise Ext4Error(f"{self.fs.where}: inode {node.number} maps logical block "
+                                f"{logical} twice", hint="the filesystem is damaged")
+            holes += dst - pos
+            if hashing is not None and holes > _HASH_HOLES_MAX:
+                hashing = None
+            _feed_zeros(hashing, dst - pos)
             length = min(count * bs, size - dst)
             src = self.fs.file_offset(physical)
+            pos = dst + length
             while length > 0:
-                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK))
+                n = self._copy_chunk(out, src, dst, min(length, _COPY_CHUNK), hashing)
                 src += n
                 dst += n
                 length -= n
+        if holes + size - pos > _HASH_HOLES_MAX:
+            return False
+        _feed_zeros(hashing, size - pos)
+        return hashing is not None
 
-    def _copy_chunk(self, out: int, src: int, dst: int, length: int) -> int:
-        if self.copy_range:
-            try:
-                n = os.copy_file_range(self.img_fd, out, length, src, dst)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
-                                     errno.EBADF):
-                    raise
-                self.copy_range = False
-            else:
-                if n == 0:
-                    raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
-                                    hint="the image is truncated: copy it again")
-                return n
+    def _copy_chunk(self, out: int | None, src: int, dst: int, length: int,
+                    mac: hmac.HMAC | None) -> int:
         view = memoryview(self.buffer)[:length]
         n = os.preadv(self.img_fd, [view], src)
         if n == 0:
             raise Ext4Error(f"{self.fs.where}: the image file ends inside file data",
                             hint="the image is truncated: copy it again")
-        return os.pwrite(out, view[:n], dst)
+        if mac is not None:
+            mac.update(view[:n])
+        if out is not None:
+            _write_all(out, view[:n], dst)
+        return n
+
+    def hash_entries(self) -> dict[str, hashcache.Entry]:
+        """The side file's entries of every regular file, once the tree is complete."""
+        entries = self.entries
+        for path, rel, meta, digest in self.linked:
+            st = os.lstat(os.path.join(self.root_b, rel))
+            entries[path] = [*hashcache.entry_key(st, meta), digest]
+        self.linked = []
+        return entries
 
     # --- metadata ----------------------------------------------------------------------------
 
@@ -460,6 +616,21 @@ class _Writer:
                             f"({', '.join(map(str, missing))}...) would be lost",
                             hint="the filesystem is damaged or has orphans: run e2fsck -fy on "
                                  "the partition, or rebuild the image")
+
+
+def _feed_zeros(mac: hmac.HMAC | None, count: int) -> None:
+    """A hole (or unwritten extent) reads as zeros: hash them without writing them."""
+    while mac is not None and count > 0:
+        n = min(count, len(_ZEROS))
+        mac.update(_ZEROS[:n] if n < len(_ZEROS) else _ZEROS)
+        count -= n
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 def _bits(value: int, first: int, limit: int) -> Iterator[int]:

@@ -18,13 +18,14 @@ from pathlib import Path
 from .backends import get_backend
 from .bundles.assignment import assignment_path
 from .bundles.tracking import store_split
-from .dedup import share_with_previous
+from .dedup import previous_tree_path, share_with_previous
 from .errors import ExtractError, SettingsError, StorageError, SwupdRepoError, VersionError
 from .osrelease import read_version_id
 from .progress import Reporter
 from .runreporter import RunReporter
 from .settings import Settings
 from .storage import Storage
+from .swupd import hashcache
 from .treemeta import record_path
 from .versions import next_version, validate_new_version
 
@@ -104,15 +105,18 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
         image_existed = storage.image(version).exists()
         try:
             # An existing tree is the published one (a forced rebuild of latest) or one a
-            # killed run left: either way it is put back, with its record, if this run fails.
-            # The bundle split (image/<V>/os-core.bundles) is part of the stored tree: a
-            # forced rebuild resolves the definitions again, a failed one puts the old back.
+            # killed run left: either way it is put back, with its record and side file of
+            # hashes, if this run fails. The bundle split (image/<V>/os-core.bundles) is part
+            # of the stored tree: a forced rebuild resolves the definitions again, a failed
+            # one puts the old back.
             with storage.replacing(dest), storage.replacing(record_path(dest)), \
+                    storage.replacing(hashcache.cache_path(dest)), \
                     storage.replacing(assignment_path(dest)):
                 run.step(f"extracting partition {extent.number} ({part.name}) of "
                          f"{settings.disk_image}")
                 extract_rootfs(Path(settings.disk_image), extent.offset, extent.size, dest,
-                               run, max_file_size=settings.max_file_size)
+                               run, max_file_size=settings.max_file_size,
+                               share_with=previous_tree_path(storage, version))
                 check_os_release(dest, version)
                 store_split(dest, settings.bundles, run)
                 share_with_previous(storage, version, run)

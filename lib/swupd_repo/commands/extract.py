@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundles.assignment import assignment_path
     from ..bundles.definitions import from_cli
     from ..bundles.tracking import store_split
-    from ..dedup import share_with_previous
+    from ..dedup import previous_tree_path, share_with_previous
     from ..extract import extract_rootfs
     from ..gpt import find_partition
     from ..layout import load_layout
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
         stats = extract_rootfs(args.dsk, extent.offset, extent.size, dest, run,
-                               max_file_size=args.max_file_size)
+                               max_file_size=args.max_file_size,
+                               share_with=previous_tree_path(storage, args.version))
         try:
             store_split(dest, bundles, run)
         except BaseException:  # definitions that do not fit the image: store nothing

@@ -22,6 +22,8 @@ CHUNK = 1 << 20
 def xattr_blob(xattrs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
     """Names sorted bytewise, each + NUL; then values in that order, NUL-terminated unless
     empty or already ending in NUL (§3, the server's ``get_xattr_blob``)."""
+    if isinstance(xattrs, Mapping) and not xattrs:
+        return b""  # most files: no sort, no joins
     items = sorted(xattrs.items() if isinstance(xattrs, Mapping) else xattrs)
     names = b"".join(name + b"\0" for name, _ in items)
     values = b"".join(v if not v or v.endswith(b"\0") else v + b"\0" for _, v in items)

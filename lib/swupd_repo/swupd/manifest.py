@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 
 from ..errors import ManifestError
 from .hashing import ZERO_HASH, hash_bytes
@@ -39,11 +39,22 @@ class Entry:
                 + ("r" if self.rename else "."))
 
     def with_(self, **changes: object) -> Entry:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with ``changes``; a plain copy of the fields (``dataclasses.replace`` goes
+        through ``__init__``, which made carrying 16k entries over take about 0.4 s)."""
+        unknown = changes.keys() - _ENTRY_FIELDS
+        if unknown:
+            raise TypeError(f"Entry has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Entry)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
 
     def line(self) -> bytes:
         return (f"{self.flags}\t{self.hash}\t{self.last_change}\t{self.path}\n"
                 .encode("utf-8", "surrogateescape"))
+
+
+_ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
 
 
 def deleted_entry(path: str, version: int, modifier: str = ".") -> Entry:
@@ -53,6 +64,14 @@ def deleted_entry(path: str, version: int, modifier: str = ".") -> Entry:
 
 def sort_key(entry: Entry) -> tuple[int, _Desc]:
     return (entry.last_change, _Desc(entry.path.encode("utf-8", "surrogateescape")))
+
+
+def _path_bytes(entry: Entry) -> bytes:
+    return entry.path.encode("utf-8", "surrogateescape")
+
+
+def _last_change(entry: Entry) -> int:
+    return entry.last_change
 
 
 class _Desc:
@@ -91,7 +110,11 @@ class Manifest:
         return {e.path: e for e in self.entries}
 
     def sorted_entries(self) -> list[Entry]:
-        return sorted(self.entries, key=sort_key)
+        """The entries in :func:`sort_key` order, by two stable sorts on keys Python
+        compares natively (path descending, then last_change ascending): the same order
+        without a Python-level comparison per pair."""
+        by_path = sorted(self.entries, key=_path_bytes, reverse=True)
+        return sorted(by_path, key=_last_change)
 
     def to_bytes(self) -> bytes:
         """The exact file swupd-server writes (§2.2, §2.3, §2.4)."""

@@ -15,6 +15,11 @@ from pathlib import Path
 from .fullfiles import END_OF_ARCHIVE, member_headers, padding
 
 MODE = 0o644
+#: xz preset of a tar a client downloads (``Manifest.MoM.tar``, ``Manifest.<bundle>.tar``).
+PRESET = 6
+#: ``Manifest.full.tar`` is never fetched by a client (format3 §1.3): a fast preset (0.1 s
+#: instead of 1.3 s for a 16k-entry manifest, 18 % more bytes that no device downloads).
+PRESET_UNFETCHED = 0
 
 
 def write_plain(path: Path, data: bytes, mode: int = MODE) -> None:
@@ -30,7 +35,8 @@ def write_plain(path: Path, data: bytes, mode: int = MODE) -> None:
 
 
 def manifest_tar_bytes(members: list[tuple[str, bytes]], mtime: int | None = None) -> bytes:
-    """An xz-compressed tar of ``(name, data)`` members, each 0644 uid/gid 0."""
+    """An xz-compressed tar of ``(name, data)`` members, each 0644 uid/gid 0; the preset is
+    :data:`PRESET`, or :data:`PRESET_UNFETCHED` for ``Manifest.full``'s."""
     mtime = int(time.time()) if mtime is None else mtime
     out = bytearray()
     for name, data in members:
@@ -38,7 +44,9 @@ def manifest_tar_bytes(members: list[tuple[str, bytes]], mtime: int | None = Non
                               mtime=mtime, typeflag=b"0")
         out += data + padding(len(data))
     out += END_OF_ARCHIVE
-    return lzma.compress(bytes(out), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=6)
+    preset = PRESET_UNFETCHED if members and members[0][0] == "Manifest.full" else PRESET
+    return lzma.compress(bytes(out), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64,
+                         preset=preset)
 
 
 def write_plain_manifest(www_v: Path, name: str, data: bytes,

@@ -7,20 +7,16 @@ no pseudo are needed. A tree stored before records existed is read as it is on d
 Regular files are hashed in a bounded process pool, streamed in 1 MiB chunks; symlinks,
 directories and special files are hashed inline (their data is tiny or empty, §3, §9.3).
 
-A per-version hash cache (``image/<V>/.hashcache.json``) lets a rebuild of the same tree skip
-re-hashing. It only trusts what it can prove: an entry is reused when path, device, inode,
-size, mtime_ns, ctime_ns, mode, owner, rdev and xattrs are all equal, and only entries whose
-ctime was at least :data:`RACY_NS` older than the scan that stored them are stored (a file
-modified in the same timestamp tick as the scan could otherwise keep its ctime; an inode
-reused by a new file gets a ctime after the scan). Content changes always move ctime, which no
-user can set, so a match proves the bytes are the ones hashed.
+Hashes already proven for this tree (by its extraction, an earlier scan, or the sharing of
+unchanged files with the previous version) come from its side file
+``image/<V>/.hashcache.json`` (:mod:`.hashcache`, which says what proves an entry); the scan
+stores what it hashed there for the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import stat
 import time
@@ -31,17 +27,15 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..progress import Reporter
-from ..storage import atomic_write_text
 from ..treemeta import Meta, TreeMeta, from_disk
 from ..treemeta import load as load_meta
+from . import hashcache
 from .hashing import CHUNK, hash_bytes, object_key, xattr_blob
 from .heuristics import refused_name
 from .workpool import bounded_map
 
-#: Cached entries younger than this (relative to the scan) are not trusted later.
-RACY_NS = 2_000_000_000
-CACHE_NAME = ".hashcache.json"
-_CACHE_FORMAT = 1
+RACY_NS = hashcache.RACY_NS
+CACHE_NAME = hashcache.NAME
 #: A hashing job holds at most this many files or bytes, so progress moves and pools balance.
 _BATCH_FILES = 256
 _BATCH_BYTES = 32 << 20
@@ -170,26 +164,6 @@ def hash_file_batch(jobs: list[tuple[str, bytes, int]]) -> list[str]:
     return out
 
 
-def load_cache(path: Path) -> dict[str, list[object]]:
-    """The cache file's entries (path -> key + hash); empty when missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
-        return {}
-    entries = data.get("entries")
-    return entries if isinstance(entries, dict) else {}
-
-
-def save_cache(path: Path, records: dict[str, Record], scan_start_ns: int,
-               racy_ns: int = RACY_NS) -> None:
-    entries = {r.path: [*r.cache_key(), r.hash] for r in records.values()
-               if r.is_regular and r.hash and r.ctime_ns < scan_start_ns - racy_ns}
-    atomic_write_text(path, json.dumps({"format": _CACHE_FORMAT, "entries": entries},
-                                       separators=(",", ":")))
-
-
 def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = None,
               cache_file: Path | None = None, racy_ns: int = RACY_NS) -> ScanResult:
     """Records of every path below ``root`` with their hashes (§3).
@@ -209,17 +183,20 @@ def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = Non
     for rec in walk(root, reporter, meta):
         records[rec.path] = rec
     result = ScanResult(records)
-    cache = load_cache(cache_file) if cache_file else {}
+    cache = hashcache.load(cache_file) if cache_file else {}
     todo: list[Record] = []
+    kept: set[str] = set()
     for rec in records.values():
         if not rec.is_regular:
             continue
         hit = cache.get(rec.path)
         if hit is not None and hit[:-1] == rec.cache_key():
             rec.hash = str(hit[-1])
-            result.cached += 1
+            kept.add(rec.path)
         else:
             todo.append(rec)
+    result.cached = len(kept)
+    del cache
     result.hashed = len(todo)
     reporter.step("hashing files", total=len(todo))
     jobs = batch_records(todo, _BATCH_FILES, _BATCH_BYTES)
@@ -228,7 +205,9 @@ def scan_tree(root: Path, reporter: Reporter, *, executor: Executor | None = Non
             rec.hash = digest
         reporter.advance(len(batch))
     if cache_file is not None:
-        save_cache(cache_file, records, scan_start, racy_ns)
+        entries = {r.path: [*r.cache_key(), r.hash] for r in records.values()
+                   if r.is_regular and r.hash}
+        hashcache.save_scanned(cache_file, entries, scan_start, racy_ns, keep=kept)
     return result
 
 
