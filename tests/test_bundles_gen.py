@@ -384,8 +384,8 @@ def test_a_dropped_bundle_is_named_in_a_warning(tmp_path: Path) -> None:
         done = publish_split(storage, make_image(TWO_BUNDLES[version][0], tmp_path,
                                                  f"image-{version}"), version, split)
         assert done.returncode == 0, done.stderr
-    assert "warning: bundle debug of version 10 is not defined for 20: it leaves the MoM, " \
-        "and devices that have it keep its files" in done.stderr
+    assert "warning: bundle debug of version 10 is not defined for 20: it leaves the MoM " \
+        "(our client removes its files on update; a c42f8a3a client keeps them)" in done.stderr
     assert set(mom_lines(storage, 20)) == {"os-core", "editors"}
 
 

@@ -196,6 +196,11 @@ def build_and_mark(storage: Storage, version: int, settings: Settings,
                       "at most one per usable core and per 256 MiB of available memory")
     # A failure up to and including the markers removes www/<V>; a kill leaves the flag.
     with storage.publishing(version), storage.replacing(www):
+        if not settings.rebase:  # every backend: the container cannot see it coming
+            from .swupd.builder import previous_version
+            from .swupd.rebase import refuse_a_retired_base
+
+            refuse_a_retired_base(storage.www_dir, version, previous_version(storage, version))
         get_backend(settings.backend).build(storage, version, settings, reporter)
         if not (www / "Manifest.MoM").is_file():
             raise SwupdRepoError(f"backend {settings.backend} finished without {www}/Manifest.MoM")

@@ -40,7 +40,7 @@ from . import builder
 from .fullfiles import write_fullfiles
 from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
 from .names import pack_name
-from .rebase import content_retired, is_rebase
+from .rebase import is_rebase, refuse_a_retired_base
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
@@ -88,12 +88,8 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
     previous = builder.load_previous(storage, version)
-    if previous.version and not settings.rebase and content_retired(storage.www_dir,
-                                                                    previous.version):
-        raise BuildError(f"version {version} would be built on version {previous.version}, "
-                         "whose content was retired (prune --www-before): its unchanged "
-                         "files would name fullfiles that are gone",
-                         hint="build it as a rebase (--rebase, SWUPD_REPO_REBASE = \"1\")")
+    if not settings.rebase:
+        refuse_a_retired_base(storage.www_dir, version, previous.version)
     storage.www_dir.mkdir(parents=True, exist_ok=True)
     staging = storage.temp_path(storage.www_dir, f"build-{version}")
     view = storage.temp_path(storage.www_dir, f"view-{version}")
@@ -106,8 +102,8 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         split = read_assignment(storage.os_core(version))
         for name in sorted(set(previous.bundles) - set(split.names())):
             reporter.warning(f"bundle {name} of version {previous.version} is not defined for "
-                             f"{version}: it leaves the MoM, and devices that have it keep "
-                             "its files")
+                             f"{version}: it leaves the MoM (our client removes its files "
+                             "on update; a c42f8a3a client keeps them)")
         built = builder.build_manifests(scan.records, version, previous, timestamp=timestamp,
                                         minversion=version if settings.rebase else 0,
                                         bundles=split.bundles)

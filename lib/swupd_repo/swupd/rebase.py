@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import BuildError
+
 
 def is_rebase(www: Path, version: int) -> bool:
     """Whether ``www/<version>`` is published and is a rebase (see the module docstring)."""
@@ -65,6 +67,17 @@ def content_retired(www: Path, version: int) -> bool:
         if is_rebase(www, older):
             return False
     return False
+
+
+def refuse_a_retired_base(www: Path, version: int, previous: int) -> None:
+    """Stop a build of ``version`` on ``previous`` (the version it carries entries from) when
+    that names retired content; called before any backend runs, so the container gets the
+    same one line as the native generator."""
+    if previous and content_retired(www, previous):
+        raise BuildError(f"version {version} would be built on version {previous}, whose "
+                         "content was retired (prune --www-before): its unchanged files would "
+                         "name fullfiles that are gone",
+                         hint="build it as a rebase (--rebase, SWUPD_REPO_REBASE = \"1\")")
 
 
 def zero_packs_gone(www: Path, version: int) -> bool:
