@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..gpt import find_partition
     from ..layout import load_layout
     from ..pipeline import locked_run, remove_leftovers
+    from ..swupd.hashcache import cache_path
     from ..treemeta import record_path
 
     if args.version <= 0:
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             remove_tree(dest)
             record_path(dest).unlink(missing_ok=True)
             assignment_path(dest).unlink(missing_ok=True)
+            cache_path(dest).unlink(missing_ok=True)
         extent = find_partition(args.dsk, part, run)
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             remove_tree(dest)
             record_path(dest).unlink(missing_ok=True)
             assignment_path(dest).unlink(missing_ok=True)
+            cache_path(dest).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 dest.parent.rmdir()  # image/<V>, when nothing else is there
             raise
