@@ -26,6 +26,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from helpers_trees import write_tree
+
 #: Files (text), symlinks ("-> target") and directories (None), by path without the leading /.
 Tree = Mapping[str, "str | None"]
 #: Non-core bundle -> the paths it owns (manifest paths, "/usr/bin/vi").
@@ -68,24 +70,6 @@ TWO_BUNDLES: dict[int, tuple[dict[str, str | None], dict[str, list[str]]]] = {
     for v in (10, 20)
 }
 
-
-def write_tree(root: Path, files: Tree) -> Path:
-    """``files`` under ``root``, owned by root, 0755 directories and 0644 files."""
-    root.mkdir(parents=True)
-    for rel, content in sorted(files.items()):
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if content is None:
-            p.mkdir(exist_ok=True)
-        elif content.startswith("-> "):
-            p.symlink_to(content[3:])
-        else:
-            p.write_text(content)
-    for p in [root, *root.rglob("*")]:
-        os.lchown(p, 0, 0)
-        if not p.is_symlink():
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    return root
 
 
 def swupd_repo(*args: str | os.PathLike) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -65,3 +66,23 @@ def disown(tree: Path, uid: int = 65534) -> Path:
             for key in os.listxattr(path, follow_symlinks=False):
                 os.removexattr(path, key, follow_symlinks=False)
     return tree
+
+
+def write_tree(root: Path, files: Mapping[str, str | None]) -> Path:
+    """``files`` under ``root``: text files, symlinks (``"-> target"``) and directories
+    (None), owned by root, 0755 directories and 0644 files."""
+    root.mkdir(parents=True)
+    for rel, content in sorted(files.items()):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            p.mkdir(exist_ok=True)
+        elif content.startswith("-> "):
+            p.symlink_to(content[3:])
+        else:
+            p.write_text(content)
+    for p in [root, *root.rglob("*")]:
+        os.lchown(p, 0, 0)
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return root

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from helpers_signing import make_ca_chain
+from helpers_trees import write_tree as make_tree
 from swupd_repo.errors import BuildError, VersionError
 from swupd_repo.pipeline import build_version
 from swupd_repo.progress import RecordingReporter
@@ -16,25 +16,6 @@ from swupd_repo.storage import Storage
 from swupd_repo.swupd import builder
 from swupd_repo.swupd.manifest import manifest_hash, parse_manifest
 from swupd_repo.swupd.scan import scan_tree
-
-
-def make_tree(root: Path, files: dict[str, str | None]) -> Path:
-    """Files (text), symlinks ("-> target") and directories (None), owned by root."""
-    root.mkdir(parents=True)
-    for rel, content in sorted(files.items()):
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if content is None:
-            p.mkdir()
-        elif content.startswith("-> "):
-            p.symlink_to(content[3:])
-        else:
-            p.write_text(content)
-    for p in [root, *root.rglob("*")]:
-        os.lchown(p, 0, 0)
-        if not p.is_symlink():
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    return root
 
 
 def manifests(tmp: Path, versions: list[dict[str, str | None]]) -> list[builder.Built]:
