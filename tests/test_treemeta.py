@@ -73,6 +73,18 @@ def test_record_round_trip_of_awkward_names_and_values(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".swupd-repo-tmp-")]
 
 
+def test_xattr_names_as_the_ext4_reader_gives_them_are_recorded_raw(tmp_path: Path) -> None:
+    """The reader yields str names, surrogate-escaped where the bytes are not UTF-8 (a fuzzed
+    image gave one): the record holds the raw bytes, not a UnicodeEncodeError."""
+    tree = tmp_path / "os-core"
+    meta = Meta(stat.S_IFREG | 0o644, 0, 0, 0, {"user.\udcff\udcfe": b"v", "user.ok": b"w"})
+    with RecordWriter(tree) as writer:
+        writer.add("/f", meta)
+        writer.install()
+    assert read_record(record_path(tree))["/f"].xattrs == {b"user.\xff\xfe": b"v",
+                                                            b"user.ok": b"w"}
+
+
 def test_an_interrupted_writer_leaves_nothing(tmp_path: Path) -> None:
     tree = tmp_path / "os-core"
     with pytest.raises(RuntimeError), RecordWriter(tree) as writer:

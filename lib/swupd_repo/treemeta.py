@@ -96,7 +96,9 @@ def from_disk(path: str | os.PathLike[str], st: os.stat_result | None = None) ->
 
 def _encode_line(path: str, meta: Meta) -> bytes:
     name = quote(os.fsencode(path), safe="/")
-    xattrs = ",".join(f"{quote(key, safe='')}={value.hex()}"
+    # The ext4 reader names xattrs as str with surrogate escapes for bytes that are not UTF-8
+    # (as os.listxattr does); the record stores the raw bytes either way.
+    xattrs = ",".join(f"{quote(os.fsencode(key), safe='')}={value.hex()}"
                       for key, value in sorted(meta.xattrs.items()))
     return (f"{name}\t{meta.mode:o}\t{meta.uid}\t{meta.gid}\t{meta.rdev}\t{xattrs}\n"
             .encode("ascii"))
