@@ -45,17 +45,21 @@ def stage(member: PackMember, directory: Path) -> PackMember | None:
     return dataclasses.replace(member, source=str(target))
 
 
-def staged_write_pack(out: Path, groups: list[list[PackMember]], **options: Any) -> Any:
-    """:func:`~swupd_repo.swupd.packstream.write_pack` from staged links only."""
+def staged_write_pack(out: Path, spans: list[list[list[PackMember]]], **options: Any) -> Any:
+    """:func:`~swupd_repo.swupd.packstream.write_pack` from staged links only (spans of
+    pieces of members, as :func:`~swupd_repo.swupd.packstream.plan_spans` makes them)."""
     bundle, _, source = out.name.removeprefix("pack-").removesuffix(".tar").rpartition("-from-")
     directory = PACKSTAGE / bundle / source
     kept = []
-    for group in groups:
-        members = [m if m.kind == "dir" else stage(m, directory) for m in group]
-        if present := [m for m in members if m is not None]:
-            kept.append(present)
+    for span in spans:
+        pieces = []
+        for piece in span:
+            members = [m if m.kind == "dir" else stage(m, directory) for m in piece]
+            if present := [m for m in members if m is not None]:
+                pieces.append(present)
+        if pieces:
+            kept.append(pieces)
     return _write_pack(out, kept, **options)
-
 
 if __name__ == "__main__":
     packs.write_pack = staged_write_pack
