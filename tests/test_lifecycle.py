@@ -257,3 +257,44 @@ def test_sigkill_during_prune_leaves_a_valid_storage(tmp_path, series) -> None:
     assert "left by an interrupted run" in again.stderr + again.stdout
     assert not list(st.image_dir.glob(f"{TEMP_PREFIX}*"))
     assert sorted(int(p.name) for p in st.image_dir.iterdir() if p.name.isdigit()) == [30, 40]
+
+
+def _linked_while_extracting(output: str) -> int:
+    """The count of the publish's "N files unchanged since ..., linked instead of written"."""
+    line = next(x for x in output.splitlines() if "linked instead of written" in x)
+    return int(line.split("; ")[-1].split()[0])
+
+
+def test_pruning_keeps_the_next_extraction_sharing(tmp_path, series) -> None:
+    """Removing a tree unlinks the inodes it shared with the kept trees, which moves their
+    ctime: the kept tree's side file of hashes must still let the next extraction link its
+    unchanged files instead of writing them (as it does without pruning)."""
+    plain, pruned = tmp_path / "plain", tmp_path / "pruned"
+    counts = {}
+    for storage, extra in ((plain, ()), (pruned, ("--keep-trees", "1"))):
+        _publish_all(storage, series, (10, 20, 30), *extra)  # pruned: 10 goes after 30
+        assert Storage(storage).os_core(10).exists() == (storage == plain)
+        done = publish(storage, series[40], "--version", "40", *extra)
+        assert done.returncode == 0, done.stderr
+        counts[storage] = _linked_while_extracting(done.stdout + done.stderr)
+    assert counts[plain] > 1000
+    assert counts[pruned] == counts[plain]
+
+
+def test_a_stored_file_changed_in_place_is_not_linked(tmp_path, series) -> None:
+    """A file of the previous tree rewritten in place with its size and mtime kept (its
+    ctime moved, as after a prune): the next extraction reads it, finds other bytes and
+    writes the image's file instead of linking to the changed inode."""
+    storage = tmp_path / "s"
+    _publish_all(storage, series, (10,))
+    st = Storage(storage)
+    old = st.os_core(10) / "usr/share/data/f00"
+    original, mtime = old.read_bytes(), old.stat().st_mtime_ns
+    with open(old, "r+b") as f:  # through the inode, as a careless user's editor would
+        f.write(b"X" * 16)
+    os.utime(old, ns=(mtime, mtime))
+    done = publish(storage, series[20], "--version", "20")
+    assert done.returncode == 0, done.stderr
+    new = st.os_core(20) / "usr/share/data/f00"
+    assert new.stat().st_ino != old.stat().st_ino
+    assert new.read_bytes() == original
