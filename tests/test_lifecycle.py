@@ -123,8 +123,13 @@ def test_writers_into_latest_leave_older_versions_unchanged(tmp_path, series) ->
     step (docker-contract.md), a forced re-extraction, a forced rebuild (hash cache, full
     link) of the newest tree."""
     storage = tmp_path / "s"
-    _publish_all(storage, series, (10, 20))
+    _publish_all(storage, series, (10,))
+    done = publish(storage, series[20], "--version", "20")
+    assert done.returncode == 0, done.stderr
+    # the writers below meet inodes linked while extracting (not by dedup's later pass)
+    assert "linked instead of written" in done.stdout + done.stderr
     st = Storage(storage)
+    _assert_shared_read_only(st, "usr/share/data/f00")
     before = _tree_digest(st.os_core(10))
     # rsync's way: write a temporary file beside the target, rename it over
     target = st.os_core(20) / "usr/share/data/f00"
@@ -138,12 +143,21 @@ def test_writers_into_latest_leave_older_versions_unchanged(tmp_path, series) ->
     assert _tree_digest(st.os_core(10)) == before
     again = publish(storage, series[20], "--version", "20", "--force")
     assert again.returncode == 0, again.stderr
+    assert "linked instead of written" in again.stdout + again.stderr
     assert _tree_digest(st.os_core(10)) == before
+    _assert_shared_read_only(st, "usr/share/data/f00")
     rebuilt = swupd_repo("build", "--storage", storage, "--version", "20", "--force")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert _tree_digest(st.os_core(10)) == before
     assert (st.os_core(10) / "usr/share/data/f00").stat().st_ino == \
         (st.os_core(20) / "usr/share/data/f00").stat().st_ino  # shared again after the rebuild
+
+
+def _assert_shared_read_only(st: Storage, path: str) -> None:
+    """Versions 10 and 20 share ``path``'s inode, and no write bit is left on it."""
+    old, new = (st.os_core(v) / path for v in (10, 20))
+    assert old.stat().st_ino == new.stat().st_ino
+    assert old.stat().st_mode & 0o222 == 0
 
 
 def _disk_usage(root: Path) -> int:
@@ -243,3 +257,44 @@ def test_sigkill_during_prune_leaves_a_valid_storage(tmp_path, series) -> None:
     assert "left by an interrupted run" in again.stderr + again.stdout
     assert not list(st.image_dir.glob(f"{TEMP_PREFIX}*"))
     assert sorted(int(p.name) for p in st.image_dir.iterdir() if p.name.isdigit()) == [30, 40]
+
+
+def _linked_while_extracting(output: str) -> int:
+    """The count of the publish's "N files unchanged since ..., linked instead of written"."""
+    line = next(x for x in output.splitlines() if "linked instead of written" in x)
+    return int(line.split("; ")[-1].split()[0])
+
+
+def test_pruning_keeps_the_next_extraction_sharing(tmp_path, series) -> None:
+    """Removing a tree unlinks the inodes it shared with the kept trees, which moves their
+    ctime: the kept tree's side file of hashes must still let the next extraction link its
+    unchanged files instead of writing them (as it does without pruning)."""
+    plain, pruned = tmp_path / "plain", tmp_path / "pruned"
+    counts = {}
+    for storage, extra in ((plain, ()), (pruned, ("--keep-trees", "1"))):
+        _publish_all(storage, series, (10, 20, 30), *extra)  # pruned: 10 goes after 30
+        assert Storage(storage).os_core(10).exists() == (storage == plain)
+        done = publish(storage, series[40], "--version", "40", *extra)
+        assert done.returncode == 0, done.stderr
+        counts[storage] = _linked_while_extracting(done.stdout + done.stderr)
+    assert counts[plain] > 1000
+    assert counts[pruned] == counts[plain]
+
+
+def test_a_stored_file_changed_in_place_is_not_linked(tmp_path, series) -> None:
+    """A file of the previous tree rewritten in place with its size and mtime kept (its
+    ctime moved, as after a prune): the next extraction reads it, finds other bytes and
+    writes the image's file instead of linking to the changed inode."""
+    storage = tmp_path / "s"
+    _publish_all(storage, series, (10,))
+    st = Storage(storage)
+    old = st.os_core(10) / "usr/share/data/f00"
+    original, mtime = old.read_bytes(), old.stat().st_mtime_ns
+    with open(old, "r+b") as f:  # through the inode, as a careless user's editor would
+        f.write(b"X" * 16)
+    os.utime(old, ns=(mtime, mtime))
+    done = publish(storage, series[20], "--version", "20")
+    assert done.returncode == 0, done.stderr
+    new = st.os_core(20) / "usr/share/data/f00"
+    assert new.stat().st_ino != old.stat().st_ino
+    assert new.read_bytes() == original

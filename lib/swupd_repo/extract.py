@@ -169,6 +169,19 @@ class _Previous:
         return cls(os.fsencode(tree), meta, hashes) if hashes else None
 
 
+def _file_digest(path: bytes, key: bytes) -> str | None:
+    """The swupd hash (keyed by ``key``) of the file at ``path`` as it is now; None when it
+    cannot be read."""
+    mac = hmac.new(key, b"", hashlib.sha256)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_COPY_CHUNK):
+                mac.update(chunk)
+    except OSError:
+        return None
+    return mac.hexdigest()
+
+
 @dataclass
 class _Frame:
     fd: int
@@ -477,17 +490,22 @@ class _Writer:
             ost = os.lstat(old)
         except OSError:
             return False
-        if (hashcache.proven(entry, ost, other) is None or ost.st_dev != self.dev
-                or stat.S_IMODE(ost.st_mode) | 0o222 != disk_mode(node.mode) | 0o222):
+        if ost.st_dev != self.dev or \
+                stat.S_IMODE(ost.st_mode) | 0o222 != disk_mode(node.mode) | 0o222:
             return False
-        mac = hmac.new(object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size,
-                                  meta.xattrs), b"", hashlib.sha256)
+        # Only the ctime moved (a link to the inode came or went: another version shared or
+        # a pruned tree dropped it): the entry proves nothing, the old bytes are read instead.
+        unproven = hashcache.proven(entry, ost, other) is None
+        if unproven and not hashcache.same_but_ctime(entry, ost, other):
+            return False
+        key = object_key(meta.mode, meta.uid, meta.gid, meta.rdev, node.size, meta.xattrs)
+        mac = hmac.new(key, b"", hashlib.sha256)
         if self.fs.is_inline(node):
             mac.update(self.fs.inline_data(node))
         elif not self._copy(None, node, mac):
             return False
         digest = mac.hexdigest()
-        if digest != entry[-1]:
+        if digest != entry[-1] or (unproven and _file_digest(old, key) != digest):
             return False
         try:
             if ost.st_mode & 0o222:

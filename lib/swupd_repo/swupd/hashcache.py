@@ -73,6 +73,15 @@ def proven(entry: Entry | None, st: os.stat_result, meta: Meta) -> str | None:
     return str(entry[-1])
 
 
+def same_but_ctime(entry: Entry | None, st: os.stat_result, meta: Meta) -> bool:
+    """Whether ``entry`` names the file ``st`` with metadata ``meta`` in everything but its
+    ctime: a hint (the file may have been rewritten in place), never a proof of its hash."""
+    if entry is None:
+        return False
+    key = entry_key(st, meta)
+    return entry[:4] == key[:4] and entry[5:-1] == key[5:]
+
+
 def same_content(a: Entry, b: Entry) -> bool | None:
     """Whether two proven entries' files hold the same bytes: their hashes decide when they
     were keyed alike (same size, mode, owner, rdev, xattrs); None when they cannot tell."""
