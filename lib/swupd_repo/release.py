@@ -77,7 +77,7 @@ def release(settings: Settings, version: int, reporter: Reporter, *, wait: bool 
             run_gate(storage, version, settings, run)
         run.step(f"moving latest to {version}")
         storage.write_release_marker(version)
-        refresh_report(storage, settings, run)
+        refresh_report(storage, settings.report, run)
     reporter.info(f"released version {version} (devices were on {before})")
     return before
 
@@ -112,18 +112,19 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
             remove_tree(work)
             remove_tree(storage.image(version))
             raise
-        refresh_report(storage, settings, run)
+        refresh_report(storage, settings.report, run)
     return version
 
 
-def refresh_report(storage: Storage, settings: Settings, reporter: Reporter) -> None:
-    """A release or a revert changes what ``STORAGE/report.*`` shows (the released version,
-    every device's download to it, a new version): write it again, as a publish does, when a
-    publish wrote one (the BitBake task, ``SWUPD_REPO_REPORT``) and ``report`` is on. The
-    lock is held; a failure is a warning (:func:`~.report.refresh_report_files`)."""
+def refresh_report(storage: Storage, report: bool, reporter: Reporter) -> None:
+    """A release, a revert or a retirement changes what ``STORAGE/report.*`` shows (the
+    released version, every device's download to it, a version's files): write it again, as a
+    publish does, when a publish wrote one (the BitBake task, ``SWUPD_REPO_REPORT``) and
+    ``report`` is on. The lock is held; a failure is a warning
+    (:func:`~.report.refresh_report_files`)."""
     from .report import has_report_files, refresh_report_files
 
-    if settings.report and has_report_files(storage):
+    if report and has_report_files(storage):
         refresh_report_files(storage, reporter)
 
 

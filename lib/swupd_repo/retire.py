@@ -121,6 +121,7 @@ def retire(storage: Storage, before: int, *, dry_run: bool, reporter: Reporter,
     ``STORAGE/report.*`` shows each ``www/<V>``'s files and bytes: when a publish wrote it
     and ``report`` is on, it is written again after a retirement, as after a release."""
     from .pipeline import locked_run, remove_leftovers
+    from .release import refresh_report
 
     with locked_run(storage, reporter, wait=wait) as run:
         remove_leftovers(storage, run)
@@ -128,12 +129,5 @@ def retire(storage: Storage, before: int, *, dry_run: bool, reporter: Reporter,
         if not dry_run:
             retire_locked(storage, result, run)
             if report and result.versions:
-                _refresh_report(storage, run)
+                refresh_report(storage, report, run)
     return result
-
-
-def _refresh_report(storage: Storage, reporter: Reporter) -> None:
-    from .report import has_report_files, refresh_report_files
-
-    if has_report_files(storage):
-        refresh_report_files(storage, reporter)

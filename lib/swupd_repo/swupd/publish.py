@@ -40,7 +40,7 @@ from . import builder
 from .fullfiles import write_fullfiles
 from .manifest_tar import manifest_tar_bytes, write_plain, write_plain_manifest
 from .names import pack_name
-from .rebase import is_rebase, refuse_a_retired_base
+from .rebase import is_rebase
 from .scan import CACHE_NAME, scan_tree
 
 if TYPE_CHECKING:
@@ -88,8 +88,6 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
                            hint="pass --force (SWUPD_REPO_FORCE = \"1\") to rebuild it")
     signer = _load_signer(settings)  # a bad key fails before any output
     previous = builder.load_previous(storage, version)
-    if not settings.rebase:
-        refuse_a_retired_base(storage.www_dir, version, previous.version)
     storage.www_dir.mkdir(parents=True, exist_ok=True)
     staging = storage.temp_path(storage.www_dir, f"build-{version}")
     view = storage.temp_path(storage.www_dir, f"view-{version}")
