@@ -14,6 +14,7 @@ meant only for the repository.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -95,8 +96,8 @@ def simulate(storage: Storage, version: int, earlier: list[int], report: CheckRe
                                    "line")
             return
         sets = bundle_sets(moms)
-        goals = {bset: expected(moms[version], lambda v, n: read_manifest(storage, v, n), bset)
-                 for bset in sets}
+        read = functools.cache(lambda v, n: read_manifest(storage, v, n))  # once per set
+        goals = {bset: expected(moms[version], read, bset) for bset in sets}
     except (ClientError, ManifestError) as exc:
         report.problems.append(f"cannot simulate updates: {exc}")
         return

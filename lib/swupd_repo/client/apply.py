@@ -125,9 +125,7 @@ def apply_entries(root: Path, entries: Iterable[Entry], staged_for: Callable[[En
         elif delete(root, entry):
             deleted += 1
     if skipped and warn:
-        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3
-                                          else "")
-        warn(f"left {shown} alone: the client's state directory "
+        warn(f"left {_shown(skipped)} alone: the client's state directory "
              f"{root.joinpath(*state or ())} is not the repository's to change")
     return installed, deleted
 
@@ -167,6 +165,10 @@ def remove_entries(root: Path, entries: Iterable[Entry], *,
             continue
         removed += 1
     if kept and warn:
-        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        warn(f"left {shown} in place: not empty, or the client's state directory")
+        warn(f"left {_shown(kept)} in place: not empty, or the client's state directory")
     return removed
+
+
+def _shown(paths: list[str]) -> str:
+    """The first three of ``paths``, and how many more, for a one-line warning."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

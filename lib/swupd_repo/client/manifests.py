@@ -121,13 +121,6 @@ class ManifestSource:
                                   f"{entry.path!r} cannot be a bundle name")
         return mom
 
-    def bundles(self, mom: Manifest, names: Sequence[str]) -> dict[str, Manifest]:
-        """The manifests of ``names`` (those the MoM lists), each checked against its M line."""
-        lines = bundle_lines(mom)
-        return {name: self.fetch(name, lines[name].last_change, lines[name].hash)
-                for name in names if name in lines}
-
-
     def closure(self, mom: Manifest, names: Sequence[str]) -> tuple[dict[str, Manifest],
                                                                       list[str]]:
         """The manifests of ``names``, os-core and every bundle they include, recursively
