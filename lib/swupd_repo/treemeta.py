@@ -51,7 +51,7 @@ from .swupd.hashing import read_xattrs
 SUFFIX = ".meta"
 HEADER = b"swupd-repo tree metadata 1\n"
 _END = b"end\t"
-#: What each type may be on disk (see :func:`_disk_kinds`): a device node is a placeholder
+#: What each type may be on disk (see :func:`tree_kinds`): a device node is a placeholder
 #: file in the storage and a real node in a copy made as root (the Docker backend's).
 _KINDS = {stat.S_IFDIR: ("directory",), stat.S_IFLNK: ("symlink",), stat.S_IFREG: ("file",),
           stat.S_IFCHR: ("file", "other"), stat.S_IFBLK: ("file", "other"),
@@ -240,7 +240,7 @@ class TreeMeta:
         """The record names exactly the paths on disk, each of a compatible kind."""
         seen = 0
         problems: list[str] = []
-        for path, kind in _disk_kinds(self.tree):
+        for path, kind in tree_kinds(self.tree):
             seen += 1
             meta = self.entries.get(path)
             if meta is None:
@@ -251,7 +251,7 @@ class TreeMeta:
             if len(problems) >= 3:
                 break
         if not problems and seen != len(self.entries):
-            on_disk = {p for p, _ in _disk_kinds(self.tree)}
+            on_disk = {p for p, _ in tree_kinds(self.tree)}
             missing = sorted(p for p in set(self.entries) - on_disk if not _unread(p, self))[:3]
             problems = [f"{p} is in the record but not on disk" for p in missing]
         if problems:
@@ -274,11 +274,6 @@ def _unread(path: str, meta: TreeMeta) -> bool:
 def tree_kinds(tree: Path) -> Iterator[tuple[str, str]]:
     """Every path of ``tree`` on disk (root included, as ``/``) with its kind: ``directory``,
     ``symlink``, ``file`` or ``other`` (what ``_KINDS`` names)."""
-    return _disk_kinds(tree)
-
-
-def _disk_kinds(tree: Path) -> Iterator[tuple[str, str]]:
-    """Every path of ``tree`` (root included, as ``/``) with its kind as ``_KINDS`` names it."""
     yield "/", "directory"
     stack = [(os.fspath(tree), "")]
     while stack:
@@ -322,7 +317,7 @@ def write_from_disk(tree: Path) -> int:
     """
     with RecordWriter(tree) as writer:
         writer.add("/", from_disk(tree))
-        for path, _kind in _disk_kinds(tree):
+        for path, _kind in tree_kinds(tree):
             if path != "/":
                 writer.add(path, from_disk(os.path.join(tree, path[1:])))
         writer.install()

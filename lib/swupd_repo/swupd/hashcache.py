@@ -110,7 +110,7 @@ def save_scanned(path: Path, entries: Mapping[str, Entry], scan_start_ns: int,
     side file itself (stored again whatever their age)."""
     limit = scan_start_ns - racy_ns
     chosen = {p: e for p, e in entries.items() if p in keep or e[4] < limit}
-    _write(path, chosen)
+    atomic_write_text(path, _encode(chosen))
 
 
 def save_written(path: Path, entries: Mapping[str, Entry]) -> int:
@@ -147,7 +147,3 @@ def save_written(path: Path, entries: Mapping[str, Entry]) -> int:
 
 def _encode(entries: Mapping[str, Entry]) -> str:
     return json.dumps({"format": _FORMAT, "entries": entries}, separators=(",", ":"))
-
-
-def _write(path: Path, entries: Mapping[str, Entry]) -> None:
-    atomic_write_text(path, _encode(entries))
