@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..errors import StorageError
 from ..storage import atomic_write_bytes
+from ..swupd.names import CORE
 
-CORE = "os-core"
 FORMAT = 1
 SUFFIX = ".bundles"
 
@@ -46,12 +46,6 @@ class Assignment:
     def names(self) -> list[str]:
         """os-core first, then the other bundles in name order (groups.ini order)."""
         return [CORE, *sorted(self.bundles)]
-
-    def bundle_of(self, path: str) -> str:
-        for name, paths in self.bundles.items():
-            if path in paths:
-                return name
-        return CORE
 
     def to_bytes(self) -> bytes:
         data = {"format": FORMAT,

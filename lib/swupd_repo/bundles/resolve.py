@@ -39,6 +39,7 @@ from wcmatch import glob as wcglob
 from ..errors import BundleError
 from ..osrelease import OS_RELEASE_FILES
 from ..progress import Reporter
+from ..swupd.bundletrees import parents, with_ancestors
 from ..treemeta import tree_kinds
 from .assignment import CORE, Assignment
 from .definitions import BundleDef
@@ -108,14 +109,6 @@ class TreeLinks:
         return "/" + "/".join(done)
 
 
-def _parents(path: str) -> Iterable[str]:
-    while True:
-        path = path.rpartition("/")[0]
-        if not path:
-            return
-        yield path
-
-
 _MAGIC = re.compile(r"[*?\[]")
 
 
@@ -142,7 +135,7 @@ class GlobMatcher:
         return bool(self._by_prefix)
 
     def matches(self, path: str) -> bool:
-        for prefix in (path, *_parents(path), "/"):
+        for prefix in (path, *parents(path), "/"):
             for pattern in self._by_prefix.get(prefix, ()):
                 if pattern.fullmatch(path):
                     return True
@@ -156,7 +149,7 @@ def package_claims(tree: Path, bundle: BundleDef, kinds: Mapping[str, bool],
     for package in bundle.packages:
         listed = [p.rstrip("/") or "/" for p in package_files(tree, databases, bundle.name,
                                                                 package)]
-        containers = {parent for p in listed for parent in _parents(p)}
+        containers = {parent for p in listed for parent in parents(p)}
         for entry in listed:
             if entry in ("/", "/."):
                 continue
@@ -186,7 +179,7 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
         claimed.difference_update(tracking)
         claimed.difference_update(_CORE_ONLY)
         claimed.update(p for p, b in tracking.items() if b == bundle.name)
-        claims[bundle.name] = _with_parents(claimed)
+        claims[bundle.name] = with_ancestors(claimed)
 
     claimers: dict[str, list[str]] = {}
     for name in sorted(claims):
@@ -217,17 +210,6 @@ def resolve(tree: Path, bundles: Iterable[BundleDef], *, tracking: Mapping[str, 
 
 #: Paths os-core keeps whatever a bundle claims (see the module docstring).
 _CORE_ONLY = frozenset("/" + rel for rel in OS_RELEASE_FILES)
-
-
-def _with_parents(paths: set[str]) -> set[str]:
-    """``paths`` and every directory above them (but ``/``)."""
-    result = set(paths)
-    for path in paths:
-        parent = path.rpartition("/")[0]
-        while parent and parent not in result:
-            result.add(parent)
-            parent = parent.rpartition("/")[0]
-    return result
 
 
 def _owners(kinds: Mapping[str, str], claimers: Mapping[str, list[str]]) -> dict[str, str]:

@@ -21,25 +21,21 @@ from pathlib import Path
 
 from ..errors import BundleError
 from ..progress import Reporter
+from ..swupd.names import CORE, TRACKING_DIR, tracking_path
 from ..treemeta import Meta, RecordWriter, read_record, record_path
-from .assignment import CORE, Assignment, write_assignment
+from .assignment import Assignment, write_assignment
 from .definitions import BundleDef
 from .resolve import resolve
 
-TRACKING_DIR = "/usr/share/clear/bundles"
 _DIR = Meta(stat.S_IFDIR | 0o755, 0, 0, 0, {})
 _FILE = Meta(stat.S_IFREG | 0o644, 0, 0, 0, {})
-
-
-def tracking_path(bundle: str) -> str:
-    return f"{TRACKING_DIR}/{bundle}"
 
 
 def add_tracking_files(tree: Path, names: Iterable[str]) -> list[str]:
     """Add the empty tracking files of ``names`` (and missing parents) to ``tree`` and its
     record; returns the paths added. Files the image already has are left as they are."""
     wanted: list[tuple[str, Meta]] = []
-    parts = TRACKING_DIR.strip("/").split("/")
+    parts = TRACKING_DIR.split("/")
     for depth in range(1, len(parts) + 1):
         wanted.append(("/" + "/".join(parts[:depth]), _DIR))
     wanted.extend((tracking_path(n), _FILE) for n in names)
@@ -51,7 +47,7 @@ def add_tracking_files(tree: Path, names: Iterable[str]) -> list[str]:
             if disk.is_symlink() or not (disk.is_dir() if want_dir else disk.is_file()):
                 kind = "a directory" if want_dir else "a regular file"
                 raise BundleError(f"{disk} must be {kind}: the swupd client tracks installed "
-                                  f"bundles in {TRACKING_DIR}",
+                                  f"bundles in /{TRACKING_DIR}",
                                   hint="remove it from the image, or define no bundles")
             continue
         added.append((path, meta))

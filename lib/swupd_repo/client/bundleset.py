@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from ..swupd.bundletrees import with_ancestors
 from ..swupd.manifest import Entry, Manifest, deleted_entry
 from .consolidate import is_config, is_state
 from .tracking import CORE
@@ -44,16 +45,6 @@ def live_paths(manifests: Iterable[Manifest]) -> set[str]:
     return {e.path for m in manifests for e in m.entries if not e.deleted}
 
 
-def _with_parents(paths: Iterable[str]) -> set[str]:
-    """``paths`` and every directory above them (``/usr/bin/x`` -> ``/usr/bin``, ``/usr``)."""
-    found: set[str] = set()
-    for path in paths:
-        while path and path not in found:
-            found.add(path)
-            path = path.rpartition("/")[0]
-    return found
-
-
 def add_list(merged: Mapping[str, Entry], added: Iterable[Manifest],
              have: Mapping[str, Entry]) -> list[Entry]:
     """What adding bundles installs: each live path of the ``added`` manifests, as the
@@ -76,7 +67,7 @@ def removal_list(removed: Iterable[Manifest], kept: Iterable[Manifest]) -> list[
     """The live entries of the ``removed`` bundles that no ``kept`` manifest lists live, nor
     lists anything below (a directory another bundle still fills stays); never config.
     Sorted parents first (remove them in reverse)."""
-    keep = _with_parents(live_paths(kept))
+    keep = with_ancestors(live_paths(kept))
     chosen: dict[str, Entry] = {}
     for manifest in removed:
         for entry in manifest.entries:

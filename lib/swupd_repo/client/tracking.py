@@ -18,14 +18,11 @@ from pathlib import Path
 
 from ..errors import ClientError
 from ..swupd.manifest import valid_bundle_name
+from ..swupd.names import CORE, tracking_path
+from ..swupd.names import TRACKING_DIR as BUNDLES_DIR
 
-BUNDLES_DIR = "usr/share/clear/bundles"
-CORE = "os-core"
-
-
-def tracking_path(name: str) -> str:
-    """The manifest path of ``name``'s tracking file."""
-    return f"/{BUNDLES_DIR}/{name}"
+__all__ = ["BUNDLES_DIR", "CORE", "installed_bundles", "tracked_bundles", "tracking_path",
+           "write_tracking_file"]
 
 
 def tracked_bundles(root: Path) -> list[str]:

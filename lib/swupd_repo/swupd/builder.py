@@ -29,9 +29,9 @@ from ..storage import Storage
 from .bundletrees import bundle_trees, subtract
 from .heuristics import modifier, prune
 from .manifest import Entry, Manifest, bundle_line, deleted_entry, manifest_hash, parse_manifest
+from .names import CORE, tracking_path
 from .scan import Record
 
-CORE = "os-core"
 #: Bundles whose size does not count towards the MoM's contentsize (§2.2).
 _NOT_COUNTED = frozenset(("esp",))
 #: Type changes the server accepts (old type, new type); any other change aborts (§2.7).
@@ -240,7 +240,7 @@ def build_manifests(records: Mapping[str, Record], version: int, previous: Previ
                 f"bundle {name} of version {version} has nothing swupd can publish (it owns "
                 "no path of the tree, or only paths under /etc)",
                 hint="give the bundle content outside /etc (at least its tracking file "
-                f"/usr/share/clear/bundles/{name}), or drop it from the bundle definitions")
+                f"{tracking_path(name)}), or drop it from the bundle definitions")
 
     old_full = previous.full.entries if previous.full else []
     fresh_full = entries_from_records(records.values(), version)

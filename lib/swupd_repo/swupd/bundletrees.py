@@ -32,6 +32,17 @@ def parents(path: str) -> Iterable[str]:
         at = path.rfind("/", 0, at)
 
 
+def with_ancestors(paths: Iterable[str]) -> set[str]:
+    """``paths`` and every directory above them but ``/`` (``/usr/bin/x`` -> ``/usr/bin``,
+    ``/usr``)."""
+    found: set[str] = set()
+    for path in paths:
+        while path and path not in found:
+            found.add(path)
+            path = path.rpartition("/")[0]
+    return found
+
+
 def with_parents(paths: Iterable[str], present: Mapping[str, object]) -> set[str]:
     """``paths`` (those in ``present``) and every directory above them."""
     out: set[str] = set()

@@ -6,6 +6,17 @@ keeps all three in agreement. Kept free of heavy imports: the client loads it.
 
 from __future__ import annotations
 
+#: The bundle every device has; the others are optional beside it (format3 §7).
+CORE = "os-core"
+#: Where a device tracks its bundles, under its root: one empty file per bundle (format3 §7).
+TRACKING_DIR = "usr/share/clear/bundles"
+
+
+def tracking_path(bundle: str) -> str:
+    """The manifest path of ``bundle``'s tracking file."""
+    return f"/{TRACKING_DIR}/{bundle}"
+
+
 
 def fullfile_relpath(last_change: int, digest: str) -> str:
     """``<L>/files/<H>.tar``, relative to ``www``."""
