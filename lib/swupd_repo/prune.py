@@ -40,12 +40,6 @@ class PrunePlan:
     freed_bytes: int = 0
 
 
-def change_points(www: Path, bundle: str, latest: int, count: int) -> list[int]:
-    """The last ``count`` versions ``bundle`` changed in, up to ``latest``: the delta sources
-    of the next build (what :func:`~.swupd.packs.delta_pack_sources` walks from there)."""
-    return walk_change_points(www, bundle, latest, count)
-
-
 def needed_trees(storage: Storage, deltapack_versions: int) -> dict[int, str]:
     """Stored versions a future build reads, each with the reason."""
     latest = storage.latest()
@@ -63,7 +57,8 @@ def needed_trees(storage: Storage, deltapack_versions: int) -> dict[int, str]:
     mom = _read_mom(storage.www_dir, latest) if latest else None
     released_mom = _read_mom(storage.www_dir, released) if 0 < released < latest else None
     for entry in mom.entries if mom is not None else ():
-        sources = change_points(storage.www_dir, entry.path, latest, deltapack_versions)
+        # the delta sources of the next build (what packs.delta_pack_sources walks from there)
+        sources = walk_change_points(storage.www_dir, entry.path, latest, deltapack_versions)
         if released_mom is not None:
             point = _bundle_version(released_mom, entry.path)
             sources = [*sources, *([point] if point is not None else [])]

@@ -64,21 +64,21 @@ def plan(storage: Storage, before: int) -> RetirePlan:
     line) unless a released rebase version at or after ``before`` allows it."""
     published = storage.published_versions()
     released = storage.released()
-    rebases = [v for v in published if v >= before and is_rebase(storage.www_dir, v)]
-    allowed = [v for v in rebases if v <= released]
-    if not allowed:
-        if rebases:
-            raise VersionError(
-                f"prune --www-before {before}: the rebase version {rebases[0]} is not released "
-                f"yet (devices are told {released}), and versions before it may still need "
-                "older fullfiles",
-                hint=f"release it first (swupd-repo release {rebases[0]})")
+    # the first rebase at or after ``before`` decides: a later one allows nothing more
+    rebase = next((v for v in published if v >= before and is_rebase(storage.www_dir, v)), 0)
+    if rebase > released:
+        raise VersionError(
+            f"prune --www-before {before}: the rebase version {rebase} is not released "
+            f"yet (devices are told {released}), and versions before it may still need "
+            "older fullfiles",
+            hint=f"release it first (swupd-repo release {rebase})")
+    if not rebase:
         raise VersionError(
             f"prune --www-before {before}: no rebase version at or after {before} exists, so "
             "devices still fetch fullfiles from the versions before it",
             hint="publish a rebase version first (--rebase, SWUPD_REPO_REBASE = \"1\"), then "
             "prune --www-before that version")
-    result = RetirePlan(before, allowed[0])
+    result = RetirePlan(before, rebase)
     for version in published:
         if version >= before:
             break
@@ -128,6 +128,6 @@ def retire(storage: Storage, before: int, *, dry_run: bool, reporter: Reporter,
         result = plan(storage, before)
         if not dry_run:
             retire_locked(storage, result, run)
-            if report and result.versions:
+            if result.versions:
                 refresh_report(storage, report, run)
     return result

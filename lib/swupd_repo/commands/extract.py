@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundles.assignment import assignment_path
     from ..bundles.definitions import from_cli
     from ..bundles.tracking import store_split
     from ..dedup import previous_tree_path, share_with_previous
@@ -50,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from ..gpt import find_partition
     from ..layout import load_layout
     from ..pipeline import locked_run, remove_leftovers
-    from ..swupd.hashcache import cache_path
-    from ..treemeta import record_path
 
     if args.version <= 0:
         raise ExtractError(f"version {args.version} is invalid", hint="pass --version N, N > 0")
@@ -74,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.force:
                 raise ExtractError(f"{dest} already exists",
                                    hint="pass --force to replace it")
-            remove_tree(dest)
-            record_path(dest).unlink(missing_ok=True)
-            assignment_path(dest).unlink(missing_ok=True)
-            cache_path(dest).unlink(missing_ok=True)
+            _discard(dest)
         extent = find_partition(args.dsk, part, run)
         run.info(f"partition {extent.number} ({extent.name or part.key}) of "
                  f"{args.dsk}: {extent.size} bytes at {extent.offset}")
@@ -87,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             store_split(dest, bundles, run)
         except BaseException:  # definitions that do not fit the image: store nothing
-            remove_tree(dest)
-            record_path(dest).unlink(missing_ok=True)
-            assignment_path(dest).unlink(missing_ok=True)
-            cache_path(dest).unlink(missing_ok=True)
+            _discard(dest)
             with contextlib.suppress(OSError):
                 dest.parent.rmdir()  # image/<V>, when nothing else is there
             raise
@@ -98,3 +89,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"extracted {stats.files} files, {stats.directories} directories, "
           f"{stats.symlinks} symlinks, {stats.hardlinks} hard links into {dest}")
     return 0
+
+
+def _discard(tree: Path) -> None:
+    """``tree`` and what is stored beside it: its record, bundle split and side file of
+    hashes."""
+    from ..bundles.assignment import assignment_path
+    from ..swupd.hashcache import cache_path
+    from ..treemeta import record_path
+
+    remove_tree(tree)
+    for path in (record_path(tree), assignment_path(tree), cache_path(tree)):
+        path.unlink(missing_ok=True)

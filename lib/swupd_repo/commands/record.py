@@ -32,13 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dedup import stored_trees
     from ..pipeline import locked_run
     from ..treemeta import record_path, write_from_disk
 
     storage = Storage(args.storage)
     with TqdmReporter() as reporter, locked_run(storage, reporter, wait=args.wait):
-        versions = [args.version] if args.version else sorted(
-            int(p.name) for p in storage.image_dir.glob("*") if p.name.isdigit())
+        versions = [args.version] if args.version else stored_trees(storage)
         done = 0
         for version in versions:
             tree = storage.os_core(version)
