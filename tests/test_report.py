@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tree
-from helpers_cli import build, swupd_repo
+from helpers_cli import build, publish, swupd_repo
 from swupd_repo.client import install, update
 from swupd_repo.osrelease import stamp_version_id
 from swupd_repo.report import collect, to_html, write_report_files
@@ -130,6 +130,56 @@ def test_report_files_in_the_storage(repo: Path, tmp_path: Path) -> None:
     html, data = write_report_files(Storage(copy))
     assert html == copy / "report.html" and data == copy / "report.json"
     assert json.loads(data.read_text())["released"] == 40
+
+
+def test_publish_and_build_refresh_the_report_in_the_storage(
+        tmp_path: Path, rootfs_trees: dict[int, Path],
+        vector_images: dict[int, tuple[Path, Path]]) -> None:
+    """A report written once into the storage (the BitBake task's, or ``swupd-repo report
+    --html STORAGE/report.html``) is written again by every CLI publish and build, as by a
+    release: it shows the version just published. None is written where none was."""
+    storage = tmp_path / "storage"
+    st = Storage(storage)
+    done = publish(storage, vector_images[10])
+    assert done.returncode == 0, done.stderr
+    assert not (storage / "report.html").exists() and not (storage / "report.json").exists()
+    assert "report:" not in done.stderr
+    html, data = write_report_files(st)
+
+    done = publish(storage, vector_images[20])
+    assert done.returncode == 0, done.stderr
+    assert f"report: {html}" in done.stderr
+    written = json.loads(data.read_text())
+    assert [v["version"] for v in written["versions"]] == [10, 20]
+    assert (written["latest"], written["released"]) == (20, 20)
+    assert [u["from_version"] for u in written["updates"]] == [10]
+
+    tree30 = copy_tree(rootfs_trees[20], tmp_path / "tree30")
+    (tree30 / "usr/share/added-in-30").write_text("new in 30\n")
+    stamp_version_id(tree30, 30)
+    copy_tree(tree30, st.os_core(30))
+    done = swupd_repo("build", "--storage", storage, "--version", "30", "--stage")
+    assert done.returncode == 0, done.stderr
+    written = json.loads(data.read_text())
+    assert [v["version"] for v in written["versions"]] == [10, 20, 30]
+    assert (written["latest"], written["released"]) == (30, 20)
+    assert html.read_text() == to_html(collect(st))  # the page too, not only the JSON
+
+
+def test_a_report_that_cannot_be_written_does_not_fail_the_build(
+        tmp_path: Path, rootfs_trees: dict[int, Path]) -> None:
+    """The version is published before the report is written: a report the storage refuses
+    (here ``report.html`` is a directory) is a warning, and the build succeeds."""
+    storage = tmp_path / "storage"
+    build(storage, rootfs_trees[10], 10)
+    (storage / "report.html").mkdir()
+    copy_tree(rootfs_trees[20], Storage(storage).os_core(20))
+    done = swupd_repo("build", "--storage", storage, "--version", "20")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "no report written" in line]
+    assert len(warnings) == 1 and "report.html" in warnings[0], done.stderr
+    assert "published version 20" in done.stdout
+    assert Storage(storage).latest() == Storage(storage).released() == 20
 
 
 def test_missing_www_is_one_line(tmp_path: Path) -> None:

@@ -334,16 +334,19 @@ def publish_image(d: Datastore) -> int:
 
 
 def write_report(settings: Settings, reporter: BitBakeReporter) -> None:
-    """SWUPD_REPO_REPORT: ``STORAGE/report.html`` and ``report.json`` after a publish
-    (:func:`~swupd_repo.report.refresh_report_files`: a failure is a warning)."""
+    """SWUPD_REPO_REPORT: ``STORAGE/report.html`` and ``report.json`` after the first publish
+    (:func:`~swupd_repo.report.refresh_report_files`: a failure is a warning). Once they are
+    there, every publish writes them again itself (:func:`~swupd_repo.pipeline.publishing_run`),
+    as the CLI's do."""
     from .pipeline import storage_of
-    from .report import refresh_report_files
+    from .report import has_report_files, refresh_report_files
 
     storage = storage_of(settings)
     # under the lock: another image's run on a shared storage would clean the report's
     # temporary file as a leftover, and a container run would take it for its scratch
     try:
         with storage.lock():
-            refresh_report_files(storage, reporter)
+            if not has_report_files(storage):
+                refresh_report_files(storage, reporter)
     except SwupdRepoError as exc:  # the lock; the version is published all the same
         reporter.warning(f"no report written ({exc})")

@@ -52,7 +52,7 @@ def build_version(settings: Settings, reporter: Reporter, version: int | None = 
     ``wait`` False: fail at once when another run holds the storage.
     """
     storage = storage_of(settings)
-    with locked_run(storage, reporter, wait=wait) as run:
+    with publishing_run(storage, settings, reporter, wait=wait) as run:
         remove_leftovers(storage, run)
         if version is not None:
             settings = settings.replace(os_version=version)
@@ -98,7 +98,7 @@ def publish(settings: Settings, reporter: Reporter, *, layout_text: str | None =
                             hint="set SWUPD_REPO_DISK_LAYOUT or pass --layout JSON")
     part = layout.rootfs(settings.partition)
     extent = find_partition(Path(settings.disk_image), part, reporter)
-    with locked_run(storage, reporter, wait=wait) as run:
+    with publishing_run(storage, settings, reporter, wait=wait) as run:
         remove_leftovers(storage, run)
         version = version_to_publish(settings, storage)
         dest = storage.os_core(version)
@@ -147,6 +147,35 @@ def locked_run(storage: Storage, reporter: Reporter, *, wait: bool = True
             if error is None:
                 raise
             raise error from exc
+
+
+@contextlib.contextmanager
+def publishing_run(storage: Storage, settings: Settings, reporter: Reporter, *,
+                   wait: bool = True) -> Iterator[RunReporter]:
+    """:func:`locked_run` for a run that publishes a version (publish, build, revert; the
+    BitBake task calls publish): when its body has ended well, ``STORAGE/report.*`` is
+    written again (:func:`refresh_report`), under the same lock.
+
+    Here and not in :func:`build_and_mark`: the callers' rollbacks (``Storage.replacing`` of
+    the tree and of ``www/<V>``) wrap that, and an interrupt while the report is written
+    must not put an old tree back under a published version. Past the body every rollback
+    scope is closed and the version is published; a failure is only a warning.
+    """
+    with locked_run(storage, reporter, wait=wait) as run:
+        yield run
+        refresh_report(storage, settings.report, run)
+
+
+def refresh_report(storage: Storage, report: bool, reporter: Reporter) -> None:
+    """A publish, a release, a revert or a retirement changes what ``STORAGE/report.*`` shows
+    (the versions, the released one, every device's download to it, a version's files):
+    write it again when one is there (the BitBake task writes it, ``SWUPD_REPO_REPORT``; a
+    user may have: ``swupd-repo report --html STORAGE/report.html``) and ``report`` is on.
+    The lock is held; a failure is a warning (:func:`~.report.refresh_report_files`)."""
+    from .report import has_report_files, refresh_report_files
+
+    if report and has_report_files(storage):
+        refresh_report_files(storage, reporter)
 
 
 def check_os_release(root: Path, version: int) -> None:

@@ -36,6 +36,8 @@ from .pipeline import (
     build_and_mark,
     check_os_release,
     locked_run,
+    publishing_run,
+    refresh_report,
     remove_leftovers,
     run_gate,
     storage_of,
@@ -85,7 +87,7 @@ def release(settings: Settings, version: int, reporter: Reporter, *, wait: bool 
 def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True) -> int:
     """Publish version V's tree again as the next version N; returns N."""
     storage = storage_of(settings)
-    with locked_run(storage, reporter, wait=wait) as run:
+    with publishing_run(storage, settings, reporter, wait=wait) as run:
         remove_leftovers(storage, run)
         require_published(storage, to, hint="pass --to one of the versions in STORAGE/www")
         source = storage.os_core(to)
@@ -112,20 +114,7 @@ def revert(settings: Settings, to: int, reporter: Reporter, *, wait: bool = True
             remove_tree(work)
             remove_tree(storage.image(version))
             raise
-        refresh_report(storage, settings.report, run)
     return version
-
-
-def refresh_report(storage: Storage, report: bool, reporter: Reporter) -> None:
-    """A release, a revert or a retirement changes what ``STORAGE/report.*`` shows (the
-    released version, every device's download to it, a version's files): write it again, as a
-    publish does, when a publish wrote one (the BitBake task, ``SWUPD_REPO_REPORT``) and
-    ``report`` is on. The lock is held; a failure is a warning
-    (:func:`~.report.refresh_report_files`)."""
-    from .report import has_report_files, refresh_report_files
-
-    if report and has_report_files(storage):
-        refresh_report_files(storage, reporter)
 
 
 def refuse_a_lossy_copy(storage: Storage, version: int) -> None:

@@ -120,8 +120,7 @@ def retire(storage: Storage, before: int, *, dry_run: bool, reporter: Reporter,
 
     ``STORAGE/report.*`` shows each ``www/<V>``'s files and bytes: when a publish wrote it
     and ``report`` is on, it is written again after a retirement, as after a release."""
-    from .pipeline import locked_run, remove_leftovers
-    from .release import refresh_report
+    from .pipeline import locked_run, refresh_report, remove_leftovers
 
     with locked_run(storage, reporter, wait=wait) as run:
         remove_leftovers(storage, run)

@@ -120,7 +120,8 @@ SWUPD_REPO_RELEASE ??= "1"
 
 # "1" writes ${SWUPD_REPO_STORAGE_DIR}/report.html (plots, works offline) and report.json
 # after each publish: per version sizes and changes, per earlier version the download to
-# latest (`swupd-repo report`); `swupd-repo release` and `revert` write it again. "0" skips it.
+# latest (`swupd-repo report`); `swupd-repo publish`, `build`, `release`, `revert` and
+# `prune --www-before` write it again. "0" skips it.
 SWUPD_REPO_REPORT ??= "1"
 
 # Bundles beside os-core, which devices add with bundle-add (the swupd client tracks them in
