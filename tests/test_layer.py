@@ -540,6 +540,9 @@ def test_cli_publish_between_two_bitbake_builds(tmp_path, capsys):
                      "--dsk", str(deploy / f"ostro-image-{bed.MACHINE}.dsk"),
                      "--layout", str(deploy / f"ostro-image-{bed.MACHINE}-1.0-r0-disk-layout.json"),
                      "--version", "20"]) == 0
+    # the report the task wrote after 10 now shows 20: the CLI publish wrote it again
+    report = json.loads((storage.root / "report.json").read_text())
+    assert [v["version"] for v in report["versions"]] == [10, 20]
     capsys.readouterr()
     bed.set_local_conf(builddir, 'IMAGE_MOTD = "bitbake 30"\n')
     result = bed.bitbake(builddir)
