@@ -569,6 +569,32 @@ def test_mixed_history_native_docker_native(tmp_path, rootfs_trees, native_histo
             assert used_packs(sim.summary)[1] > 0, sim.summary
 
 
+def test_after_a_native_rebase_our_image_makes_no_packs_from_before_it(
+        tmp_path, rootfs_trees, server_image, engine):
+    """Our image runs the native generator, whose change-point walk
+    (:func:`~swupd_repo.swupd.packs.walk_change_points`) stops at a rebase: a container build
+    after a native rebase makes the packs the native backend makes, none from before the
+    rebase. (The real 2016 image's ``pack_maker.sh`` walks past it and cannot be told
+    otherwise: the README says what that costs.)"""
+    from swupd_repo.pipeline import build_version
+
+    def history(root: Path, last: str) -> Storage:
+        storage = Storage(root)
+        for version, backend, rebase in ((10, "native", False), (20, "native", False),
+                                         (30, "native", True), (40, last, False)):
+            fill_version(storage, version, rootfs_trees)
+            settings = make_settings({"storage_dir": storage.root, "backend": backend,
+                                      "docker_image": server_image, "rebase": rebase})
+            build_version(settings, RecordingReporter(), version)
+        return storage
+
+    native, docker = history(tmp_path / "native", "native"), history(tmp_path / "docker", "docker")
+    packs = sorted(p.name for p in docker.www(40).glob("pack-*.tar"))
+    # two change points back would be 30 and 20; the walk stops at the rebase 30
+    assert packs == ["pack-os-core-from-0.tar", "pack-os-core-from-30.tar"]
+    assert_same_version(docker, native, 40)
+
+
 #: process_rootfs.sh with a ``hardlink`` that does nothing first in PATH: the pack test sees
 #: the staging of pack members alone.
 NO_HARDLINK = ("sh -c 'mkdir -p /tmp/nohl && ln -sf /bin/true /tmp/nohl/hardlink && "
