@@ -88,7 +88,7 @@ def same_but_ctime(entry: Entry | None, st: os.stat_result, meta: Meta) -> bool:
     if entry is None:
         return False
     key = entry_key(st, meta)
-    return entry[:4] == key[:4] and entry[5:-1] == key[5:]
+    return entry[:4] == key[:4] and entry[_META] == key[_META.start:]
 
 
 def same_content(a: Entry, b: Entry) -> bool | None:
