@@ -355,3 +355,46 @@ def test_unchanged_old_span_stays_whole(tmp_path: Path) -> None:
     reused, made = _pack(p20, v10, previous=p10, store=None, fresh_era=20)
     assert (reused, made) == (len(spans), 1)
     assert p20.read_bytes() == p10.read_bytes()
+
+
+def test_bundle_packs_plan_deltas_once_and_stat_each_fullfile_once(
+        vectors: Path, rootfs_trees: dict[int, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One build's delta packs share one plan of their deltas (the image records, the
+    ``.delta-none`` files and the delta targets are looked at once, not once per pack) and
+    one ``stat`` per fullfile, and their bytes are those of a lone :func:`write_delta_pack`."""
+    import os
+
+    repo = packs_repo(tmp_path / "repo", vectors, rootfs_trees)
+    www = repo / "www"
+    old, new = _manifest(www, 10), _manifest(www, 20)
+    plans: list[int] = []
+    real_jobs = packs._delta_jobs
+
+    def counting_jobs(*args, **kwargs):  # the real planner, counted
+        plans.append(1)
+        return real_jobs(*args, **kwargs)
+
+    stats: dict[str, int] = {}
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):  # the real stat, counted for fullfiles
+        name = os.fspath(path)
+        if f"{os.sep}files{os.sep}" in name:
+            stats[name] = stats.get(name, 0) + 1
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(packs, "_delta_jobs", counting_jobs)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    outs = [repo / "from-10-a.tar", repo / "from-10-b.tar"]
+    packs.write_bundle_packs(www, "os-core", new, repo / "zero.tar", previous_pack=None,
+                             deltas=[(old, out) for out in outs], image_dir=repo / "image",
+                             workers=2, reporter=NullReporter())
+    monkeypatch.undo()
+    assert plans == [1]
+    assert stats and max(stats.values()) == 1, sorted(n for n, c in stats.items() if c > 1)
+    assert any((www / "20/delta").iterdir())
+    lone = repo / "lone.tar"
+    packs.write_delta_pack(www, "os-core", old, new, lone, image_dir=repo / "image",
+                           workers=1, reporter=NullReporter())
+    assert outs[0].read_bytes() == outs[1].read_bytes() == lone.read_bytes()

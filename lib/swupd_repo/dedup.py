@@ -163,7 +163,7 @@ def _same_by_hash(new: hashcache.Entry | None, old: hashcache.Entry | None) -> b
 
 def _same_key_hash(old: hashcache.Entry | None, meta: Meta, st: os.stat_result) -> str | None:
     """The old file's proven hash, when the new path's record keys it alike (same bytes)."""
-    if old is None or old[5:-1] != hashcache.entry_key(st, meta)[5:]:
+    if old is None or not hashcache.keyed_alike(old, meta):
         return None
     return str(old[-1])
 

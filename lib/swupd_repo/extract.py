@@ -482,8 +482,8 @@ class _Writer:
         other = previous.meta.entries.get(path)
         if entry is None or other is None or not stat.S_ISREG(other.mode):
             return False
-        key = [meta.mode, meta.uid, meta.gid, meta.rdev, hashcache.entry_key_xattrs(meta)]
-        if entry[2] != node.size or entry[3] != node.mtime_ns or entry[5:-1] != key:
+        if entry[2] != node.size or entry[3] != node.mtime_ns or \
+                not hashcache.keyed_alike(entry, meta):
             return False  # cheap refusals first: no system call
         old = os.path.join(previous.tree, rel)
         try:

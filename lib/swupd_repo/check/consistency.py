@@ -36,6 +36,7 @@ from ..storage import Storage, read_version_file
 from ..swupd.manifest import Manifest, manifest_hash, parse_manifest
 from ..swupd.names import fullfile_relpath, pack_name
 from .report import CheckReport
+from .simulation import read_manifest
 from .stamps import Stamps, signature
 
 
@@ -149,10 +150,8 @@ class Consistency:
 
     def _reread(self, name: str, bv: int) -> Manifest | None:
         """A manifest checked for an earlier version and since dropped from memory."""
-        tar = self.www / str(bv) / f"Manifest.{name}.tar"
         try:
-            plain, _ = read_manifest_tar(tar.read_bytes(), name, str(tar))
-            return parse_manifest(plain, str(tar))
+            return read_manifest(self.storage, bv, name)
         except (OSError, ClientError, ManifestError):
             return None  # reported when it was checked
 

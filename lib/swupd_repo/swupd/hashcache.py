@@ -56,14 +56,23 @@ def cache_path(tree: Path) -> Path:
 
 def entry_key(st: os.stat_result, meta: Meta) -> list[object]:
     """What must be equal for a stored hash to hold: the inode's identity and times, and the
-    record's metadata the hash is keyed with."""
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, meta.mode,
-            meta.uid, meta.gid, meta.rdev, entry_key_xattrs(meta)]
+    record's metadata the hash is keyed with (:func:`meta_key`)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *meta_key(meta)]
 
 
-def entry_key_xattrs(meta: Meta) -> str:
-    """The xattrs part of :func:`entry_key`."""
-    return xattr_blob(meta.xattrs).hex()
+def meta_key(meta: Meta) -> list[object]:
+    """The record's part of :func:`entry_key` (its last fields): the one spelling of it, for
+    writers that know the inode's fields without a ``stat`` (scan, extraction)."""
+    return [meta.mode, meta.uid, meta.gid, meta.rdev, xattr_blob(meta.xattrs).hex()]
+
+
+#: Where :func:`meta_key` sits in an entry (the hash follows it).
+_META = slice(5, -1)
+
+
+def keyed_alike(entry: Entry, meta: Meta) -> bool:
+    """Whether ``entry``'s hash was keyed with ``meta``'s metadata (whatever the inode)."""
+    return entry[_META] == meta_key(meta)
 
 
 def proven(entry: Entry | None, st: os.stat_result, meta: Meta) -> str | None:
@@ -79,7 +88,7 @@ def same_but_ctime(entry: Entry | None, st: os.stat_result, meta: Meta) -> bool:
     if entry is None:
         return False
     key = entry_key(st, meta)
-    return entry[:4] == key[:4] and entry[5:-1] == key[5:]
+    return entry[:4] == key[:4] and entry[_META] == key[_META.start:]
 
 
 def same_content(a: Entry, b: Entry) -> bool | None:
@@ -87,7 +96,7 @@ def same_content(a: Entry, b: Entry) -> bool | None:
     were keyed alike (same size, mode, owner, rdev, xattrs); None when they cannot tell."""
     if a[2] != b[2]:
         return False  # sizes differ
-    if a[5:-1] != b[5:-1]:
+    if a[_META] != b[_META]:
         return None
     return a[-1] == b[-1]
 

@@ -28,9 +28,9 @@ import stat
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from ..errors import BuildError
 from ..progress import Reporter
@@ -70,7 +70,26 @@ def _dir_members(mtime: int) -> list[PackMember]:
             PackMember("staged", "dir", mtime=mtime, era=_DIR_ERA)]
 
 
-def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
+#: ``os.stat`` of fullfiles by path (None: missing), kept for one build: the zero pack and
+#: every delta pack of a bundle stage overlapping sets, and no fullfile changes meanwhile.
+Stats: TypeAlias = dict[str, os.stat_result | None]
+
+
+def _stat(path: str, stats: Stats | None) -> os.stat_result | None:
+    """``os.stat(path)`` (None when it fails), asked of the file system once per ``stats``."""
+    if stats is not None and path in stats:
+        return stats[path]
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:
+        st = None
+    if stats is not None:
+        stats[path] = st
+    return st
+
+
+def _staged(www: Path, entries: Iterable[Entry], stats: Stats | None = None
+            ) -> list[PackMember]:
     """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, path): old groups
     then only lose members over time, new content lands in new groups at the end, and files
     of one directory (one package) sit side by side, which xz finds more to share in."""
@@ -83,10 +102,7 @@ def _staged(www: Path, entries: Iterable[Entry]) -> list[PackMember]:
     root = os.fspath(www)
     for e in sorted(best.values(), key=lambda e: (e.last_change, e.path, e.hash)):
         src = os.path.join(root, fullfile_relpath(e.last_change, e.hash))  # str: thousands
-        try:
-            st = os.stat(src)
-        except OSError:
-            st = None
+        st = _stat(src, stats)
         if st is None or not stat.S_ISREG(st.st_mode):
             raise BuildError(f"{src} is missing, but {e.path} needs it in a pack",
                              hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
@@ -109,7 +125,8 @@ def _timestamp(manifest: Manifest) -> int:
 
 def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
                     previous_pack: Path | None, workers: int, reporter: Reporter,
-                    store: StreamStore | None = None, pool: SharedPool | None = None) -> None:
+                    store: StreamStore | None = None, pool: SharedPool | None = None,
+                    stats: Stats | None = None) -> None:
     """``pack-<bundle>-from-0.tar``: every live entry staged, whatever its last_change.
 
     Groups found in ``store`` or, failing that, in ``previous_pack`` (the bundle's previous
@@ -117,7 +134,7 @@ def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
     older content that changed since ``previous_pack`` is split into its pieces (see
     :func:`.packstream._choose`).
     """
-    members = _staged(www, _live(manifest))
+    members = _staged(www, _live(manifest), stats)
     spans = [[_dir_members(_timestamp(manifest))], *plan_spans(members)]
     reused, made = write_pack(out, spans, previous=previous_pack, workers=workers,
                               reporter=reporter, label=f"zero pack {bundle}", keep_index=True,
@@ -149,18 +166,26 @@ def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: 
 
     Staged members are grouped by last_change like the zero pack's, so their streams come
     from ``store`` (usually put there by this version's zero pack)."""
-    source = old.version
     pairs, staged = _changes(old, new)
     _make_deltas(www, image_dir, pairs, workers, reporter, pool)
+    _write_delta_pack(www, bundle, old.version, new, out, pairs, staged, workers=workers,
+                      reporter=reporter, store=store, pool=pool)
+
+
+def _write_delta_pack(www: Path, bundle: str, source: int, new: Manifest, out: Path,
+                      pairs: list[tuple[Entry, Entry]], staged: list[Entry], *, workers: int,
+                      reporter: Reporter, store: StreamStore | None, pool: SharedPool | None,
+                      stats: Stats | None = None) -> None:
+    """The delta pack of :func:`_changes`' ``pairs`` and ``staged``, their deltas made."""
     deltas: dict[str, PackMember] = {}  # by name: paths sharing a hash share one delta
     for prev, e in pairs:
-        member = _delta_member(www, prev, e)
+        member = _delta_member(www, prev, e, stats)
         if member is None:
             staged.append(e)
         else:
             deltas[member.name] = member
     members = [*_dir_members(_timestamp(new)), *sorted(deltas.values(), key=lambda m: m.name),
-               *_staged(www, staged)]
+               *_staged(www, staged, stats)]
     write_pack(out, plan_spans(members), previous=None, workers=workers, reporter=reporter,
                label=f"delta pack {bundle} from {source}", keep_index=False, store=store,
                pool=pool)
@@ -191,14 +216,18 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
     of one bundle, on one process pool.
 
     Why together: the file deltas every delta pack needs (bsdiff, seconds per MiB) do not
-    depend on the zero pack, so a thread makes them all while the main thread compresses
-    the zero pack's groups; both feed one :class:`.workpool.SharedPool`, which keeps every
-    core busy through each phase's single-job tail and bounds the memory of what runs at
-    once (:data:`DELTA_MEMORY_BUDGET` for the deltas). The delta packs then find their
-    deltas made, and their staged groups in the store (put there by the zero pack).
+    depend on the zero pack, so a thread plans them once for all delta packs and makes them
+    while the main thread compresses the zero pack's groups; both feed one
+    :class:`.workpool.SharedPool`, which keeps every core busy through each phase's
+    single-job tail and bounds the memory of what runs at once (:data:`DELTA_MEMORY_BUDGET`
+    for the deltas). The delta packs then find their deltas made (nothing is planned or
+    tried again), their staged groups in the store (put there by the zero pack) and their
+    fullfiles' stats in the zero pack's.
     """
-    pairs = [pair for old, _out in deltas for pair in _changes(old, manifest)[0]]
+    changes = [(old, out, *_changes(old, manifest)) for old, out in deltas]
+    pairs = [pair for _old, _out, found, _staged in changes for pair in found]
     pool = SharedPool(workers, DELTA_MEMORY_BUDGET) if workers > 1 else None
+    stats: Stats = {}
     maker: threading.Thread | None = None
     failure: list[BaseException] = []
     made: list[int] = []
@@ -214,16 +243,18 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
             maker = threading.Thread(target=make, name="deltas", daemon=True)
             maker.start()
         write_zero_pack(www, bundle, manifest, zero_out, previous_pack=previous_pack,
-                        workers=workers, reporter=reporter, store=store, pool=pool)
+                        workers=workers, reporter=reporter, store=store, pool=pool,
+                        stats=stats)
         if maker is not None:
             maker.join()
             maker = None
             if failure:
                 raise failure[0]
             reporter.info(f"{made[0]} deltas tried beside the zero pack")
-        for old, out in deltas:
-            write_delta_pack(www, bundle, old, manifest, out, image_dir=image_dir,
-                             workers=workers, reporter=reporter, store=store, pool=pool)
+        for old, out, found, staged in changes:
+            _write_delta_pack(www, bundle, old.version, manifest, out, found, staged,
+                              workers=workers, reporter=reporter, store=store, pool=pool,
+                              stats=stats)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -231,7 +262,8 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
             maker.join()
 
 
-def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
+def _delta_member(www: Path, prev: Entry, e: Entry, stats: Stats | None = None
+                  ) -> PackMember | None:
     """The container's keep rule (§5.1) for an existing delta file."""
     if e.type == "D":
         return None
@@ -239,10 +271,12 @@ def _delta_member(www: Path, prev: Entry, e: Entry) -> PackMember | None:
     path = www / str(e.last_change) / "delta" / name
     try:
         st = path.stat()
-        full = fullfile_path(www, e).stat().st_size
     except FileNotFoundError:
         return None
-    if st.st_size <= _MIN_DELTA or not DELTA_KEEP_FACTOR * st.st_size < full:
+    full = _stat(os.fspath(fullfile_path(www, e)), stats)
+    if full is None:
+        return None
+    if st.st_size <= _MIN_DELTA or not DELTA_KEEP_FACTOR * st.st_size < full.st_size:
         return None
     return PackMember(f"delta/{name}", "file", str(path), st.st_size, e.hash,
                       ident=_ident(st), era=_DELTA_ERA)
@@ -351,42 +385,32 @@ def _data_hash(meta: Meta, data: bytes) -> str:
 def _make_deltas(www: Path, image_dir: Path, pairs: list[tuple[Entry, Entry]], workers: int,
                  reporter: Reporter | None, pool: SharedPool | None = None) -> int:
     """Make the missing deltas of ``pairs`` (largest first); returns how many were tried.
-    ``reporter`` None: no progress (a thread beside another step's progress)."""
+    ``reporter`` None: no progress (a thread beside another step's progress). Without
+    ``pool`` the jobs run inline, or in a pool of ``workers`` started here when several can
+    run at once (a lone :func:`write_delta_pack`)."""
     jobs = sorted(_delta_jobs(www, image_dir, pairs), key=lambda j: -j.memory)
     if reporter is not None:
         reporter.step("making deltas", total=len(jobs))
     if not jobs:
         return 0
+    own = SharedPool(workers, DELTA_MEMORY_BUDGET) \
+        if pool is None and workers > 1 and len(jobs) > 1 else None
     results: list[tuple[_DeltaJob, bool]] = []
-    if pool is not None:
-        futures = [(job, pool.submit(make_delta_file, job, memory=job.memory)) for job in jobs]
-        for job, fut in futures:
-            results.append((job, fut.result()))
+    try:
+        runner = pool if pool is not None else own
+        outcomes: Iterable[bool]
+        if runner is None:
+            outcomes = (make_delta_file(job) for job in jobs)
+        else:
+            futures = [runner.submit(make_delta_file, job, memory=job.memory) for job in jobs]
+            outcomes = (fut.result() for fut in futures)
+        for job, ok in zip(jobs, outcomes, strict=True):
+            results.append((job, ok))
             if reporter is not None:
                 reporter.advance()
-    elif workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            results.append((job, make_delta_file(job)))
-            if reporter is not None:
-                reporter.advance()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            pending: dict[Future[bool], _DeltaJob] = {}
-            in_use = 0
-            queue = list(jobs)
-            while queue or pending:
-                while queue and len(pending) < workers and (
-                        not pending or in_use + queue[0].memory <= DELTA_MEMORY_BUDGET):
-                    job = queue.pop(0)
-                    pending[pool.submit(make_delta_file, job)] = job
-                    in_use += job.memory
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    in_use -= job.memory
-                    results.append((job, fut.result()))
-                    if reporter is not None:
-                        reporter.advance()
+    finally:
+        if own is not None:
+            own.shutdown(cancel_futures=True)
     _remember_failures(www, [j for j, ok in results if not ok])
     return len(jobs)
 

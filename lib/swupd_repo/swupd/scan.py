@@ -30,7 +30,7 @@ from ..progress import Reporter
 from ..treemeta import Meta, TreeMeta, from_disk
 from ..treemeta import load as load_meta
 from . import hashcache
-from .hashing import CHUNK, hash_bytes, object_key, xattr_blob
+from .hashing import CHUNK, hash_bytes, object_key
 from .heuristics import refused_name
 from .workpool import bounded_map
 
@@ -72,8 +72,8 @@ class Record:
         return object_key(self.mode, self.uid, self.gid, self.rdev, self.size, self.xattrs)
 
     def cache_key(self) -> list[object]:
-        return [self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.mode,
-                self.uid, self.gid, self.rdev, xattr_blob(self.xattrs).hex()]
+        return [self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns,
+                *hashcache.meta_key(Meta(self.mode, self.uid, self.gid, self.rdev, self.xattrs))]
 
 
 @dataclass
