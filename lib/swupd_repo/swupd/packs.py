@@ -71,39 +71,43 @@ def _dir_members(mtime: int) -> list[PackMember]:
 
 
 def _staged(www: Path, entries: Iterable[Entry],
-            stats: dict[str, os.stat_result] | None = None) -> list[PackMember]:
+            cache: dict[tuple[int, str], PackMember] | None = None) -> list[PackMember]:
     """One ``staged/<H>`` per distinct hash, ordered by (oldest last_change, path): old groups
     then only lose members over time, new content lands in new groups at the end, and files
     of one directory (one package) sit side by side, which xz finds more to share in.
 
-    ``stats`` caches the fullfiles' stats across the packs of one build (the zero pack and a
-    delta pack from long ago stage nearly the same thousands of files; none changes while
-    the build runs)."""
+    ``cache`` keeps the members (each from one stat of its fullfile) across the packs of one
+    build, by (last_change, hash): the zero pack and a delta pack from long ago stage nearly
+    the same thousands of files, and no fullfile changes while the build runs."""
     best: dict[str, Entry] = {}
     for e in entries:
         cur = best.get(e.hash)
         if cur is None or (e.last_change, e.path) < (cur.last_change, cur.path):
             best[e.hash] = e
+    cache = {} if cache is None else cache
     out = []
     root = os.fspath(www)
     for e in sorted(best.values(), key=lambda e: (e.last_change, e.path, e.hash)):
-        src = os.path.join(root, fullfile_relpath(e.last_change, e.hash))  # str: thousands
-        st = stats.get(src) if stats is not None else None
-        if st is None:
-            try:
-                st = os.stat(src)
-            except OSError:
-                st = None
-            if st is not None and stats is not None:
-                stats[src] = st
-        if st is None or not stat.S_ISREG(st.st_mode):
-            raise BuildError(f"{src} is missing, but {e.path} needs it in a pack",
-                             hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
-                             f"rebuild version {e.last_change} with --force")
-        # weight for grouping: the fullfile's size (cheap, stable)
-        out.append(PackMember(f"staged/{e.hash}", "fullfile", src, st.st_size, e.hash,
-                              ident=_ident(st), era=e.last_change))
+        member = cache.get((e.last_change, e.hash))
+        if member is None:
+            member = cache[e.last_change, e.hash] = _staged_member(root, e)
+        out.append(member)
     return out
+
+
+def _staged_member(root: str, e: Entry) -> PackMember:
+    src = os.path.join(root, fullfile_relpath(e.last_change, e.hash))  # str: thousands
+    try:
+        st = os.stat(src)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise BuildError(f"{src} is missing, but {e.path} needs it in a pack",
+                         hint="every live manifest entry (H, L) needs www/L/files/H.tar; "
+                         f"rebuild version {e.last_change} with --force")
+    # weight for grouping: the fullfile's size (cheap, stable)
+    return PackMember(f"staged/{e.hash}", "fullfile", src, st.st_size, e.hash,
+                      ident=_ident(st), era=e.last_change)
 
 
 def _ident(st: os.stat_result) -> str:
@@ -119,7 +123,7 @@ def _timestamp(manifest: Manifest) -> int:
 def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
                     previous_pack: Path | None, workers: int, reporter: Reporter,
                     store: StreamStore | None = None, pool: SharedPool | None = None,
-                    stats: dict[str, os.stat_result] | None = None) -> None:
+                    staged_cache: dict[tuple[int, str], PackMember] | None = None) -> None:
     """``pack-<bundle>-from-0.tar``: every live entry staged, whatever its last_change.
 
     Groups found in ``store`` or, failing that, in ``previous_pack`` (the bundle's previous
@@ -127,7 +131,7 @@ def write_zero_pack(www: Path, bundle: str, manifest: Manifest, out: Path, *,
     older content that changed since ``previous_pack`` is split into its pieces (see
     :func:`.packstream._choose`).
     """
-    members = _staged(www, _live(manifest), stats)
+    members = _staged(www, _live(manifest), staged_cache)
     spans = [[_dir_members(_timestamp(manifest))], *plan_spans(members)]
     reused, made = write_pack(out, spans, previous=previous_pack, workers=workers,
                               reporter=reporter, label=f"zero pack {bundle}", keep_index=True,
@@ -155,7 +159,7 @@ class _DeltaJob:
 def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: Path, *,
                      image_dir: Path, workers: int, reporter: Reporter,
                      store: StreamStore | None = None, pool: SharedPool | None = None,
-                     stats: dict[str, os.stat_result] | None = None) -> None:
+                     staged_cache: dict[tuple[int, str], PackMember] | None = None) -> None:
     """``pack-<bundle>-from-<old.version>.tar`` for ``new``; makes the deltas it needs.
 
     Staged members are grouped by last_change like the zero pack's, so their streams come
@@ -171,7 +175,7 @@ def write_delta_pack(www: Path, bundle: str, old: Manifest, new: Manifest, out: 
         else:
             deltas[member.name] = member
     members = [*_dir_members(_timestamp(new)), *sorted(deltas.values(), key=lambda m: m.name),
-               *_staged(www, staged, stats)]
+               *_staged(www, staged, staged_cache)]
     write_pack(out, plan_spans(members), previous=None, workers=workers, reporter=reporter,
                label=f"delta pack {bundle} from {source}", keep_index=False, store=store,
                pool=pool)
@@ -198,7 +202,7 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
                        previous_pack: Path | None, deltas: list[tuple[Manifest, Path]],
                        image_dir: Path, workers: int, reporter: Reporter,
                        store: StreamStore | None = None,
-                       stats: dict[str, os.stat_result] | None = None) -> None:
+                       staged_cache: dict[tuple[int, str], PackMember] | None = None) -> None:
     """The zero pack and the delta packs (from each ``(old manifest, out)`` of ``deltas``)
     of one bundle, on one process pool.
 
@@ -208,9 +212,9 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
     core busy through each phase's single-job tail and bounds the memory of what runs at
     once (:data:`DELTA_MEMORY_BUDGET` for the deltas). The delta packs then find their
     deltas made, and their staged groups in the store (put there by the zero pack).
-    ``stats``: the fullfile stats of the build (see :func:`_staged`; None: this call's own).
+    ``staged_cache``: the staged members of the build (see :func:`_staged`; None: this call's own).
     """
-    stats = {} if stats is None else stats
+    staged_cache = {} if staged_cache is None else staged_cache
     pairs = [pair for old, _out in deltas for pair in _changes(old, manifest)[0]]
     pool = SharedPool(workers, DELTA_MEMORY_BUDGET) if workers > 1 else None
     maker: threading.Thread | None = None
@@ -229,7 +233,7 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
             maker.start()
         write_zero_pack(www, bundle, manifest, zero_out, previous_pack=previous_pack,
                         workers=workers, reporter=reporter, store=store, pool=pool,
-                        stats=stats)
+                        staged_cache=staged_cache)
         if maker is not None:
             maker.join()
             maker = None
@@ -239,7 +243,7 @@ def write_bundle_packs(www: Path, bundle: str, manifest: Manifest, zero_out: Pat
         for old, out in deltas:
             write_delta_pack(www, bundle, old, manifest, out, image_dir=image_dir,
                              workers=workers, reporter=reporter, store=store, pool=pool,
-                             stats=stats)
+                             staged_cache=staged_cache)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -201,7 +201,7 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
     from .streamstore import STORE_DIR, StreamStore
 
     store = StreamStore(storage.root / STORE_DIR)
-    stats: dict[str, os.stat_result] = {}  # each fullfile stat'ed once for all packs
+    staged: dict[tuple[int, str], Any] = {}  # each fullfile stat'ed once for all packs
     rebase = is_rebase(view, built.version)
 
     for name, manifest in built.bundles.items():
@@ -219,7 +219,7 @@ def _write_packs(storage: Storage, view: Path, staging: Path, built: builder.Bui
         packs.write_bundle_packs(view, name, manifest, out, previous_pack=prev_pack,
                                  deltas=deltas, image_dir=storage.image_dir,
                                  workers=settings.workers, reporter=reporter, store=store,
-                                 stats=stats)
+                                 staged_cache=staged)
         for path in (out, *(d[1] for d in deltas)):
             _sign_file(signer, path)
         if rebase:  # every file changed: a delta pack would be the zero pack again
