@@ -307,3 +307,29 @@ def test_read_only_storage_mid_run_is_one_line(tmp_path, history, image_30) -> N
         assert not list(storage.rglob(f"{TEMP_PREFIX}*"))
     finally:
         subprocess.run(["umount", "-l", str(www)], check=False)
+
+
+@pytest.mark.parametrize("files", [3, 600])
+def test_staged_tree_is_fsynced_file_by_file_unless_large(tmp_path, monkeypatch, files) -> None:
+    """A few staged files get an fsync each (a syncfs would also flush e.g. a freshly
+    extracted image tree the www version does not need); beyond FSYNC_EACH_MAX, one syncfs.
+    os.fsync is only observed: every call still reaches the kernel."""
+    from swupd_repo.swupd import publish as pub
+
+    staging = tmp_path / "staging"
+    (staging / "files").mkdir(parents=True)
+    for i in range(files):
+        (staging / "files" / f"{i}.tar").write_bytes(b"x")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(pub.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    syncfs_calls: list[Path] = []
+    real_syncfs = pub._syncfs
+    monkeypatch.setattr(pub, "_syncfs", lambda root: (syncfs_calls.append(root),
+                                                       real_syncfs(root))[1])
+    pub._fsync_tree_dirs(staging)
+    if files <= pub.FSYNC_EACH_MAX:
+        assert syncfs_calls == []
+        assert len(synced) == files + 2  # and both directories
+    else:
+        assert syncfs_calls == [staging]

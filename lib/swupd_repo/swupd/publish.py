@@ -110,12 +110,14 @@ def build_version(storage: Storage, version: int, settings: Settings, reporter: 
         tars = _start_manifests(staging, built, signer, executor)
         write_fullfiles(builder.fullfile_records(built, scan.records), staging / "files",
                         settings.compression, reporter, executor)
-        _finish_manifests(staging, tars, signer, built)
+        if executor is not None:  # idle workers leave; a manifest's xz still running stays
+            executor.shutdown(wait=False)
+        _make_view(storage, view, version, staging)
+        _write_packs(storage, view, staging, built, previous, settings, reporter, signer)
+        _finish_manifests(staging, tars, signer, built)  # their xz ran beside the packs
         if executor is not None:
             executor.shutdown()
             executor = None
-        _make_view(storage, view, version, staging)
-        _write_packs(storage, view, staging, built, previous, settings, reporter, signer)
         write_plain(staging / "format", f"{FORMAT}\n".encode())
         write_plain(staging / "swupd-server-src-version", f"{SERVER_SRC_VERSION}\n".encode())
         link_full_tree(storage, version)
@@ -155,8 +157,9 @@ def _sign_pem(signer: Any, data: bytes) -> bytes | None:
 
 def _start_manifests(staging: Path, built: builder.Built, signer: Any,
                      executor: Executor | None) -> list[tuple[str, Any]]:
-    """Write the plain manifests and start compressing their tars in the pool (xz of a large
-    Manifest.full takes about a second: it runs beside the fullfiles, not before them)."""
+    """Write the plain manifests and start compressing their tars in the pool (xz -6 of a
+    large bundle manifest takes most of a second: it runs beside the fullfiles and the packs,
+    which do not need the tars, and :func:`_finish_manifests` collects it after them)."""
     items = [*built.bundle_bytes.items(), ("full", built.full_bytes), ("MoM", built.mom_bytes)]
     tars: list[tuple[str, Any]] = []
     for name, data in items:
@@ -267,26 +270,46 @@ def link_full_tree(storage: Storage, version: int) -> None:
     full.symlink_to("os-core")
 
 
-def _fsync_tree_dirs(root: Path) -> None:
-    """Make the staged files durable before the rename publishes them.
+#: Up to this many staged files are fsynced one by one (an incremental build writes a few
+#: manifests, fullfiles, deltas and packs); more (a first publish writes a fullfile per
+#: distinct file) and one ``syncfs`` is cheaper than thousands of journal commits.
+FSYNC_EACH_MAX = 512
 
-    One ``syncfs`` of the storage filesystem instead of an fsync per file (thousands of
-    fullfiles); per-file fsync where syncfs is unavailable.
+
+def _fsync_tree_dirs(root: Path) -> None:
+    """Make the staged files and directories durable before the rename publishes them.
+
+    Few files: an fsync of each (packs were fsynced as they were written, so theirs costs
+    nothing). Many: one ``syncfs`` of the storage filesystem, which also flushes everything
+    else dirty there (e.g. a freshly extracted image tree: seconds for a large one), so it is
+    kept for the case where an fsync per file would cost more; per-file fsync where syncfs is
+    unavailable.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    syncfs = getattr(libc, "syncfs", None)
-    if syncfs is not None:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    dirs: list[str] = []
+    files: list[str] = []
+    for dirpath, _dirs, names in os.walk(root):
+        dirs.append(dirpath)
+        files.extend(os.path.join(dirpath, name) for name in names)
+    if len(files) > FSYNC_EACH_MAX and _syncfs(root):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
         try:
-            if syncfs(fd) == 0:
-                return
+            os.fsync(fd)
         finally:
             os.close(fd)
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    for dirpath in reversed(dirs):  # children before the directories that name them
         fsync_dir(Path(dirpath))
+
+
+def _syncfs(root: Path) -> bool:
+    """``syncfs`` of the filesystem holding ``root``; False where libc has none or it fails."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return bool(syncfs(fd) == 0)
+    finally:
+        os.close(fd)
