@@ -131,7 +131,15 @@ def test_group_plan_is_local() -> None:
     assert len(before - after) == 1 and len(after - before) == 1
 
 
-def test_spans_never_mix_eras() -> None:
+@pytest.fixture
+def split_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans of several pieces (256 KiB of 64 KiB), as a tree whose ratio allows pieces smaller
+    than spans would be tuned; the defaults (see packstream.PIECE) make one piece per span."""
+    monkeypatch.setattr(packstream, "TARGET_GROUP", 256 * 1024)
+    monkeypatch.setattr(packstream, "PIECE", 64 * 1024)
+
+
+def test_spans_never_mix_eras(split_spans: None) -> None:
     """Every span (and so every piece) holds one era, also where an era ends right after a
     piece: spans of an older era are split once they change, so a mixed one would be too."""
     import hashlib
@@ -304,7 +312,8 @@ def _pack(out: Path, members: list[packstream.PackMember], *, previous: Path | N
                                  keep_index=True, store=store, fresh_era=fresh_era)
 
 
-def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path) -> None:
+def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path,
+                                                                split_spans: None) -> None:
     """A span that lost a member is written piece by piece; when another of its members
     changes in a later version, only that member's piece is compressed again: the others
     are copied. Members stay once each, and the content equals a fresh compression."""
@@ -343,7 +352,7 @@ def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path) -
     assert lzma.decompress(p30.read_bytes()) == lzma.decompress(plain.read_bytes())
 
 
-def test_unchanged_old_span_stays_whole(tmp_path: Path) -> None:
+def test_unchanged_old_span_stays_whole(tmp_path: Path, split_spans: None) -> None:
     """Only spans that changed are split: an identical tree keeps every span whole (its
     ratio), and new content is compressed as whole spans."""
     store = StreamStore(tmp_path / "store")

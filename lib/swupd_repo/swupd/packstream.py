@@ -14,7 +14,13 @@ or adding a member dirties only the group it lives in. Large members get a group
 and members of different eras (versions of last change) never share one. Two sizes: large
 *spans* (a good ratio) made of small *pieces*; a span that changed is written piece by piece
 from then on, so content that keeps changing is re-compressed in small pieces while content
-that never changes keeps its large span (see :func:`_choose`).
+that never changes keeps its large span (see :func:`_choose`). By default the two sizes are
+equal (see :data:`PIECE`): smaller pieces made the packs of a tree after random changes
+larger than the pack bytes target allows.
+
+Groups that are mostly x86 ELF code get the x86 BCJ filter before LZMA2 (see
+:func:`_wants_bcj`): about 2 % fewer bytes on /usr, which is what brings 256-320 KiB groups
+within 5 % of one solid stream.
 
 The sidecar index ``.<pack name>.index.json`` beside the pack maps each group's key (a digest
 of its member names, their sources and the compression settings) to its byte range; it lets a
@@ -67,20 +73,25 @@ _HEAD = 20
 BIG_MEMBER = 1024 * 1024
 #: Mean weight of a group of small members; a cut follows member m with chance weight/TARGET.
 #: Large on purpose (issue 16): one stream per 8 KiB made the zero pack 8 % larger than one
-#: solid xz stream of the same tar (26 % on a Debian tree); 256 KiB groups, members in path
-#: order, measured 3.9 % (74 MiB sample of /usr). The price: a group is copied from the
-#: stream store only while none of its members changed, so changes scattered at random
-#: over the tree recompress most groups (a package's files sit together, so its update
-#: dirties few).
-TARGET_GROUP = 256 * 1024
+#: solid xz stream of the same tar (26 % on a Debian tree). Measured on a third of a 220 MiB
+#: sample of /usr (x86 BCJ on code groups, see :func:`_wants_bcj`), against one solid
+#: stream: 64 KiB 8.0 %, 128 KiB 5.9 %, 256 KiB 4.8 %, 320 KiB 4.2 %, 512 KiB 2.4 %. The
+#: price: a group is copied from the stream store only while none of its members changed,
+#: so 5 % of files changed at random re-compress about 38 % of the bytes at 320 KiB (36 %
+#: at 256 KiB, 46 % at 512 KiB; big members stand alone and only count when they change);
+#: a package's files sit together, so its update dirties few.
+TARGET_GROUP = 320 * 1024
 #: Mean weight of a *piece*: what a span is split into once it changed (see
 #: :func:`plan_spans` and :func:`_choose`). A piece's stream is reused while none of its
-#: members changed, so a span that changed once is re-compressed piece by piece afterwards:
-#: content that keeps changing costs little, content that never changes keeps its large
-#: span (its ratio). 64 KiB pieces measured 7 % above one solid stream on /usr, 256 KiB
-#: spans 4 %; under 5 % of files changed at random, 57 % of the bytes of 64 KiB pieces are
-#: dirtied, 82 % of 256 KiB spans.
-PIECE = 64 * 1024
+#: members changed, so a span that changed once is re-compressed piece by piece afterwards.
+#: Equal to :data:`TARGET_GROUP` (every span is one piece, never split) because the pack
+#: bytes target (5 % above one solid stream) holds for pieces too: after random changes a
+#: third or more of a zero pack is pieces. Measured as above: 64 KiB pieces in 256 KiB
+#: spans re-compressed 26 % of the bytes at the second random 5 % (instead of 36 %), but
+#: made the zero packs after the first and the second 7.5 % and 7.7 % above one solid
+#: stream; 128 KiB pieces 5.8 % and 5.9 %. A tree whose groups compress better may set a
+#: smaller piece.
+PIECE = TARGET_GROUP
 #: Hard cap on a small-member group (rarely reached; keeps one stream's work bounded).
 MAX_GROUP = 4 * 1024 * 1024
 #: A compression job takes groups up to this much weight, so pool overhead stays small...
