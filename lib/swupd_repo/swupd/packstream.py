@@ -60,6 +60,7 @@ from .workpool import bounded_map
 PRESET = 6
 #: Version of the filter rule (:func:`_wants_bcj`), part of every group key: a stream made
 #: under another rule has other bytes, so it is never mixed into a pack made under this one.
+#: Change it with :data:`BCJ_SHARE`, :data:`_X86_MACHINES` or :func:`is_x86_elf`.
 FILTER_RULE = "bcj1"
 #: A group's stream gets the x86 BCJ filter before LZMA2 when at least this share of its
 #: members' data bytes is x86 or x86-64 ELF (see :func:`_wants_bcj`).
