@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import lzma
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -129,7 +131,15 @@ def test_group_plan_is_local() -> None:
     assert len(before - after) == 1 and len(after - before) == 1
 
 
-def test_spans_never_mix_eras() -> None:
+@pytest.fixture
+def split_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans of several pieces (256 KiB of 64 KiB), as a tree whose ratio allows pieces smaller
+    than spans would be tuned; the defaults (see packstream.PIECE) make one piece per span."""
+    monkeypatch.setattr(packstream, "TARGET_GROUP", 256 * 1024)
+    monkeypatch.setattr(packstream, "PIECE", 64 * 1024)
+
+
+def test_spans_never_mix_eras(split_spans: None) -> None:
     """Every span (and so every piece) holds one era, also where an era ends right after a
     piece: spans of an older era are split once they change, so a mixed one would be too."""
     import hashlib
@@ -302,7 +312,8 @@ def _pack(out: Path, members: list[packstream.PackMember], *, previous: Path | N
                                  keep_index=True, store=store, fresh_era=fresh_era)
 
 
-def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path) -> None:
+def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path,
+                                                                split_spans: None) -> None:
     """A span that lost a member is written piece by piece; when another of its members
     changes in a later version, only that member's piece is compressed again: the others
     are copied. Members stay once each, and the content equals a fresh compression."""
@@ -341,7 +352,7 @@ def test_changed_span_is_split_and_its_unchanged_pieces_reused(tmp_path: Path) -
     assert lzma.decompress(p30.read_bytes()) == lzma.decompress(plain.read_bytes())
 
 
-def test_unchanged_old_span_stays_whole(tmp_path: Path) -> None:
+def test_unchanged_old_span_stays_whole(tmp_path: Path, split_spans: None) -> None:
     """Only spans that changed are split: an identical tree keeps every span whole (its
     ratio), and new content is compressed as whole spans."""
     store = StreamStore(tmp_path / "store")
@@ -398,3 +409,81 @@ def test_bundle_packs_plan_deltas_once_and_stat_each_fullfile_once(
     packs.write_delta_pack(www, "os-core", old, new, lone, image_dir=repo / "image",
                            workers=1, reporter=NullReporter())
     assert outs[0].read_bytes() == outs[1].read_bytes() == lone.read_bytes()
+
+
+def _x86_binaries(limit: int) -> list[Path]:
+    """This machine's x86 ELF executables (real compiled code, what BCJ is for), up to
+    ``limit`` bytes, in name order."""
+    out, total = [], 0
+    for path in sorted(Path("/usr/bin").iterdir()):
+        if total >= limit:
+            break
+        if path.is_file() and not path.is_symlink() and os.access(path, os.R_OK):
+            with open(path, "rb") as f:
+                if packstream.is_x86_elf(f.read(20)):
+                    out.append(path)
+                    total += path.stat().st_size
+    return out
+
+
+def _block_filters(pack: Path) -> list[str]:
+    """The filter chain of every xz block of ``pack``, as ``xz --list`` prints it."""
+    done = subprocess.run(["xz", "--robot", "-lvv", str(pack)], capture_output=True,
+                          text=True, check=True)
+    return [line.split("\t")[-1] for line in done.stdout.splitlines()
+            if line.startswith("block\t")]
+
+
+def test_bcj_streams_decode_with_every_reader(tmp_path: Path) -> None:
+    """A pack whose code groups carry the x86 BCJ filter is read, byte for byte, by Python's
+    tarfile, GNU tar -xJf, xz -d and libarchive's bsdtar (what the swupd client extracts
+    with), and our client installs the tree from it; text groups stay plain LZMA2."""
+    import shutil
+
+    from helpers_cli import build
+    from swupd_repo.client import compare_trees, install
+    from swupd_repo.serve import serve_in_thread
+
+    binaries = _x86_binaries(3 << 20)
+    if not binaries:
+        pytest.skip("no x86 ELF executables in /usr/bin on this machine")
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    for b in binaries:
+        shutil.copyfile(b, tree / "usr/bin" / b.name)
+    for f in _text_files(tmp_path / "text", 200, 10, 5):
+        (tree / "usr/share/doc").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f.source, tree / "usr/share/doc" / Path(f.source).name)
+    (tree / "usr/lib").mkdir(parents=True)
+    (tree / "usr/lib/os-release").write_text("NAME=bcj\nVERSION_ID=10\n")
+    storage = tmp_path / "storage"
+    build(storage, tree, 10)
+    pack = storage / "www/10/pack-os-core-from-0.tar"
+
+    chains = _block_filters(pack)
+    assert any(c.startswith("--x86 --lzma2") for c in chains), chains
+    assert any(c.startswith("--lzma2") for c in chains), chains
+    manifest = parse_manifest((storage / "www/10/Manifest.os-core").read_bytes())
+    want = {f"staged/{e.hash}": (tree / e.path.lstrip("/")).read_bytes()
+            for e in manifest.entries if e.type == "F" and not e.deleted}
+    assert len(want) > 200  # one per distinct content
+
+    plain = lzma.decompress(pack.read_bytes())
+    xz = subprocess.run(["xz", "-dc", str(pack)], capture_output=True, check=True).stdout
+    assert xz == plain
+    with tarfile.open(pack) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+    assert got == want
+    for tool in (["tar", "-xJf"], ["bsdtar", "-xf"]):
+        out = tmp_path / tool[0]
+        out.mkdir()
+        subprocess.run([*tool, str(pack), "-C", str(out)], check=True)
+        assert {n: (out / n).read_bytes() for n in want} == want, tool
+        assert sorted(os.listdir(out / "staged")) == sorted(
+            {e.hash for e in manifest.entries if not e.deleted})
+
+    with serve_in_thread(storage / "www") as url:
+        root = tmp_path / "root"
+        stats = install(url, root, 10, state_dir=tmp_path / "state")
+    assert stats.packs == ["10/pack-os-core-from-0.tar"] and stats.from_fullfile == 0
+    assert compare_trees(root, tree) == []
