@@ -64,3 +64,41 @@ def test_memory_budget_keeps_heavy_jobs_apart(tmp_path: Path) -> None:
         assert results == [1, 1, 1, 1]
     finally:
         pool.shutdown()
+
+
+def _write_after(path: str, seconds: float) -> None:
+    """A job that is still running when another fails, and writes its output late (as a
+    pack compression job writes its part file)."""
+    time.sleep(seconds)
+    Path(path).write_text("late")
+
+
+def _fail(message: str) -> None:
+    raise OSError(28, message)
+
+
+def _call(fn: object, args: tuple) -> object:
+    """Pool job: ``fn(*args)``."""
+    return fn(*args)  # type: ignore[operator]
+
+
+def test_a_failed_job_lets_running_jobs_finish_before_the_caller_cleans_up(
+        tmp_path: Path) -> None:
+    """The full-disk run that printed a traceback: a job failed with ENOSPC while another
+    was still compressing; write_pack's cleanup removed the parts directory, the running job
+    then wrote into it, and the cleanup's 'Directory not empty' replaced the real error.
+    bounded_map must not hand the error to the caller before the running jobs are done."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from swupd_repo.swupd.workpool import bounded_map
+
+    late = tmp_path / "late"
+    jobs = [("slow", (_write_after, (str(late), 1.0))), ("bad", (_fail, ("disk full",)))]
+    with ProcessPoolExecutor(2) as pool:
+        try:
+            list(bounded_map(pool, _call, jobs, 4))
+        except OSError as exc:
+            assert "disk full" in str(exc)
+            assert late.read_text() == "late"  # finished before the error reached us
+        else:
+            raise AssertionError("the failed job's error was lost")

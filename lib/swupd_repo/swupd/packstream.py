@@ -42,6 +42,7 @@ import hashlib
 import json
 import lzma
 import os
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -437,9 +438,7 @@ def write_pack(out: Path, spans: list[list[list[PackMember]]], *, previous: Path
         os.replace(tmp, out)
         fsync_dir(out.parent)
     finally:
-        for p in parts_dir.iterdir():
-            p.unlink()
-        parts_dir.rmdir()
+        shutil.rmtree(parts_dir, ignore_errors=True)  # never hides the error that got here
         if tmp.exists():
             tmp.unlink()
     if keep_index:

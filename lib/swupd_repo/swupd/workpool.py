@@ -34,12 +34,22 @@ def bounded_map(executor: Executor | None, fn: Callable[..., Result],
             yield tag, fn(*args)
         return
     pending: dict[Future[Result], Tag] = {}
-    for tag, args in jobs:
-        pending[executor.submit(fn, *args)] = tag
-        if len(pending) >= limit:
+    try:
+        for tag, args in jobs:
+            pending[executor.submit(fn, *args)] = tag
+            if len(pending) >= limit:
+                yield from _finished(pending)
+        while pending:
             yield from _finished(pending)
-    while pending:
-        yield from _finished(pending)
+    except BaseException:
+        # A failed job (a full disk) or a caller that stops early: let the jobs already
+        # running finish before the caller's cleanup runs, or one of them would write its
+        # part file into a directory being removed (and the cleanup's own error would hide
+        # the real one). Jobs not yet started are cancelled.
+        for fut in pending:
+            fut.cancel()
+        wait(pending)
+        raise
 
 
 def _finished(pending: dict[Future[Result], Tag]) -> Iterator[tuple[Tag, Result]]:
