@@ -78,19 +78,29 @@ Version: 1.0
 """
 
 
+def _debug_tools(root: Path) -> None:
+    """The files the gdb and strace packages list (the same in every database's tree)."""
+    _write(root, "usr/lib/libgdbx.so.1", "gdb library\n")
+    _write(root, "usr/bin/gdb", "gdb binary\n", 0o755)
+    _write(root, "usr/bin/strace", "strace binary\n", 0o755)
+    _write(root, "usr/share/gdb/python/gdb.py", "import gdb\n")
+
+
+def _write_database(root: Path, where: str, status: str, lists: dict[str, list[str]]) -> None:
+    """A dpkg or opkg database: ``status`` and one ``info/<package>.list`` per package."""
+    _write(root, f"{where}/status", status)
+    for package, paths in lists.items():
+        _write(root, f"{where}/info/{package}.list", "".join(f"{p}\n" for p in paths))
+
+
 def make_dpkg_tree(root: Path, version: int) -> Path:
     """A merged-/usr rootfs with gdb, strace and base-files in its dpkg database."""
     root.mkdir(parents=True)
     _common(root, version)
     for link in ("bin", "lib", "sbin"):
         os.symlink(f"usr/{link}", root / link)
-    _write(root, "usr/lib/libgdbx.so.1", "gdb library\n")
-    _write(root, "usr/bin/gdb", "gdb binary\n", 0o755)
-    _write(root, "usr/bin/strace", "strace binary\n", 0o755)
-    _write(root, "usr/share/gdb/python/gdb.py", "import gdb\n")
-    _write(root, "var/lib/dpkg/status", DPKG_STATUS)
-    for package, paths in DPKG_LISTS.items():
-        _write(root, f"var/lib/dpkg/info/{package}.list", "".join(f"{p}\n" for p in paths))
+    _debug_tools(root)
+    _write_database(root, "var/lib/dpkg", DPKG_STATUS, DPKG_LISTS)
     return root
 
 
@@ -129,12 +139,7 @@ def make_opkg_tree(root: Path, version: int) -> Path:
     """A Yocto rootfs (package-management in IMAGE_FEATURES) with an opkg database."""
     root.mkdir(parents=True)
     _common(root, version)
-    _write(root, "usr/lib/libgdbx.so.1", "gdb library\n")
-    _write(root, "usr/bin/gdb", "gdb binary\n", 0o755)
-    _write(root, "usr/bin/strace", "strace binary\n", 0o755)
-    _write(root, "usr/share/gdb/python/gdb.py", "import gdb\n")
-    _write(root, "var/lib/opkg/status", OPKG_STATUS)
-    for package, paths in OPKG_LISTS.items():
-        _write(root, f"var/lib/opkg/info/{package}.list", "".join(f"{p}\n" for p in paths))
+    _debug_tools(root)
+    _write_database(root, "var/lib/opkg", OPKG_STATUS, OPKG_LISTS)
     _write(root, "var/lib/opkg/info/valgrind.list", "/usr/bin/valgrind\n")
     return root

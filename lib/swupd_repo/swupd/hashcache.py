@@ -87,8 +87,8 @@ def same_but_ctime(entry: Entry | None, st: os.stat_result, meta: Meta) -> bool:
     ctime: a hint (the file may have been rewritten in place), never a proof of its hash."""
     if entry is None:
         return False
-    key = entry_key(st, meta)
-    return entry[:4] == key[:4] and entry[_META] == key[_META.start:]
+    return entry[:4] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] and \
+        keyed_alike(entry, meta)
 
 
 def same_content(a: Entry, b: Entry) -> bool | None:
